@@ -1,0 +1,264 @@
+"""Frozen data of desired and observed state.
+
+Everything the planner reads is here: plain, immutable, comparable values with no I/O.
+Mappings are stored as sorted tuples of pairs so that equal states compare and hash
+equal and serialise to the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Pairs = tuple[tuple[str, str], ...]
+
+# --------------------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True)
+class SshConnection:
+    """How to reach a host over SSH. ``host_key_checking`` is never 'off'."""
+
+    user: str
+    port: int = 22
+    key: str | None = None
+    known_hosts: str | None = None
+    host_key_checking: Literal["strict", "accept-new"] = "strict"
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    ssh: SshConnection | None = None  # None: the local host (Docker socket, local files)
+
+    @property
+    def is_local(self) -> bool:
+        return self.ssh is None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """``kind`` 'http' probes ``path`` on the container port; 'command' runs ``command``."""
+
+    kind: Literal["http", "command", "none"]
+    path: str = "/"
+    command: tuple[str, ...] = ()
+    interval_ms: int = 2000
+    timeout_ms: int = 1000
+    retries: int = 3
+    start_period_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Volume:
+    type: Literal["volume", "bind"]
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret by name. Its value is read on the target host at apply time, never from git.
+
+    ``source`` is 'file' or 'env'; ``location`` the path or variable name there; ``version``
+    is bumped in git to roll containers after the value was rotated.
+    """
+
+    name: str
+    source: Literal["file", "env"]
+    location: str
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Logging:
+    driver: str
+    options: Pairs = ()
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything that defines a container of one release, except the resolved image id."""
+
+    image: str  # repository:tag (or @digest) as written in git
+    port: int
+    command: tuple[str, ...] | None
+    args: tuple[str, ...] | None
+    env: Pairs
+    secrets: tuple[SecretRef, ...]
+    health: HealthCheck
+    volumes: tuple[Volume, ...]
+    memory_bytes: int | None
+    nano_cpus: int | None
+    restart: str
+    logging: Logging | None
+    labels: Pairs
+    stop_grace_s: int
+
+
+@dataclass(frozen=True)
+class Release:
+    revision: str
+    weight: int  # percent of the service's traffic, 0-100
+    spec: ContainerSpec
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_ms: int = 5000
+    server_ms: int = 30000
+    queue_ms: int = 30000
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    releases: tuple[Release, ...]
+    replicas: int  # per host
+    hosts: tuple[str, ...]
+    balance: str = "roundrobin"
+    timeouts: Timeouts = Timeouts()
+    drain_timeout_s: int = 30
+
+
+@dataclass(frozen=True)
+class Route:
+    service: str
+    host: str | None = None  # Host header, exact match
+    path_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Frontend:
+    name: str
+    bind_address: str
+    bind_port: int
+    routes: tuple[Route, ...]
+    default_service: str | None = None
+    tls_certificate: str | None = None
+    redirect_https: bool = False
+    client_timeout_ms: int = 30000
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    name: str
+    hosts: tuple[str, ...]
+    frontends: tuple[Frontend, ...]
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The desired state of one environment at one commit."""
+
+    environment: str
+    commit: str
+    hosts: tuple[Host, ...]
+    services: tuple[Service, ...]
+    loadbalancers: tuple[LoadBalancer, ...]
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- observed
+
+ContainerStatus = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+HealthStatus = Literal["healthy", "unhealthy", "starting", "none"]
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    id: str
+    name: str
+    labels: Pairs
+    status: ContainerStatus
+    health: HealthStatus
+    image_id: str
+    # published (host_ip, host_port) of the service's container port, when published
+    published: tuple[str, int] | None = None
+
+    def label(self, key: str, default: str = "") -> str:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return default
+
+
+@dataclass(frozen=True)
+class ObservedHost:
+    name: str
+    containers: tuple[ObservedContainer, ...]  # managed containers only
+    images: Pairs = ()  # image reference -> image id, for the references that exist here
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One line of HAProxy's ``show servers state``."""
+
+    backend: str
+    server: str
+    address: str
+    port: int
+    weight: int  # user weight (uweight), 0-256
+    operational: Literal["stopped", "starting", "running", "stopping"]
+    admin: tuple[str, ...]  # e.g. ("maint",), ("drain",), () when ready
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Counters of one server from ``show stat`` (CSV)."""
+
+    backend: str
+    server: str
+    status: str  # UP, DOWN, MAINT, DRAIN, "no check", ...
+    weight: int
+    current_sessions: int
+    total_sessions: int
+    hrsp_1xx: int = 0
+    hrsp_2xx: int = 0
+    hrsp_3xx: int = 0
+    hrsp_4xx: int = 0
+    hrsp_5xx: int = 0
+    hrsp_other: int = 0
+    eresp: int = 0
+    econ: int = 0
+    rtime_ms: int = 0
+    ttime_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ObservedHAProxy:
+    """HAProxy on one load-balancer host. ``running`` False: no socket answered."""
+
+    host: str
+    running: bool
+    # section name ("frontend http", "backend web", "global") -> digest, from the
+    # installed config's reconciler header; empty when no managed config is installed
+    config_sections: Pairs = ()
+    servers: tuple[ServerState, ...] = ()
+    stats: tuple[ServerStats, ...] = ()
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    hosts: tuple[ObservedHost, ...] = ()
+    haproxy: tuple[ObservedHAProxy, ...] = field(default=())
+
+    def host(self, name: str) -> ObservedHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        return ObservedHost(name=name, containers=())
+
+    def lb(self, name: str) -> ObservedHAProxy:
+        for h in self.haproxy:
+            if h.host == name:
+                return h
+        return ObservedHAProxy(host=name, running=False)
