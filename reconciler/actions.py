@@ -1,0 +1,162 @@
+"""The action types of a Plan: immutable data, each with a human reason.
+
+An action says *what* to do and *why*; the executor decides nothing. ``describe`` is the
+one line shown in plans and history; ``to_json`` the machine form. Neither ever contains
+a secret value (the planner never has one) and env values of secret-looking keys are masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from reconciler.identity import shown_env_value
+from reconciler.model import ContainerSpec
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ClassVar[str] = "action"
+    symbol: ClassVar[str] = "*"
+    host: str
+    service: str | None
+    reason: str
+
+    def describe(self) -> str:
+        raise NotImplementedError  # every concrete action overrides it
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ContainerSpec):
+                value = spec_summary(value)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        out["description"] = self.describe()
+        return out
+
+
+def spec_summary(spec: ContainerSpec) -> dict[str, Any]:
+    """What a plan shows of a container spec: env values masked where secret-looking."""
+    return {
+        "image": spec.image,
+        "port": spec.port,
+        "env": {k: shown_env_value(k, v) for k, v in spec.env},
+        "secrets": [f"{s.name} (from {s.source} {s.location})" for s in spec.secrets],
+        "health": spec.health.kind,
+        "replica_labels": dict(spec.labels),
+    }
+
+
+@dataclass(frozen=True)
+class PullImage(Action):
+    kind: ClassVar[str] = "pull-image"
+    symbol: ClassVar[str] = "+"
+    image: str = ""
+
+    def describe(self) -> str:
+        return f"pull image {self.image}"
+
+
+@dataclass(frozen=True)
+class StartContainer(Action):
+    """Create and start a container, then wait until it is healthy (the health gate)."""
+
+    kind: ClassVar[str] = "start-container"
+    symbol: ClassVar[str] = "+"
+    name: str = ""
+    revision: str = ""
+    replica: int = 0
+    image_id: str = ""  # "" when the image is not on the host yet (pulled first)
+    config_hash: str = ""
+    spec: ContainerSpec | None = field(default=None, compare=True)
+
+    def describe(self) -> str:
+        image = self.spec.image if self.spec else "?"
+        return f"start container {self.name} ({image}, replica {self.replica}) and wait healthy"
+
+
+@dataclass(frozen=True)
+class RemoveContainer(Action):
+    """Stop (with the grace period) and remove a container; volumes are kept."""
+
+    kind: ClassVar[str] = "remove-container"
+    symbol: ClassVar[str] = "-"
+    name: str = ""
+    container_id: str = ""
+    grace_s: int = 10
+
+    def describe(self) -> str:
+        return f"stop and remove container {self.name}"
+
+
+@dataclass(frozen=True)
+class AddServer(Action):
+    kind: ClassVar[str] = "add-server"
+    symbol: ClassVar[str] = "+"
+    backend: str = ""
+    server: str = ""
+    app_host: str = ""
+    weight: int = 0
+
+    def describe(self) -> str:
+        return f"add server {self.server} to {self.backend} at weight {self.weight}"
+
+
+@dataclass(frozen=True)
+class SetWeight(Action):
+    """Runtime API: set the weight (and state ready); no reload."""
+
+    kind: ClassVar[str] = "set-weight"
+    symbol: ClassVar[str] = "~"
+    backend: str = ""
+    server: str = ""
+    old_weight: int = 0
+    weight: int = 0
+
+    def describe(self) -> str:
+        return f"set weight of {self.backend}/{self.server} {self.old_weight} -> {self.weight}"
+
+
+@dataclass(frozen=True)
+class DrainServer(Action):
+    """Runtime API: weight 0 and drain; wait for current sessions to reach 0 (bounded)."""
+
+    kind: ClassVar[str] = "drain-server"
+    symbol: ClassVar[str] = "~"
+    backend: str = ""
+    server: str = ""
+    timeout_s: int = 30
+
+    def describe(self) -> str:
+        return f"drain {self.backend}/{self.server} (up to {self.timeout_s}s)"
+
+
+@dataclass(frozen=True)
+class RemoveServer(Action):
+    kind: ClassVar[str] = "remove-server"
+    symbol: ClassVar[str] = "-"
+    backend: str = ""
+    server: str = ""
+
+    def describe(self) -> str:
+        return f"remove server {self.server} from {self.backend}"
+
+
+@dataclass(frozen=True)
+class ConfigureHAProxy(Action):
+    """Render the config for the servers known at this point, verify, install; reload or
+    start HAProxy when ``reload`` (structure changed), else only write the file."""
+
+    kind: ClassVar[str] = "configure-haproxy"
+    symbol: ClassVar[str] = "!"
+    reload: bool = True
+    reasons: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        verb = "install config and reload HAProxy" if self.reload else "write HAProxy config"
+        return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
+
+
+ALL_ACTIONS: tuple[type[Action], ...] = (PullImage, StartContainer, RemoveContainer, AddServer,
+                                         SetWeight, DrainServer, RemoveServer, ConfigureHAProxy)

@@ -1,0 +1,1 @@
+"""HAProxy: runtime API client and parsers of its raw outputs."""

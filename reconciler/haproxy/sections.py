@@ -1,0 +1,42 @@
+"""Settings of each HAProxy config section, and their digests.
+
+The rendered config starts with one ``# reconciler-section <section> <digest>`` line per
+section; comparing those with the digests of the desired state tells the planner which
+frontends and backends changed without parsing HAProxy syntax. Servers are not part of
+the digests: the planner compares them with the runtime state (``show servers state``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from typing import Any
+
+from reconciler.identity import backend_name, canonical_json, frontend_name
+from reconciler.model import DesiredState, LoadBalancer, Pairs
+
+# Bump when the renderer's output changes, so installed configs are re-rendered.
+RENDER_VERSION = 1
+
+
+def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[str, Any]]:
+    """Section name ("global", "frontend fe_http", "backend be_web") -> its settings."""
+    out: dict[str, dict[str, Any]] = {"global": {"render_version": RENDER_VERSION}}
+    for fe in lb.frontends:
+        out[f"frontend {frontend_name(fe.name)}"] = asdict(fe)
+    for svc in desired.services:
+        health = svc.releases[0].spec.health if svc.releases else None
+        out[f"backend {backend_name(svc.name)}"] = {
+            "balance": svc.balance,
+            "timeouts": asdict(svc.timeouts),
+            "health": asdict(health) if health else None,
+        }
+    return out
+
+
+def section_digests(desired: DesiredState, lb: LoadBalancer) -> Pairs:
+    """Sorted (section, digest) pairs of the desired config of ``lb``."""
+    return tuple(sorted(
+        (name, hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:16])
+        for name, settings in section_settings(desired, lb).items()
+    ))

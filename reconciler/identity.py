@@ -1,0 +1,131 @@
+"""Identity of what the reconciler runs: labels, deterministic names, config hashes.
+
+A container's name is a function of (environment, service, revision, config hash,
+replica), so a pass that crashed after creating a container finds it again instead of
+creating a duplicate. The config hash covers everything that defines the container,
+with the image resolved to its id, so a moved tag or a changed env value is a difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict
+from typing import Any
+
+from reconciler.model import ContainerSpec
+
+PREFIX = "io.reconciler."
+MANAGED = PREFIX + "managed"
+ENVIRONMENT = PREFIX + "environment"
+SERVICE = PREFIX + "service"
+REVISION = PREFIX + "revision"
+CONFIG_HASH = PREFIX + "config-hash"
+REPLICA = PREFIX + "replica"
+COMMIT = PREFIX + "commit"
+SPEC = PREFIX + "spec"  # canonical JSON of the spec, to explain later what changed
+
+_SECRETISH = re.compile(r"(PASSW|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|ACCESS_?KEY)", re.I)
+MASK = "******"
+
+
+def spec_dict(spec: ContainerSpec, image_id: str) -> dict[str, Any]:
+    """The spec as plain data with the resolved image id: what the hash covers."""
+    data = asdict(spec)
+    data["image_id"] = image_id
+    return data
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(environment: str, service: str, revision: str, spec: ContainerSpec,
+                image_id: str) -> str:
+    """sha256 over everything that defines the container (hex, 64 characters)."""
+    payload = canonical_json([environment, service, revision, spec_dict(spec, image_id)])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def container_name(environment: str, service: str, revision: str, chash: str,
+                   replica: int) -> str:
+    """Deterministic Docker name; also the HAProxy server name of the container."""
+    return f"{environment}-{service}-{revision}-{chash[:10]}-{replica}"
+
+
+def backend_name(service: str) -> str:
+    return f"be_{service}"
+
+
+def frontend_name(frontend: str) -> str:
+    return f"fe_{frontend}"
+
+
+def container_labels(environment: str, service: str, revision: str, chash: str, replica: int,
+                     commit: str, spec: ContainerSpec, image_id: str) -> dict[str, str]:
+    labels = dict(spec.labels)
+    labels.update({
+        MANAGED: "true",
+        ENVIRONMENT: environment,
+        SERVICE: service,
+        REVISION: revision,
+        CONFIG_HASH: chash,
+        REPLICA: str(replica),
+        COMMIT: commit,
+        SPEC: canonical_json(spec_dict(spec, image_id)),
+    })
+    return labels
+
+
+def is_secretish(key: str) -> bool:
+    """Env keys whose values are masked in every output, in case a secret slipped into env."""
+    return bool(_SECRETISH.search(key))
+
+
+def shown_env_value(key: str, value: str) -> str:
+    return MASK if is_secretish(key) else value
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human reasons for the differences between two spec dicts (values masked)."""
+    reasons: list[str] = []
+    old_env, new_env = dict(old.get("env") or ()), dict(new.get("env") or ())
+    for key in sorted(set(old_env) | set(new_env)):
+        if key not in old_env:
+            reasons.append(f"env {key} added")
+        elif key not in new_env:
+            reasons.append(f"env {key} removed")
+        elif old_env[key] != new_env[key]:
+            before, after = shown_env_value(key, old_env[key]), shown_env_value(key, new_env[key])
+            reasons.append(f"env {key} changed ({before} -> {after})")
+    old_secrets = {s["name"]: s for s in old.get("secrets") or ()}
+    new_secrets = {s["name"]: s for s in new.get("secrets") or ()}
+    for key in sorted(set(old_secrets) | set(new_secrets)):
+        if key not in old_secrets:
+            reasons.append(f"secret {key} added")
+        elif key not in new_secrets:
+            reasons.append(f"secret {key} removed")
+        elif old_secrets[key] != new_secrets[key]:
+            reasons.append(f"secret {key} source or version changed")
+    if old.get("image") != new.get("image"):
+        reasons.append(f"image {old.get('image')} -> {new.get('image')}")
+    elif old.get("image_id") and new.get("image_id") and old["image_id"] != new["image_id"]:
+        reasons.append(f"image {new.get('image')} now resolves to "
+                       f"{_short_id(new['image_id'])} (was {_short_id(old['image_id'])})")
+    names = {"health": "health check", "memory_bytes": "memory limit", "nano_cpus": "cpu limit",
+             "restart": "restart policy", "stop_grace_s": "stop grace period",
+             "port": "container port"}
+    for field in ("command", "args", "port", "health", "volumes", "memory_bytes", "nano_cpus",
+                  "restart", "logging", "labels", "stop_grace_s"):
+        if _norm(old.get(field)) != _norm(new.get(field)):
+            reasons.append(f"{names.get(field, field)} changed")
+    return reasons
+
+
+def _norm(value: Any) -> str:
+    return canonical_json(value)
+
+
+def _short_id(image_id: str) -> str:
+    return image_id.split(":")[-1][:12]

@@ -1,0 +1,133 @@
+"""YAML loading that remembers where every value came from.
+
+PyYAML's composer gives nodes with marks; we build plain data from them ourselves so
+that every value and every mapping key keeps its (line, column). Duplicate keys, which
+PyYAML silently accepts, are reported. Loading never raises for bad YAML: it returns
+the problems instead, so one run can report every file of a repository.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from reconciler.errors import Problem
+
+Path = tuple[str | int, ...]
+
+
+def format_path(path: Path) -> str:
+    """``("services", "web", "env", 0)`` -> ``services.web.env[0]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass
+class Document:
+    """One YAML document of a manifest file, with positions (1-based) of its values."""
+
+    file: str
+    data: Any
+    line: int
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: Path, *, key: bool = False) -> tuple[int, int]:
+        """Position of the value at ``path`` (or of its key), else of the nearest parent."""
+        table = self.key_positions if key else self.positions
+        if path in table:
+            return table[path]
+        p = path
+        while p:
+            p = p[:-1]
+            if p in self.positions:
+                return self.positions[p]
+        return (self.line, 1)
+
+    def problem(self, path: Path, message: str, *, key: bool = False) -> Problem:
+        line, col = self.where(path, key=key)
+        return Problem(self.file, line, col, format_path(path), message)
+
+    def get(self, path: Path, default: Any = None) -> Any:
+        cur = self.data
+        for part in path:
+            try:
+                cur = cur[part]
+            except (KeyError, IndexError, TypeError):
+                return default
+        return cur
+
+
+class _Builder:
+    def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
+        self.file = file
+        self.loader = loader
+        self.problems: list[Problem] = []
+
+    def build(self, node: yaml.Node, path: Path, doc: Document) -> Any:
+        doc.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)  # resolves "<<" merge keys
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    key = str(key)
+                kpos = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if key in out:
+                    self.problems.append(
+                        Problem(self.file, kpos[0], kpos[1], format_path((*path, key)),
+                                f"duplicate key {key!r}")
+                    )
+                doc.key_positions[(*path, key)] = kpos
+                out[key] = self.build(value_node, (*path, key), doc)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i), doc) for i, item in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+
+def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
+    """Parse every document of ``text``; ``file`` is the name used in problems."""
+    loader = yaml.SafeLoader(text)
+    builder = _Builder(file, loader)
+    docs: list[Document] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:  # an empty document
+                continue
+            doc = Document(file=file, data=None, line=node.start_mark.line + 1)
+            doc.data = builder.build(node, (), doc)
+            docs.append(doc)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        reason = exc.problem or str(exc)
+        builder.problems.append(Problem(file, line, col, "", f"YAML syntax error: {reason}"))
+    except yaml.YAMLError as exc:  # no position known (e.g. a reader error)
+        builder.problems.append(Problem(file, 1, 1, "", f"YAML error: {exc}"))
+    finally:
+        loader.dispose()
+    return docs, builder.problems
+
+
+def walk_strings(data: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
+    """Every string value in ``data`` and every mapping key, with its path."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield (*path, k), k
+            yield from walk_strings(v, (*path, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from walk_strings(v, (*path, i))
+    elif isinstance(data, str):
+        yield path, data

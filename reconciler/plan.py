@@ -1,0 +1,325 @@
+"""The planner: desired x observed -> Plan. A pure function: no I/O, no clock, no globals.
+
+Order of a plan (each phase over all hosts, sorted, so one HAProxy reload adds every new
+server and one removes every retired one):
+
+1. pull missing images;
+2. remove dead containers whose deterministic name a new container needs;
+3. start new containers (each waits for its health gate);
+4. add the new servers to HAProxy (one reload, only when structure changed), then set
+   weights through the runtime API (no reload) and write them into the config;
+5. drain retired servers, remove them from HAProxy (one reload);
+6. stop and remove retired containers.
+
+A change to anything that defines a container gives a new container (new config hash,
+new name) next to the old one; nothing is updated in place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler import identity
+from reconciler.actions import (
+    Action,
+    AddServer,
+    ConfigureHAProxy,
+    DrainServer,
+    PullImage,
+    RemoveContainer,
+    RemoveServer,
+    SetWeight,
+    StartContainer,
+)
+from reconciler.haproxy.sections import section_digests
+from reconciler.model import (
+    DesiredState,
+    LoadBalancer,
+    ObservedContainer,
+    ObservedHAProxy,
+    ObservedState,
+    Release,
+    Service,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    environment: str
+    commit: str
+    actions: tuple[Action, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+
+@dataclass(frozen=True)
+class _Server:
+    """A server HAProxy should have after the add phase."""
+
+    backend: str
+    name: str
+    service: str
+    app_host: str
+    address: str
+    port: int | None  # None: container not started yet
+    weight: int
+    reason: str
+
+
+@dataclass
+class _Phases:
+    pulls: list[Action] = field(default_factory=list)
+    early_removals: list[Action] = field(default_factory=list)
+    starts: list[Action] = field(default_factory=list)
+    lb_adds: list[Action] = field(default_factory=list)
+    weights: list[Action] = field(default_factory=list)
+    drains: list[Action] = field(default_factory=list)
+    lb_removals: list[Action] = field(default_factory=list)
+    removals: list[Action] = field(default_factory=list)
+    servers: list[_Server] = field(default_factory=list)
+    # (host, container name) of containers that stop serving: drained first
+    retiring: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def plan(desired: DesiredState, observed: ObservedState) -> Plan:
+    """The ordered actions that take ``observed`` to ``desired``. Same inputs, same plan."""
+    ph = _Phases()
+    env = desired.environment
+    wanted = {s.name: s for s in desired.services}
+    for host in desired.hosts:
+        if "app" not in host.roles:
+            continue
+        containers = [c for c in observed.host(host.name).containers
+                      if c.label(identity.ENVIRONMENT) == env]
+        images = dict(observed.host(host.name).images)
+        by_service: dict[str, list[ObservedContainer]] = defaultdict(list)
+        for c in containers:
+            by_service[c.label(identity.SERVICE)].append(c)
+        for name in sorted(set(by_service) | set(wanted)):
+            svc = wanted.get(name)
+            group = sorted(by_service.get(name, []), key=lambda c: c.name)
+            if svc is None or host.name not in svc.hosts:
+                why = (f"service {name} removed" if svc is None
+                       else f"service {name} no longer runs on host {host.name}")
+                for c in group:
+                    _retire(ph, host.name, name, c, why, svc)
+                continue
+            _plan_service(ph, desired, host.name, host.address, svc, group, images)
+    for lb in desired.loadbalancers:
+        for lb_host in lb.hosts:
+            _plan_lb(ph, desired, lb, observed.lb(lb_host))
+    actions = (ph.pulls + ph.early_removals + ph.starts + ph.lb_adds + ph.weights + ph.drains
+               + ph.lb_removals + ph.removals)
+    return Plan(environment=env, commit=desired.commit, actions=tuple(actions))
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def _is_good(c: ObservedContainer) -> bool:
+    return c.status == "running" and c.health != "unhealthy"
+
+
+def _status_reason(c: ObservedContainer) -> str:
+    if c.status == "running":
+        return f"container {c.name} is unhealthy"
+    return f"container {c.name} is {c.status}"
+
+
+def _plan_service(ph: _Phases, desired: DesiredState, host: str, address: str, svc: Service,
+                  group: list[ObservedContainer], images: dict[str, str]) -> None:
+    env = desired.environment
+    by_name = {c.name: c for c in group}
+    observed_revisions = {c.label(identity.REVISION) for c in group}
+    keep: set[str] = set()
+    pulled: set[str] = {a.image for a in ph.pulls if isinstance(a, PullImage) and a.host == host}
+    for rel in svc.releases:
+        image_id = images.get(rel.spec.image, "")
+        if not image_id and rel.spec.image not in pulled:
+            pulled.add(rel.spec.image)
+            ph.pulls.append(PullImage(host=host, service=svc.name, image=rel.spec.image,
+                                      reason=f"image {rel.spec.image} is not on host {host}"))
+        chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id)
+        for replica in range(svc.replicas):
+            name = identity.container_name(env, svc.name, rel.revision, chash, replica)
+            existing = by_name.get(name)
+            if existing is not None and _is_good(existing):
+                keep.add(name)
+                port = existing.published[1] if existing.published else None
+                ph.servers.append(_Server(identity.backend_name(svc.name), name, svc.name, host,
+                                          address, port, rel.weight, "server missing"))
+                continue
+            if existing is not None:
+                keep.add(name)  # handled here, not retired below
+                ph.early_removals.append(RemoveContainer(
+                    host=host, service=svc.name, name=name, container_id=existing.id,
+                    grace_s=rel.spec.stop_grace_s,
+                    reason=_status_reason(existing) + "; replaced by a new container"))
+                reason = _status_reason(existing)
+            else:
+                reason = _start_reason(rel, replica, group, observed_revisions, svc, image_id)
+            ph.starts.append(StartContainer(
+                host=host, service=svc.name, reason=reason, name=name, revision=rel.revision,
+                replica=replica, image_id=image_id, config_hash=chash, spec=rel.spec))
+            ph.servers.append(_Server(identity.backend_name(svc.name), name, svc.name, host,
+                                      address, None, rel.weight, "new container"))
+    desired_revisions = {r.revision: r for r in svc.releases}
+    for c in group:
+        if c.name in keep:
+            continue
+        rev = c.label(identity.REVISION)
+        rel = desired_revisions.get(rev)
+        if not _is_good(c):
+            why = _status_reason(c)
+        elif rel is None:
+            why = f"release {rev} removed"
+        elif _replica(c) >= svc.replicas and _same_hash(c, env, svc, rel, images):
+            why = f"replicas {svc.replicas}: replica {_replica(c)} no longer needed"
+        else:
+            changes = _changes(c, rel, images)
+            why = "replaced: " + ("; ".join(changes) if changes else "configuration changed")
+        _retire(ph, host, svc.name, c, why, svc)
+
+
+def _replica(c: ObservedContainer) -> int:
+    try:
+        return int(c.label(identity.REPLICA, "0"))
+    except ValueError:
+        return 0
+
+
+def _same_hash(c: ObservedContainer, env: str, svc: Service, rel: Release,
+               images: dict[str, str]) -> bool:
+    chash = identity.config_hash(env, svc.name, rel.revision, rel.spec,
+                                 images.get(rel.spec.image, ""))
+    return c.label(identity.CONFIG_HASH) == chash
+
+
+def _old_spec(c: ObservedContainer) -> dict[str, Any]:
+    try:
+        spec = json.loads(c.label(identity.SPEC, "{}"))
+    except ValueError:
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def _changes(c: ObservedContainer, rel: Release, images: dict[str, str]) -> list[str]:
+    new = identity.spec_dict(rel.spec, images.get(rel.spec.image, ""))
+    old = _old_spec(c)
+    if not new["image_id"]:
+        new["image_id"] = old.get("image_id", "")  # unknown until pulled: do not claim a move
+    return identity.describe_changes(old, new)
+
+
+def _start_reason(rel: Release, replica: int, group: list[ObservedContainer],
+                  observed_revisions: set[str], svc: Service, image_id: str) -> str:
+    if not group:
+        reason = f"release {rel.revision} at weight {rel.weight}"
+        reason = ("first deploy: " + reason) if len(svc.releases) == 1 else reason
+    elif rel.revision not in observed_revisions:
+        reason = f"new release {rel.revision} at weight {rel.weight}"
+    else:
+        same_replica = [c for c in group if c.label(identity.REVISION) == rel.revision
+                        and _replica(c) == replica]
+        if same_replica:
+            changes = identity.describe_changes(
+                _old_spec(same_replica[0]), identity.spec_dict(rel.spec, image_id
+                                                               or _old_spec(same_replica[0])
+                                                               .get("image_id", "")))
+            reason = "; ".join(changes) if changes else "configuration changed"
+        else:
+            reason = f"replicas -> {svc.replicas}: replica {replica} added"
+    if not image_id:
+        reason += " (name provisional until the image is pulled)"
+    return reason
+
+
+def _retire(ph: _Phases, host: str, service: str, c: ObservedContainer, why: str,
+            svc: Service | None) -> None:
+    grace = _old_spec(c).get("stop_grace_s", 10)
+    ph.retiring[(host, c.name)] = why
+    ph.removals.append(RemoveContainer(host=host, service=service, name=c.name,
+                                       container_id=c.id, reason=why,
+                                       grace_s=grace if isinstance(grace, int) else 10))
+
+
+# --------------------------------------------------------------------------- HAProxy
+
+
+def _plan_lb(ph: _Phases, desired: DesiredState, lb: LoadBalancer, obs: ObservedHAProxy) -> None:
+    lb_host = obs.host
+    structure: list[str] = []
+    if not obs.running:
+        structure.append("HAProxy is not running")
+    else:
+        structure += _section_changes(dict(obs.config_sections),
+                                      dict(section_digests(desired, lb)))
+    live = {(s.backend, s.server): s for s in obs.servers}
+    wanted = {(s.backend, s.name): s for s in ph.servers}
+    drain_timeout = {identity.backend_name(s.name): s.drain_timeout_s for s in desired.services}
+    for key in sorted(wanted):
+        srv = wanted[key]
+        have = live.get(key)
+        if have is None:
+            ph.lb_adds.append(AddServer(host=lb_host, service=srv.service, backend=srv.backend,
+                                        server=srv.name, app_host=srv.app_host,
+                                        weight=srv.weight, reason=srv.reason))
+            continue
+        if srv.port is not None and (have.address, have.port) != (srv.address, srv.port):
+            structure.append(f"server {srv.name} moved to {srv.address}:{srv.port}")
+        if have.weight != srv.weight or have.admin:
+            state = f" (state {','.join(have.admin)})" if have.admin else ""
+            ph.weights.append(SetWeight(host=lb_host, service=srv.service, backend=srv.backend,
+                                        server=srv.name, old_weight=have.weight,
+                                        weight=srv.weight,
+                                        reason=f"weight of its release is {srv.weight}{state}"))
+    if ph_adds := [a for a in ph.lb_adds if a.host == lb_host]:
+        structure.append(f"{len(ph_adds)} server(s) added")
+    if structure:
+        ph.lb_adds.append(ConfigureHAProxy(host=lb_host, service=None, reload=True,
+                                           reasons=tuple(structure), reason="structure changed"))
+    if any(a.host == lb_host for a in ph.weights) and not structure:
+        ph.weights.append(ConfigureHAProxy(host=lb_host, service=None, reload=False,
+                                           reasons=("keep the new weights across reloads",),
+                                           reason="weights changed"))
+    removed = [key for key in sorted(live) if key not in wanted]
+    for backend, server in removed:
+        service = backend.removeprefix("be_")
+        why = next((w for (_, name), w in ph.retiring.items() if name == server),
+                   "no such container")
+        ph.drains.append(DrainServer(host=lb_host, service=service, backend=backend,
+                                     server=server, timeout_s=drain_timeout.get(backend, 30),
+                                     reason=why))
+        ph.lb_removals.append(RemoveServer(host=lb_host, service=service, backend=backend,
+                                           server=server, reason=why))
+    if removed:
+        ph.lb_removals.append(ConfigureHAProxy(host=lb_host, service=None, reload=True,
+                                               reasons=(f"{len(removed)} server(s) removed",),
+                                               reason="structure changed"))
+
+
+def _section_changes(have: dict[str, str], want: dict[str, str]) -> list[str]:
+    if not have:
+        return ["no managed config installed"]
+    out: list[str] = []
+    for name in sorted(set(have) | set(want)):
+        if name not in have:
+            out.append(f"{name} added")
+        elif name not in want:
+            out.append(f"{name} removed")
+        elif have[name] != want[name]:
+            out.append(f"{name} changed")
+    return out
+
+
+def count_by_kind(actions: Iterable[Action]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for a in actions:
+        counts[a.kind] += 1
+    return dict(sorted(counts.items()))

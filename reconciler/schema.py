@@ -1,0 +1,81 @@
+"""JSON Schema (draft 2020-12) validation of manifest documents.
+
+The schemas under ``schemas/`` are the published contract of the manifest format; this
+module only applies them and turns each error into a ``Problem`` at the right line.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import Problem
+from reconciler.loader import Document
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+KINDS = {
+    "Service": "service.schema.json",
+    "Inventory": "inventory.schema.json",
+    "LoadBalancer": "loadbalancer.schema.json",
+    "Environment": "environment.schema.json",
+}
+BASE_URI = "https://reconciler.example/schemas/"
+
+
+@cache
+def _validators() -> dict[str, Any]:
+    # Imported here: jsonschema is slow to import and `--help` must stay fast.
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    schemas = {p.name: json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.schema.json")}
+    registry: Registry[Any] = Registry().with_resources(
+        (BASE_URI + name, Resource.from_contents(s)) for name, s in schemas.items()
+    )
+    return {
+        kind: Draft202012Validator(schemas[file], registry=registry)
+        for kind, file in KINDS.items()
+    }
+
+
+def _message(error: Any) -> str:
+    """A message that names the bad value and, for patterns, what was expected."""
+    if error.validator == "pattern":
+        expected = error.schema.get("x-pattern-message", f"pattern {error.validator_value}")
+        return f"{error.instance!r} is not a valid {expected}"
+    if error.validator == "additionalProperties":
+        return str(error.message).replace("Additional properties are not allowed", "unknown field")
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        best = min(error.context, key=lambda e: len(list(e.path)))
+        return f"{error.instance!r} matches no allowed form ({best.message})"
+    if error.validator == "not" and "required" in error.validator_value:
+        return "give either 'http' or 'command', not both"
+    return str(error.message)
+
+
+def check_document(doc: Document) -> list[Problem]:
+    """Schema problems of one document; an unknown or missing kind is one problem."""
+    data = doc.data
+    if not isinstance(data, dict):
+        return [doc.problem((), f"a manifest must be a mapping, got {type(data).__name__}")]
+    kind = data.get("kind")
+    if kind not in KINDS:
+        known = ", ".join(sorted(KINDS))
+        if kind is None:
+            return [doc.problem((), f"missing 'kind' (one of {known})")]
+        return [doc.problem(("kind",), f"unknown kind {kind!r} (one of {known})")]
+    validator = _validators()[kind]
+    problems = []
+    for error in validator.iter_errors(data):
+        path = tuple(error.absolute_path)
+        key = False
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            if extra:
+                path, key = (*path, extra[0]), True
+        elif "propertyNames" in error.schema_path:
+            path, key = (*path, error.instance), True
+        problems.append(doc.problem(path, _message(error), key=key))
+    return problems
