@@ -44,7 +44,7 @@ def spec_summary(spec: ContainerSpec) -> dict[str, Any]:
         "env": {k: shown_env_value(k, v) for k, v in spec.env},
         "secrets": [f"{s.name} (from {s.source} {s.location})" for s in spec.secrets],
         "health": spec.health.kind,
-        "replica_labels": dict(spec.labels),
+        "labels": dict(spec.labels),
     }
 
 
@@ -97,6 +97,7 @@ class AddServer(Action):
     backend: str = ""
     server: str = ""
     app_host: str = ""
+    container: str = ""
     weight: int = 0
 
     def describe(self) -> str:
@@ -158,5 +159,13 @@ class ConfigureHAProxy(Action):
         return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
 
 
-ALL_ACTIONS: tuple[type[Action], ...] = (PullImage, StartContainer, RemoveContainer, AddServer,
-                                         SetWeight, DrainServer, RemoveServer, ConfigureHAProxy)
+ALL_ACTIONS: tuple[type[Action], ...] = (
+    PullImage,
+    StartContainer,
+    RemoveContainer,
+    AddServer,
+    SetWeight,
+    DrainServer,
+    RemoveServer,
+    ConfigureHAProxy,
+)

@@ -38,18 +38,35 @@ def default_state_dir() -> str:
 def source_options(f: F) -> F:
     """Options that say which repository, commit and environment to read."""
     options = [
-        click.option("--repo", "-r", envvar="RECONCILE_REPO", default=".", show_default=True,
-                     help="Manifests repository: a local path (a folder inside a git work "
-                          "tree is the manifests root) or a git URL."),
-        click.option("--branch", "-b", envvar="RECONCILE_BRANCH",
-                     help="Branch to read (default: HEAD of a local repository; the remote's "
-                          "default branch for a URL)."),
-        click.option("--rev", help="Commit, tag or other revision to read instead of the "
-                                   "branch head."),
-        click.option("--path", "subdir", default="", help="Manifests folder inside the "
-                                                          "repository."),
-        click.option("--env", "-e", "environment", envvar="RECONCILE_ENV",
-                     help="Environment to act on (required when the repository has several)."),
+        click.option(
+            "--repo",
+            "-r",
+            envvar="RECONCILE_REPO",
+            default=".",
+            show_default=True,
+            help="Manifests repository: a local path (a folder inside a git work "
+            "tree is the manifests root) or a git URL.",
+        ),
+        click.option(
+            "--branch",
+            "-b",
+            envvar="RECONCILE_BRANCH",
+            help="Branch to read (default: HEAD of a local repository; the remote's "
+            "default branch for a URL).",
+        ),
+        click.option(
+            "--rev", help="Commit, tag or other revision to read instead of the branch head."
+        ),
+        click.option(
+            "--path", "subdir", default="", help="Manifests folder inside the repository."
+        ),
+        click.option(
+            "--env",
+            "-e",
+            "environment",
+            envvar="RECONCILE_ENV",
+            help="Environment to act on (required when the repository has several).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -57,12 +74,22 @@ def source_options(f: F) -> F:
 
 
 def state_options(f: F) -> F:
-    f = click.option("--state-dir", envvar="RECONCILE_STATE_DIR", default=default_state_dir,
-                     show_default="/var/lib/reconciler as root, else ~/.local/state/reconciler",
-                     type=click.Path(file_okay=False, path_type=Path),
-                     help="Where the reconciler keeps its HAProxy files, locks and history.")(f)
-    return click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
-                        show_default=True, help="Output format.")(f)
+    f = click.option(
+        "--state-dir",
+        envvar="RECONCILE_STATE_DIR",
+        default=default_state_dir,
+        show_default="/var/lib/reconciler as root, else ~/.local/state/reconciler",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where the reconciler keeps its HAProxy files, locks and history.",
+    )(f)
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Output format.",
+    )(f)
 
 
 @dataclass
@@ -91,8 +118,10 @@ def _load(repo: str, branch: str | None, rev: str | None, subdir: str) -> Loaded
     git_repo, root = open_repo(spec)
     snapshot = read_commit(git_repo, root, resolve_rev(spec, rev))
     if not spec.is_remote and rev is None and worktree_changes(git_repo, root):
-        click.echo(f"note: uncommitted changes under {repo} are ignored; reading "
-                   f"commit {snapshot.short}", err=True)
+        click.echo(
+            f"note: uncommitted changes under {repo} are ignored; reading commit {snapshot.short}",
+            err=True,
+        )
     return Loaded(snapshot, load_manifests(snapshot.files), spec)
 
 
@@ -102,8 +131,9 @@ def _pick_environment(manifests: Manifests, environment: str | None) -> str:
         return environment
     if len(names) == 1:
         return names[0]
-    raise ReconcilerError(f"the repository has several environments ({', '.join(names)}): "
-                          "choose one with --env")
+    raise ReconcilerError(
+        f"the repository has several environments ({', '.join(names)}): choose one with --env"
+    )
 
 
 def _fail(exc: ReconcilerError) -> None:
@@ -116,8 +146,15 @@ def _fail(exc: ReconcilerError) -> None:
     sys.exit(1)
 
 
-def _run_plan(repo: str, branch: str | None, rev: str | None, subdir: str,
-              environment: str | None, state_dir: Path, output: str) -> None:
+def _run_plan(
+    repo: str,
+    branch: str | None,
+    rev: str | None,
+    subdir: str,
+    environment: str | None,
+    state_dir: Path,
+    output: str,
+) -> None:
     try:
         from reconciler.manifests import resolve
         from reconciler.observe.live import observe
@@ -142,8 +179,17 @@ def _run_plan(repo: str, branch: str | None, rev: str | None, subdir: str,
 @source_options
 @state_options
 @click.pass_context
-def main(ctx: click.Context, dry_run: bool, repo: str, branch: str | None, rev: str | None,
-         subdir: str, environment: str | None, state_dir: Path, output: str) -> None:
+def main(
+    ctx: click.Context,
+    dry_run: bool,
+    repo: str,
+    branch: str | None,
+    rev: str | None,
+    subdir: str,
+    environment: str | None,
+    state_dir: Path,
+    output: str,
+) -> None:
     """Reconcile Docker hosts and HAProxy with the release manifests in git.
 
     Reads a commit of the manifests repository, observes what really runs (Docker
@@ -160,8 +206,11 @@ def main(ctx: click.Context, dry_run: bool, repo: str, branch: str | None, rev: 
     if ctx.invoked_subcommand is not None:
         return
     if not dry_run:
-        click.echo("error: applying changes is not available in this version yet; "
-                   "use --dry-run (or `reconcile plan`) to see what would change.", err=True)
+        click.echo(
+            "error: applying changes is not available in this version yet; "
+            "use --dry-run (or `reconcile plan`) to see what would change.",
+            err=True,
+        )
         sys.exit(1)
     _run_plan(repo, branch, rev, subdir, environment, state_dir, output)
 
@@ -169,8 +218,15 @@ def main(ctx: click.Context, dry_run: bool, repo: str, branch: str | None, rev: 
 @main.command()
 @source_options
 @state_options
-def plan(repo: str, branch: str | None, rev: str | None, subdir: str, environment: str | None,
-         state_dir: Path, output: str) -> None:
+def plan(
+    repo: str,
+    branch: str | None,
+    rev: str | None,
+    subdir: str,
+    environment: str | None,
+    state_dir: Path,
+    output: str,
+) -> None:
     """Show what a reconcile would change (the dry run); change nothing.
 
     Exits 0 when nothing would change, 2 when changes are pending, 1 on error.
@@ -180,10 +236,19 @@ def plan(repo: str, branch: str | None, rev: str | None, subdir: str, environmen
 
 @main.command()
 @source_options
-@click.option("--worktree", is_flag=True,
-              help="Validate the files on disk instead of a commit (for pre-commit hooks).")
-def validate(repo: str, branch: str | None, rev: str | None, subdir: str,
-             environment: str | None, worktree: bool) -> None:
+@click.option(
+    "--worktree",
+    is_flag=True,
+    help="Validate the files on disk instead of a commit (for pre-commit hooks).",
+)
+def validate(
+    repo: str,
+    branch: str | None,
+    rev: str | None,
+    subdir: str,
+    environment: str | None,
+    worktree: bool,
+) -> None:
     """Check every manifest: YAML, JSON Schema and semantic rules.
 
     Reports all problems of the repository with file:line:column, field and bad value,
@@ -208,22 +273,42 @@ def validate(repo: str, branch: str | None, rev: str | None, subdir: str,
     except ReconcilerError as exc:
         _fail(exc)
         return
-    click.echo(f"ok: {len(snapshot.files)} file(s) valid at {label}; environments: "
-               f"{', '.join(envs)}")
+    click.echo(
+        f"ok: {len(snapshot.files)} file(s) valid at {label}; environments: {', '.join(envs)}"
+    )
 
 
 @main.command()
 @click.argument("base")
 @click.argument("head")
-@click.option("--repo", "-r", envvar="RECONCILE_REPO", default=".", show_default=True,
-              help="Manifests repository (local path or git URL).")
+@click.option(
+    "--repo",
+    "-r",
+    envvar="RECONCILE_REPO",
+    default=".",
+    show_default=True,
+    help="Manifests repository (local path or git URL).",
+)
 @click.option("--path", "subdir", default="", help="Manifests folder inside the repository.")
 @click.option("--env", "-e", "environment", help="Only this environment (default: all).")
-@click.option("--output", "-o", type=click.Choice(["text", "json", "markdown"]), default="text",
-              show_default=True, help="markdown is ready to paste as a pull-request comment.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="markdown is ready to paste as a pull-request comment.",
+)
 @click.option("--exit-code", is_flag=True, help="Exit 2 when the desired state differs.")
-def diff(base: str, head: str, repo: str, subdir: str, environment: str | None, output: str,
-         exit_code: bool) -> None:
+def diff(
+    base: str,
+    head: str,
+    repo: str,
+    subdir: str,
+    environment: str | None,
+    output: str,
+    exit_code: bool,
+) -> None:
     """Compare the desired state of two commits (BASE, HEAD) without contacting any host.
 
     Lists per environment and service what changes: releases and weights, env keys
@@ -246,11 +331,15 @@ def diff(base: str, head: str, repo: str, subdir: str, environment: str | None, 
             envs = sorted(set(loaded[0].environment_names()) | set(loaded[1].environment_names()))
         diffs = []
         for env in envs:
-            states = [resolve(m, env, s.commit) if env in m.environment_names() else None
-                      for m, s in zip(loaded, snaps, strict=True)]
+            states = [
+                resolve(m, env, s.commit) if env in m.environment_names() else None
+                for m, s in zip(loaded, snaps, strict=True)
+            ]
             if states[0] is None or states[1] is None:
-                raise ReconcilerError(f"environment {env!r} exists only at "
-                                      f"{(snaps[1] if states[1] else snaps[0]).short}")
+                raise ReconcilerError(
+                    f"environment {env!r} exists only at "
+                    f"{(snaps[1] if states[1] else snaps[0]).short}"
+                )
             diffs.append(diff_states(states[0], states[1]))
     except ReconcilerError as exc:
         _fail(exc)

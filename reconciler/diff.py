@@ -31,15 +31,26 @@ class EnvironmentDiff:
 
 def diff_states(base: DesiredState, head: DesiredState) -> EnvironmentDiff:
     items: list[ItemDiff] = []
-    items += _diff_named("service", {s.name: s for s in base.services},
-                         {s.name: s for s in head.services}, _service_changes, _service_summary)
-    items += _diff_named("loadbalancer", {lb.name: lb for lb in base.loadbalancers},
-                         {lb.name: lb for lb in head.loadbalancers}, _lb_changes, _lb_summary)
+    items += _diff_named(
+        "service",
+        {s.name: s for s in base.services},
+        {s.name: s for s in head.services},
+        _service_changes,
+        _service_summary,
+    )
+    items += _diff_named(
+        "loadbalancer",
+        {lb.name: lb for lb in base.loadbalancers},
+        {lb.name: lb for lb in head.loadbalancers},
+        _lb_changes,
+        _lb_summary,
+    )
     return EnvironmentDiff(environment=head.environment, items=tuple(items))
 
 
-def _diff_named(kind: Any, old: dict[str, Any], new: dict[str, Any], changes: Any,
-                summary: Any) -> list[ItemDiff]:
+def _diff_named(
+    kind: Any, old: dict[str, Any], new: dict[str, Any], changes: Any, summary: Any
+) -> list[ItemDiff]:
     out = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
@@ -57,8 +68,11 @@ def _weights(svc: Service) -> str:
 
 def _service_summary(svc: Service) -> list[str]:
     spec = svc.releases[0].spec
-    lines = [f"releases: {_weights(svc)}", f"replicas: {svc.replicas} per host",
-             f"hosts: {', '.join(svc.hosts)}"]
+    lines = [
+        f"releases: {_weights(svc)}",
+        f"replicas: {svc.replicas} per host",
+        f"hosts: {', '.join(svc.hosts)}",
+    ]
     lines += [f"env {k}={shown_env_value(k, v)}" for k, v in spec.env]
     lines += [f"secret {s.name} (value from {s.source} on the host)" for s in spec.secrets]
     return lines
@@ -95,8 +109,10 @@ def _comparable_releases(old: Service, new: Service) -> tuple[Release, Release] 
     common = [r.revision for r in new.releases if r.revision in {o.revision for o in old.releases}]
     if common:
         rev = common[0]
-        return (next(r for r in old.releases if r.revision == rev),
-                next(r for r in new.releases if r.revision == rev))
+        return (
+            next(r for r in old.releases if r.revision == rev),
+            next(r for r in new.releases if r.revision == rev),
+        )
     return (old.releases[-1], new.releases[-1]) if old.releases and new.releases else None
 
 
@@ -109,8 +125,9 @@ def _spec_changes(old: Release, new: Release) -> list[str]:
         elif key not in n:
             out.append(f"env {key} removed")
         elif o[key] != n[key]:
-            out.append(f"env {key}: {shown_env_value(key, o[key])} -> "
-                       f"{shown_env_value(key, n[key])}")
+            out.append(
+                f"env {key}: {shown_env_value(key, o[key])} -> {shown_env_value(key, n[key])}"
+            )
     os_, ns = {s.name: s for s in old.spec.secrets}, {s.name: s for s in new.spec.secrets}
     for key in sorted(set(os_) | set(ns)):
         if key not in os_:
@@ -154,7 +171,8 @@ def _show(value: Any) -> str:
 
 def _lb_summary(lb: LoadBalancer) -> list[str]:
     return [f"hosts: {', '.join(lb.hosts)}"] + [
-        f"frontend {fe.name} on {fe.bind_address}:{fe.bind_port}" for fe in lb.frontends]
+        f"frontend {fe.name} on {fe.bind_address}:{fe.bind_port}" for fe in lb.frontends
+    ]
 
 
 def _lb_changes(old: LoadBalancer, new: LoadBalancer) -> list[str]:

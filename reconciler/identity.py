@@ -41,17 +41,22 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def config_hash(environment: str, service: str, revision: str, spec: ContainerSpec,
-                image_id: str) -> str:
+def config_hash(
+    environment: str, service: str, revision: str, spec: ContainerSpec, image_id: str
+) -> str:
     """sha256 over everything that defines the container (hex, 64 characters)."""
     payload = canonical_json([environment, service, revision, spec_dict(spec, image_id)])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def container_name(environment: str, service: str, revision: str, chash: str,
-                   replica: int) -> str:
+def container_name(environment: str, service: str, revision: str, chash: str, replica: int) -> str:
     """Deterministic Docker name; also the HAProxy server name of the container."""
     return f"{environment}-{service}-{revision}-{chash[:10]}-{replica}"
+
+
+def server_name(host: str, container: str) -> str:
+    """HAProxy server name of a container: unique in its backend across hosts, stable."""
+    return f"{host}.{container}"
 
 
 def backend_name(service: str) -> str:
@@ -62,19 +67,29 @@ def frontend_name(frontend: str) -> str:
     return f"fe_{frontend}"
 
 
-def container_labels(environment: str, service: str, revision: str, chash: str, replica: int,
-                     commit: str, spec: ContainerSpec, image_id: str) -> dict[str, str]:
+def container_labels(
+    environment: str,
+    service: str,
+    revision: str,
+    chash: str,
+    replica: int,
+    commit: str,
+    spec: ContainerSpec,
+    image_id: str,
+) -> dict[str, str]:
     labels = dict(spec.labels)
-    labels.update({
-        MANAGED: "true",
-        ENVIRONMENT: environment,
-        SERVICE: service,
-        REVISION: revision,
-        CONFIG_HASH: chash,
-        REPLICA: str(replica),
-        COMMIT: commit,
-        SPEC: canonical_json(spec_dict(spec, image_id)),
-    })
+    labels.update(
+        {
+            MANAGED: "true",
+            ENVIRONMENT: environment,
+            SERVICE: service,
+            REVISION: revision,
+            CONFIG_HASH: chash,
+            REPLICA: str(replica),
+            COMMIT: commit,
+            SPEC: canonical_json(spec_dict(spec, image_id)),
+        }
+    )
     return labels
 
 
@@ -111,13 +126,31 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("image") != new.get("image"):
         reasons.append(f"image {old.get('image')} -> {new.get('image')}")
     elif old.get("image_id") and new.get("image_id") and old["image_id"] != new["image_id"]:
-        reasons.append(f"image {new.get('image')} now resolves to "
-                       f"{_short_id(new['image_id'])} (was {_short_id(old['image_id'])})")
-    names = {"health": "health check", "memory_bytes": "memory limit", "nano_cpus": "cpu limit",
-             "restart": "restart policy", "stop_grace_s": "stop grace period",
-             "port": "container port"}
-    for field in ("command", "args", "port", "health", "volumes", "memory_bytes", "nano_cpus",
-                  "restart", "logging", "labels", "stop_grace_s"):
+        reasons.append(
+            f"image {new.get('image')} now resolves to "
+            f"{_short_id(new['image_id'])} (was {_short_id(old['image_id'])})"
+        )
+    names = {
+        "health": "health check",
+        "memory_bytes": "memory limit",
+        "nano_cpus": "cpu limit",
+        "restart": "restart policy",
+        "stop_grace_s": "stop grace period",
+        "port": "container port",
+    }
+    for field in (
+        "command",
+        "args",
+        "port",
+        "health",
+        "volumes",
+        "memory_bytes",
+        "nano_cpus",
+        "restart",
+        "logging",
+        "labels",
+        "stop_grace_s",
+    ):
         if _norm(old.get(field)) != _norm(new.get(field)):
             reasons.append(f"{names.get(field, field)} changed")
     return reasons
@@ -128,4 +161,4 @@ def _norm(value: Any) -> str:
 
 
 def _short_id(image_id: str) -> str:
-    return image_id.split(":")[-1][:12]
+    return image_id.rsplit(":", maxsplit=1)[-1][:12]

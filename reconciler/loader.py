@@ -84,8 +84,13 @@ class _Builder:
                 kpos = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 if key in out:
                     self.problems.append(
-                        Problem(self.file, kpos[0], kpos[1], format_path((*path, key)),
-                                f"duplicate key {key!r}")
+                        Problem(
+                            self.file,
+                            kpos[0],
+                            kpos[1],
+                            format_path((*path, key)),
+                            f"duplicate key {key!r}",
+                        )
                     )
                 doc.key_positions[(*path, key)] = kpos
                 out[key] = self.build(value_node, (*path, key), doc)

@@ -95,7 +95,9 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
 def _index(docs: list[Document], problems: list[Problem]) -> Manifests:
     m = Manifests()
     tables: dict[str, dict[str, Document]] = {
-        "Service": m.services, "LoadBalancer": m.loadbalancers, "Environment": m.environments,
+        "Service": m.services,
+        "LoadBalancer": m.loadbalancers,
+        "Environment": m.environments,
     }
     for doc in docs:
         kind = doc.data["kind"]
@@ -108,20 +110,28 @@ def _index(docs: list[Document], problems: list[Problem]) -> Manifests:
         table = tables[kind]
         if name in table:
             first = table[name]
-            problems.append(doc.problem(("name",), f"duplicate {kind} name {name!r} "
-                                        f"(first defined in {first.file}:{first.line})"))
+            problems.append(
+                doc.problem(
+                    ("name",),
+                    f"duplicate {kind} name {name!r} (first defined in {first.file}:{first.line})",
+                )
+            )
         else:
             table[name] = doc
     return m
 
 
-def _add_unique(table: dict[str, At], name: str, at: At, what: str,
-                problems: list[Problem]) -> None:
+def _add_unique(
+    table: dict[str, At], name: str, at: At, what: str, problems: list[Problem]
+) -> None:
     if name in table:
         first = table[name]
         line, _ = first.doc.where((*first.path, "name"))
-        problems.append(at.problem(f"duplicate {what} name {name!r} "
-                                   f"(first defined in {first.doc.file}:{line})", "name"))
+        problems.append(
+            at.problem(
+                f"duplicate {what} name {name!r} (first defined in {first.doc.file}:{line})", "name"
+            )
+        )
     else:
         table[name] = at
 
@@ -141,24 +151,31 @@ def _check_repository(m: Manifests) -> list[Problem]:
     for doc in m.environments.values():
         for name in doc.data.get("services", {}):
             if name not in m.services:
-                problems.append(doc.problem(("services", name), f"unknown service {name!r}",
-                                            key=True))
+                problems.append(
+                    doc.problem(("services", name), f"unknown service {name!r}", key=True)
+                )
         for name, override in doc.data.get("loadbalancers", {}).items():
             lb = m.loadbalancers.get(name)
             if lb is None:
-                problems.append(doc.problem(("loadbalancers", name),
-                                            f"unknown load balancer {name!r}", key=True))
+                problems.append(
+                    doc.problem(
+                        ("loadbalancers", name), f"unknown load balancer {name!r}", key=True
+                    )
+                )
                 continue
             known = {fe["name"] for fe in lb.data["frontends"]}
             for fe in override.get("frontends", {}):
                 if fe not in known:
-                    problems.append(doc.problem(("loadbalancers", name, "frontends", fe),
-                                                f"unknown frontend {fe!r} of load balancer "
-                                                f"{name!r}", key=True))
+                    problems.append(
+                        doc.problem(
+                            ("loadbalancers", name, "frontends", fe),
+                            f"unknown frontend {fe!r} of load balancer {name!r}",
+                            key=True,
+                        )
+                    )
         for name, secret in doc.data.get("secrets", {}).items():
             if "file" in secret and (why := safety.absolute_path(secret["file"])):
-                problems.append(doc.problem(("secrets", name, "file"),
-                                            f"{secret['file']!r} {why}"))
+                problems.append(doc.problem(("secrets", name, "file"), f"{secret['file']!r} {why}"))
     return problems
 
 
@@ -174,8 +191,12 @@ def _check_service_values(doc: Document) -> list[Problem]:
     image = data["image"]
     last = image.rsplit("/", 1)[-1]
     if ":" in last or "@" in last:
-        bad(("image",), image, "names a tag or digest: give the repository only (the tag is "
-                               "the release revision) or set releases[].image")
+        bad(
+            ("image",),
+            image,
+            "names a tag or digest: give the repository only (the tag is "
+            "the release revision) or set releases[].image",
+        )
     _check_env_values(doc, ("env",), data.get("env", {}), problems)
     for i, rel in enumerate(data["releases"]):
         _check_env_values(doc, ("releases", i, "env"), rel.get("env", {}), problems)
@@ -203,8 +224,9 @@ def _check_service_values(doc: Document) -> list[Problem]:
     return problems
 
 
-def _check_env_values(doc: Document, path: Path, env: dict[str, Any],
-                      problems: list[Problem]) -> None:
+def _check_env_values(
+    doc: Document, path: Path, env: dict[str, Any], problems: list[Problem]
+) -> None:
     for key, value in env.items():
         if isinstance(value, str) and (why := safety.control_chars(value)):
             problems.append(doc.problem((*path, key), f"value of {key} {why}"))
@@ -231,8 +253,9 @@ def _env_text(value: Any) -> str:
     return str(value)
 
 
-def _resolve(m: Manifests, env_name: str, commit: str,
-             problems: list[Problem]) -> DesiredState | None:
+def _resolve(
+    m: Manifests, env_name: str, commit: str, problems: list[Problem]
+) -> DesiredState | None:
     """Resolve one environment, appending its problems; None when any were found."""
     start = len(problems)
     env_doc = m.environments.get(env_name)
@@ -244,8 +267,9 @@ def _resolve(m: Manifests, env_name: str, commit: str,
             if h not in hosts:
                 problems.append(at.problem(f"unknown host {h!r}", i))
             elif role not in hosts[h].roles:
-                problems.append(at.problem(f"host {h!r} does not have role {role!r} "
-                                           f"needed to run {what}", i))
+                problems.append(
+                    at.problem(f"host {h!r} does not have role {role!r} needed to run {what}", i)
+                )
 
     services: dict[str, Service] = {}
     for name, doc in sorted(m.services.items()):
@@ -253,8 +277,10 @@ def _resolve(m: Manifests, env_name: str, commit: str,
         if svc is not None:
             services[name] = svc
 
-    lbs = [_loadbalancer(doc, env_doc, env_data, env_name, services, m, check_hosts, problems)
-           for _, doc in sorted(m.loadbalancers.items())]
+    lbs = [
+        _loadbalancer(doc, env_doc, env_data, env_name, services, m, check_hosts, problems)
+        for _, doc in sorted(m.loadbalancers.items())
+    ]
     _check_lb_hosts_and_ports([lb for lb in lbs if lb], env_name, problems)
     if len(problems) > start:
         return None
@@ -275,15 +301,24 @@ def _host(at: At) -> Host:
     ssh = None
     if isinstance(conn, dict):
         s = conn["ssh"]
-        ssh = SshConnection(user=s["user"], port=s.get("port", 22), key=s.get("key"),
-                            known_hosts=s.get("known_hosts"),
-                            host_key_checking=s.get("host_key_checking", "strict"))
+        ssh = SshConnection(
+            user=s["user"],
+            port=s.get("port", 22),
+            key=s.get("key"),
+            known_hosts=s.get("known_hosts"),
+            host_key_checking=s.get("host_key_checking", "strict"),
+        )
     return Host(name=data["name"], address=data["address"], roles=tuple(data["roles"]), ssh=ssh)
 
 
-def _service(doc: Document, env_doc: Document | None, env_data: dict[str, Any], env_name: str,
-             check_hosts: Callable[[list[str], At, str, str], None],
-             problems: list[Problem]) -> Service | None:
+def _service(
+    doc: Document,
+    env_doc: Document | None,
+    env_data: dict[str, Any],
+    env_name: str,
+    check_hosts: Callable[[list[str], At, str, str], None],
+    problems: list[Problem],
+) -> Service | None:
     data = doc.data
     name = data["name"]
     override = env_data.get("services", {}).get(name, {})
@@ -300,43 +335,64 @@ def _service(doc: Document, env_doc: Document | None, env_data: dict[str, Any], 
     host_names, hosts_at = pick("hosts")
     host_names = host_names or []
     if not host_names:
-        problems.append(hosts_at.problem(f"service {name!r} has no hosts{in_env} (list hosts, "
-                                         "or set enabled: false in the environment)"))
+        problems.append(
+            hosts_at.problem(
+                f"service {name!r} has no hosts{in_env} (list hosts, "
+                "or set enabled: false in the environment)"
+            )
+        )
     check_hosts(host_names, hosts_at, "app", f"service {name!r}")
 
     releases_data, rel_at = pick("releases")
     revisions: set[str] = set()
     for i, rel in enumerate(releases_data):
         if rel["revision"] in revisions:
-            problems.append(rel_at.problem(f"duplicate revision {rel['revision']!r}", i,
-                                           "revision"))
+            problems.append(
+                rel_at.problem(f"duplicate revision {rel['revision']!r}", i, "revision")
+            )
         revisions.add(rel["revision"])
     total = sum(r["weight"] for r in releases_data)
     if total != 100:
         weights = " + ".join(str(r["weight"]) for r in releases_data)
-        problems.append(rel_at.problem(f"weights of service {name!r} add up to {total} "
-                                       f"({weights}){in_env}; they must add up to 100"))
+        problems.append(
+            rel_at.problem(
+                f"weights of service {name!r} add up to {total} "
+                f"({weights}){in_env}; they must add up to 100"
+            )
+        )
 
     declared = env_data.get("secrets", {})
     secrets = []
     for i, secret in enumerate(data.get("secrets", [])):
         if secret not in declared:
             where = env_doc.file if env_doc else "an Environment manifest"
-            problems.append(doc.problem(("secrets", i), f"secret {secret!r} is not declared"
-                                        f"{in_env} (add it under secrets: in {where})"))
+            problems.append(
+                doc.problem(
+                    ("secrets", i),
+                    f"secret {secret!r} is not declared{in_env} (add it under secrets: in {where})",
+                )
+            )
             continue
         d = declared[secret]
-        secrets.append(SecretRef(name=secret, source="file" if "file" in d else "env",
-                                 location=d.get("file") or d["env"],
-                                 version=str(d.get("version", ""))))
+        secrets.append(
+            SecretRef(
+                name=secret,
+                source="file" if "file" in d else "env",
+                location=d.get("file") or d["env"],
+                version=str(d.get("version", "")),
+            )
+        )
 
     env = {**data.get("env", {}), **override.get("env", {})}
     replicas = override.get("replicas", data.get("replicas", 1))
     lb = data.get("loadbalancing", {})
     t = lb.get("timeouts", {})
     releases = tuple(
-        Release(revision=r["revision"], weight=r["weight"],
-                spec=_spec(data, r, {**env, **r.get("env", {})}, tuple(secrets)))
+        Release(
+            revision=r["revision"],
+            weight=r["weight"],
+            spec=_spec(data, r, {**env, **r.get("env", {})}, tuple(secrets)),
+        )
         for r in releases_data
     )
     return Service(
@@ -345,15 +401,18 @@ def _service(doc: Document, env_doc: Document | None, env_data: dict[str, Any], 
         replicas=replicas,
         hosts=tuple(sorted(host_names)),
         balance=lb.get("balance", "roundrobin"),
-        timeouts=Timeouts(connect_ms=duration_ms(t.get("connect", "5s")),
-                          server_ms=duration_ms(t.get("server", "30s")),
-                          queue_ms=duration_ms(t.get("queue", "30s"))),
+        timeouts=Timeouts(
+            connect_ms=duration_ms(t.get("connect", "5s")),
+            server_ms=duration_ms(t.get("server", "30s")),
+            queue_ms=duration_ms(t.get("queue", "30s")),
+        ),
         drain_timeout_s=duration_ms(lb.get("drain_timeout", "30s")) // 1000,
     )
 
 
-def _spec(data: dict[str, Any], rel: dict[str, Any], env: dict[str, Any],
-          secrets: tuple[SecretRef, ...]) -> ContainerSpec:
+def _spec(
+    data: dict[str, Any], rel: dict[str, Any], env: dict[str, Any], secrets: tuple[SecretRef, ...]
+) -> ContainerSpec:
     health = data.get("health")
     if health is None:
         check = HealthCheck(kind="none")
@@ -384,9 +443,15 @@ def _spec(data: dict[str, Any], rel: dict[str, Any], env: dict[str, Any],
         env=tuple(sorted((k, _env_text(v)) for k, v in env.items())),
         secrets=secrets,
         health=check,
-        volumes=tuple(Volume(type=v["type"], source=v["source"], target=v["target"],
-                             read_only=v.get("read_only", False))
-                      for v in data.get("volumes", [])),
+        volumes=tuple(
+            Volume(
+                type=v["type"],
+                source=v["source"],
+                target=v["target"],
+                read_only=v.get("read_only", False),
+            )
+            for v in data.get("volumes", [])
+        ),
         memory_bytes=memory_bytes(res["memory"]) if "memory" in res else None,
         nano_cpus=round(res["cpus"] * 1e9) if "cpus" in res else None,
         restart=data.get("restart", "unless-stopped"),
@@ -396,10 +461,16 @@ def _spec(data: dict[str, Any], rel: dict[str, Any], env: dict[str, Any],
     )
 
 
-def _loadbalancer(doc: Document, env_doc: Document | None, env_data: dict[str, Any],
-                  env_name: str, services: dict[str, Service], m: Manifests,
-                  check_hosts: Callable[[list[str], At, str, str], None],
-                  problems: list[Problem]) -> tuple[LoadBalancer, dict[str, At]] | None:
+def _loadbalancer(
+    doc: Document,
+    env_doc: Document | None,
+    env_data: dict[str, Any],
+    env_name: str,
+    services: dict[str, Service],
+    m: Manifests,
+    check_hosts: Callable[[list[str], At, str, str], None],
+    problems: list[Problem],
+) -> tuple[LoadBalancer, dict[str, At]] | None:
     """The LB with its frontends resolved, and where each frontend's bind came from."""
     data = doc.data
     name = data["name"]
@@ -421,86 +492,127 @@ def _loadbalancer(doc: Document, env_doc: Document | None, env_data: dict[str, A
         fe_over = override.get("frontends", {}).get(base["name"], {})
         fe = {**base, **fe_over}
 
-        def at(key: str, fe_over: dict[str, Any] = fe_over, i: int = i,
-               base_name: str = base["name"]) -> At:
+        def at(
+            key: str, fe_over: dict[str, Any] = fe_over, i: int = i, base_name: str = base["name"]
+        ) -> At:
             if key in fe_over and env_doc is not None:
                 return At(env_doc, (*opath, "frontends", base_name, key))
             return At(doc, ("frontends", i, key))
 
         for j, route in enumerate(fe.get("routes", [])):
-            _check_service_ref(route["service"], services, m,
-                               At(doc, ("frontends", i, "routes", j, "service")), in_env, problems)
+            _check_service_ref(
+                route["service"],
+                services,
+                m,
+                At(doc, ("frontends", i, "routes", j, "service")),
+                in_env,
+                problems,
+            )
             if "path_prefix" in route and (why := safety.path_prefix(route["path_prefix"])):
-                problems.append(doc.problem(("frontends", i, "routes", j, "path_prefix"),
-                                            f"{route['path_prefix']!r} {why}"))
+                problems.append(
+                    doc.problem(
+                        ("frontends", i, "routes", j, "path_prefix"),
+                        f"{route['path_prefix']!r} {why}",
+                    )
+                )
         if "default_service" in fe:
-            _check_service_ref(fe["default_service"], services, m, at("default_service"),
-                               in_env, problems)
+            _check_service_ref(
+                fe["default_service"], services, m, at("default_service"), in_env, problems
+            )
         elif not fe.get("routes") and not fe.get("redirect_https"):
-            problems.append(At(doc, ("frontends", i)).problem(
-                f"frontend {fe['name']!r} has no routes and no default_service"))
+            problems.append(
+                At(doc, ("frontends", i)).problem(
+                    f"frontend {fe['name']!r} has no routes and no default_service"
+                )
+            )
         cert = fe.get("tls", {}).get("certificate")
         if cert is not None and (why := safety.absolute_path(cert, haproxy=True)):
             problems.append(at("tls").problem(f"{cert!r} {why}", "certificate"))
         if fe.get("redirect_https"):
             if "tls" in fe:
-                problems.append(at("redirect_https").problem(
-                    "redirect_https on a TLS frontend would redirect to itself"))
+                problems.append(
+                    at("redirect_https").problem(
+                        "redirect_https on a TLS frontend would redirect to itself"
+                    )
+                )
             elif not has_tls:
-                problems.append(at("redirect_https").problem(
-                    f"redirect_https needs a frontend with tls in load balancer {name!r}"))
+                problems.append(
+                    at("redirect_https").problem(
+                        f"redirect_https needs a frontend with tls in load balancer {name!r}"
+                    )
+                )
         address, _, port = fe["bind"].rpartition(":")
         if not 1 <= int(port) <= 65535:
             problems.append(at("bind").problem(f"{fe['bind']!r} has port {port} outside 1-65535"))
         bind_at[fe["name"]] = at("bind")
-        frontends.append(Frontend(
-            name=fe["name"],
-            bind_address=address or "*",
-            bind_port=int(port),
-            routes=tuple(Route(service=r["service"], host=r.get("host"),
-                               path_prefix=r.get("path_prefix")) for r in fe.get("routes", [])),
-            default_service=fe.get("default_service"),
-            tls_certificate=cert,
-            redirect_https=fe.get("redirect_https", False),
-            client_timeout_ms=duration_ms(fe.get("client_timeout", "30s")),
-        ))
+        frontends.append(
+            Frontend(
+                name=fe["name"],
+                bind_address=address or "*",
+                bind_port=int(port),
+                routes=tuple(
+                    Route(
+                        service=r["service"], host=r.get("host"), path_prefix=r.get("path_prefix")
+                    )
+                    for r in fe.get("routes", [])
+                ),
+                default_service=fe.get("default_service"),
+                tls_certificate=cert,
+                redirect_https=fe.get("redirect_https", False),
+                client_timeout_ms=duration_ms(fe.get("client_timeout", "30s")),
+            )
+        )
     lb = LoadBalancer(name=name, hosts=tuple(sorted(host_names)), frontends=tuple(frontends))
     return lb, bind_at
 
 
-def _check_service_ref(name: str, services: dict[str, Service], m: Manifests, at: At,
-                       in_env: str, problems: list[Problem]) -> None:
+def _check_service_ref(
+    name: str,
+    services: dict[str, Service],
+    m: Manifests,
+    at: At,
+    in_env: str,
+    problems: list[Problem],
+) -> None:
     if name not in m.services:
         problems.append(at.problem(f"unknown service {name!r}"))
     elif name not in services:
         problems.append(at.problem(f"routes to service {name!r}, which is disabled{in_env}"))
 
 
-def _check_lb_hosts_and_ports(lbs: list[tuple[LoadBalancer, dict[str, At]]], env_name: str,
-                              problems: list[Problem]) -> None:
+def _check_lb_hosts_and_ports(
+    lbs: list[tuple[LoadBalancer, dict[str, At]]], env_name: str, problems: list[Problem]
+) -> None:
     """One LB per host; no two frontends of a host bind overlapping address:port."""
     owner: dict[str, str] = {}
     binds: dict[tuple[str, int], list[tuple[str, str, At]]] = defaultdict(list)
     for lb, bind_at in lbs:
         for host in lb.hosts:
             if host in owner:
-                problems.append(bind_at[lb.frontends[0].name].problem(
-                    f"host {host!r} runs both load balancers {owner[host]!r} and {lb.name!r} "
-                    f"in environment {env_name!r}; one HAProxy per host"))
+                problems.append(
+                    bind_at[lb.frontends[0].name].problem(
+                        f"host {host!r} runs both load balancers {owner[host]!r} and {lb.name!r} "
+                        f"in environment {env_name!r}; one HAProxy per host"
+                    )
+                )
             owner[host] = lb.name
             for fe in lb.frontends:
                 for addr, other, other_at in binds[(host, fe.bind_port)]:
                     if "*" in (addr, fe.bind_address) or addr == fe.bind_address:
-                        problems.append(bind_at[fe.name].problem(
-                            f"{fe.bind_address}:{fe.bind_port} clashes with frontend {other!r} "
-                            f"({other_at.doc.file}:{other_at.doc.where(other_at.path)[0]}) on "
-                            f"host {host!r} in environment {env_name!r}"))
+                        problems.append(
+                            bind_at[fe.name].problem(
+                                f"{fe.bind_address}:{fe.bind_port} clashes with frontend {other!r} "
+                                f"({other_at.doc.file}:{other_at.doc.where(other_at.path)[0]}) on "
+                                f"host {host!r} in environment {env_name!r}"
+                            )
+                        )
                 binds[(host, fe.bind_port)].append((fe.bind_address, fe.name, bind_at[fe.name]))
 
 
 def manifest_files(paths: Iterable[str]) -> list[str]:
     """The manifest files among ``paths`` (YAML files outside hidden folders)."""
     return sorted(
-        p for p in paths
+        p
+        for p in paths
         if p.endswith(MANIFEST_SUFFIXES) and not any(part.startswith(".") for part in p.split("/"))
     )

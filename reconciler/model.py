@@ -169,7 +169,9 @@ class DesiredState:
 
 # --------------------------------------------------------------------------- observed
 
-ContainerStatus = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+ContainerStatus = Literal[
+    "created", "running", "paused", "restarting", "removing", "exited", "dead"
+]
 HealthStatus = Literal["healthy", "unhealthy", "starting", "none"]
 
 

@@ -63,9 +63,13 @@ def diff_json(diffs: list[EnvironmentDiff], base: str, head: str) -> str:
         "base": base,
         "head": head,
         "environments": [
-            {"environment": d.environment,
-             "changes": [{"kind": i.kind, "name": i.name, "status": i.status,
-                          "changes": list(i.changes)} for i in d.items]}
+            {
+                "environment": d.environment,
+                "changes": [
+                    {"kind": i.kind, "name": i.name, "status": i.status, "changes": list(i.changes)}
+                    for i in d.items
+                ],
+            }
             for d in diffs
         ],
     }
@@ -95,6 +99,8 @@ def diff_markdown(diffs: list[EnvironmentDiff], base: str, head: str) -> str:
             changes = "<br>".join(_md_escape(c) for c in item.changes) or "—"
             lines.append(f"| {icon[item.status]} | {item.kind} `{item.name}` | {changes} |")
         lines.append("")
-    lines.append("<sub>Secret values are never shown: secrets are names in git, values live "
-                 "on the hosts; env values of secret-looking keys are masked.</sub>")
+    lines.append(
+        "<sub>Secret values are never shown: secrets are names in git, values live "
+        "on the hosts; env values of secret-looking keys are masked.</sub>"
+    )
     return "\n".join(lines) + "\n"

@@ -63,7 +63,8 @@ class _Server:
     """A server HAProxy should have after the add phase."""
 
     backend: str
-    name: str
+    name: str  # HAProxy server name
+    container: str
     service: str
     app_host: str
     address: str
@@ -83,8 +84,8 @@ class _Phases:
     lb_removals: list[Action] = field(default_factory=list)
     removals: list[Action] = field(default_factory=list)
     servers: list[_Server] = field(default_factory=list)
-    # (host, container name) of containers that stop serving: drained first
-    retiring: dict[tuple[str, str], str] = field(default_factory=dict)
+    # HAProxy server name of each container that stops serving -> why
+    retiring: dict[str, str] = field(default_factory=dict)
 
 
 def plan(desired: DesiredState, observed: ObservedState) -> Plan:
@@ -95,8 +96,9 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
     for host in desired.hosts:
         if "app" not in host.roles:
             continue
-        containers = [c for c in observed.host(host.name).containers
-                      if c.label(identity.ENVIRONMENT) == env]
+        containers = [
+            c for c in observed.host(host.name).containers if c.label(identity.ENVIRONMENT) == env
+        ]
         images = dict(observed.host(host.name).images)
         by_service: dict[str, list[ObservedContainer]] = defaultdict(list)
         for c in containers:
@@ -105,8 +107,11 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
             svc = wanted.get(name)
             group = sorted(by_service.get(name, []), key=lambda c: c.name)
             if svc is None or host.name not in svc.hosts:
-                why = (f"service {name} removed" if svc is None
-                       else f"service {name} no longer runs on host {host.name}")
+                why = (
+                    f"service {name} removed"
+                    if svc is None
+                    else f"service {name} no longer runs on host {host.name}"
+                )
                 for c in group:
                     _retire(ph, host.name, name, c, why, svc)
                 continue
@@ -114,8 +119,16 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
     for lb in desired.loadbalancers:
         for lb_host in lb.hosts:
             _plan_lb(ph, desired, lb, observed.lb(lb_host))
-    actions = (ph.pulls + ph.early_removals + ph.starts + ph.lb_adds + ph.weights + ph.drains
-               + ph.lb_removals + ph.removals)
+    actions = (
+        ph.pulls
+        + ph.early_removals
+        + ph.starts
+        + ph.lb_adds
+        + ph.weights
+        + ph.drains
+        + ph.lb_removals
+        + ph.removals
+    )
     return Plan(environment=env, commit=desired.commit, actions=tuple(actions))
 
 
@@ -132,8 +145,15 @@ def _status_reason(c: ObservedContainer) -> str:
     return f"container {c.name} is {c.status}"
 
 
-def _plan_service(ph: _Phases, desired: DesiredState, host: str, address: str, svc: Service,
-                  group: list[ObservedContainer], images: dict[str, str]) -> None:
+def _plan_service(
+    ph: _Phases,
+    desired: DesiredState,
+    host: str,
+    address: str,
+    svc: Service,
+    group: list[ObservedContainer],
+    images: dict[str, str],
+) -> None:
     env = desired.environment
     by_name = {c.name: c for c in group}
     observed_revisions = {c.label(identity.REVISION) for c in group}
@@ -143,8 +163,14 @@ def _plan_service(ph: _Phases, desired: DesiredState, host: str, address: str, s
         image_id = images.get(rel.spec.image, "")
         if not image_id and rel.spec.image not in pulled:
             pulled.add(rel.spec.image)
-            ph.pulls.append(PullImage(host=host, service=svc.name, image=rel.spec.image,
-                                      reason=f"image {rel.spec.image} is not on host {host}"))
+            ph.pulls.append(
+                PullImage(
+                    host=host,
+                    service=svc.name,
+                    image=rel.spec.image,
+                    reason=f"image {rel.spec.image} is not on host {host}",
+                )
+            )
         chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id)
         for replica in range(svc.replicas):
             name = identity.container_name(env, svc.name, rel.revision, chash, replica)
@@ -152,37 +178,75 @@ def _plan_service(ph: _Phases, desired: DesiredState, host: str, address: str, s
             if existing is not None and _is_good(existing):
                 keep.add(name)
                 port = existing.published[1] if existing.published else None
-                ph.servers.append(_Server(identity.backend_name(svc.name), name, svc.name, host,
-                                          address, port, rel.weight, "server missing"))
+                ph.servers.append(
+                    _Server(
+                        identity.backend_name(svc.name),
+                        identity.server_name(host, name),
+                        name,
+                        svc.name,
+                        host,
+                        address,
+                        port,
+                        rel.weight,
+                        "server missing",
+                    )
+                )
                 continue
             if existing is not None:
                 keep.add(name)  # handled here, not retired below
-                ph.early_removals.append(RemoveContainer(
-                    host=host, service=svc.name, name=name, container_id=existing.id,
-                    grace_s=rel.spec.stop_grace_s,
-                    reason=_status_reason(existing) + "; replaced by a new container"))
+                ph.early_removals.append(
+                    RemoveContainer(
+                        host=host,
+                        service=svc.name,
+                        name=name,
+                        container_id=existing.id,
+                        grace_s=rel.spec.stop_grace_s,
+                        reason=_status_reason(existing) + "; replaced by a new container",
+                    )
+                )
                 reason = _status_reason(existing)
             else:
                 reason = _start_reason(rel, replica, group, observed_revisions, svc, image_id)
-            ph.starts.append(StartContainer(
-                host=host, service=svc.name, reason=reason, name=name, revision=rel.revision,
-                replica=replica, image_id=image_id, config_hash=chash, spec=rel.spec))
-            ph.servers.append(_Server(identity.backend_name(svc.name), name, svc.name, host,
-                                      address, None, rel.weight, "new container"))
+            ph.starts.append(
+                StartContainer(
+                    host=host,
+                    service=svc.name,
+                    reason=reason,
+                    name=name,
+                    revision=rel.revision,
+                    replica=replica,
+                    image_id=image_id,
+                    config_hash=chash,
+                    spec=rel.spec,
+                )
+            )
+            ph.servers.append(
+                _Server(
+                    identity.backend_name(svc.name),
+                    identity.server_name(host, name),
+                    name,
+                    svc.name,
+                    host,
+                    address,
+                    None,
+                    rel.weight,
+                    "new container",
+                )
+            )
     desired_revisions = {r.revision: r for r in svc.releases}
     for c in group:
         if c.name in keep:
             continue
         rev = c.label(identity.REVISION)
-        rel = desired_revisions.get(rev)
+        found = desired_revisions.get(rev)
         if not _is_good(c):
             why = _status_reason(c)
-        elif rel is None:
+        elif found is None:
             why = f"release {rev} removed"
-        elif _replica(c) >= svc.replicas and _same_hash(c, env, svc, rel, images):
+        elif _replica(c) >= svc.replicas and _same_hash(c, env, svc, found, images):
             why = f"replicas {svc.replicas}: replica {_replica(c)} no longer needed"
         else:
-            changes = _changes(c, rel, images)
+            changes = _changes(c, found, images)
             why = "replaced: " + ("; ".join(changes) if changes else "configuration changed")
         _retire(ph, host, svc.name, c, why, svc)
 
@@ -194,10 +258,12 @@ def _replica(c: ObservedContainer) -> int:
         return 0
 
 
-def _same_hash(c: ObservedContainer, env: str, svc: Service, rel: Release,
-               images: dict[str, str]) -> bool:
-    chash = identity.config_hash(env, svc.name, rel.revision, rel.spec,
-                                 images.get(rel.spec.image, ""))
+def _same_hash(
+    c: ObservedContainer, env: str, svc: Service, rel: Release, images: dict[str, str]
+) -> bool:
+    chash = identity.config_hash(
+        env, svc.name, rel.revision, rel.spec, images.get(rel.spec.image, "")
+    )
     return c.label(identity.CONFIG_HASH) == chash
 
 
@@ -217,21 +283,32 @@ def _changes(c: ObservedContainer, rel: Release, images: dict[str, str]) -> list
     return identity.describe_changes(old, new)
 
 
-def _start_reason(rel: Release, replica: int, group: list[ObservedContainer],
-                  observed_revisions: set[str], svc: Service, image_id: str) -> str:
+def _start_reason(
+    rel: Release,
+    replica: int,
+    group: list[ObservedContainer],
+    observed_revisions: set[str],
+    svc: Service,
+    image_id: str,
+) -> str:
     if not group:
         reason = f"release {rel.revision} at weight {rel.weight}"
         reason = ("first deploy: " + reason) if len(svc.releases) == 1 else reason
     elif rel.revision not in observed_revisions:
         reason = f"new release {rel.revision} at weight {rel.weight}"
     else:
-        same_replica = [c for c in group if c.label(identity.REVISION) == rel.revision
-                        and _replica(c) == replica]
+        same_replica = [
+            c
+            for c in group
+            if c.label(identity.REVISION) == rel.revision and _replica(c) == replica
+        ]
         if same_replica:
             changes = identity.describe_changes(
-                _old_spec(same_replica[0]), identity.spec_dict(rel.spec, image_id
-                                                               or _old_spec(same_replica[0])
-                                                               .get("image_id", "")))
+                _old_spec(same_replica[0]),
+                identity.spec_dict(
+                    rel.spec, image_id or _old_spec(same_replica[0]).get("image_id", "")
+                ),
+            )
             reason = "; ".join(changes) if changes else "configuration changed"
         else:
             reason = f"replicas -> {svc.replicas}: replica {replica} added"
@@ -240,13 +317,21 @@ def _start_reason(rel: Release, replica: int, group: list[ObservedContainer],
     return reason
 
 
-def _retire(ph: _Phases, host: str, service: str, c: ObservedContainer, why: str,
-            svc: Service | None) -> None:
+def _retire(
+    ph: _Phases, host: str, service: str, c: ObservedContainer, why: str, svc: Service | None
+) -> None:
     grace = _old_spec(c).get("stop_grace_s", 10)
-    ph.retiring[(host, c.name)] = why
-    ph.removals.append(RemoveContainer(host=host, service=service, name=c.name,
-                                       container_id=c.id, reason=why,
-                                       grace_s=grace if isinstance(grace, int) else 10))
+    ph.retiring[identity.server_name(host, c.name)] = why
+    ph.removals.append(
+        RemoveContainer(
+            host=host,
+            service=service,
+            name=c.name,
+            container_id=c.id,
+            reason=why,
+            grace_s=grace if isinstance(grace, int) else 10,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- HAProxy
@@ -258,8 +343,7 @@ def _plan_lb(ph: _Phases, desired: DesiredState, lb: LoadBalancer, obs: Observed
     if not obs.running:
         structure.append("HAProxy is not running")
     else:
-        structure += _section_changes(dict(obs.config_sections),
-                                      dict(section_digests(desired, lb)))
+        structure += _section_changes(dict(obs.config_sections), dict(section_digests(desired, lb)))
     live = {(s.backend, s.server): s for s in obs.servers}
     wanted = {(s.backend, s.name): s for s in ph.servers}
     drain_timeout = {identity.backend_name(s.name): s.drain_timeout_s for s in desired.services}
@@ -267,41 +351,85 @@ def _plan_lb(ph: _Phases, desired: DesiredState, lb: LoadBalancer, obs: Observed
         srv = wanted[key]
         have = live.get(key)
         if have is None:
-            ph.lb_adds.append(AddServer(host=lb_host, service=srv.service, backend=srv.backend,
-                                        server=srv.name, app_host=srv.app_host,
-                                        weight=srv.weight, reason=srv.reason))
+            ph.lb_adds.append(
+                AddServer(
+                    host=lb_host,
+                    service=srv.service,
+                    backend=srv.backend,
+                    server=srv.name,
+                    app_host=srv.app_host,
+                    container=srv.container,
+                    weight=srv.weight,
+                    reason=srv.reason,
+                )
+            )
             continue
-        if srv.port is not None and (have.address, have.port) != (srv.address, srv.port):
+        if srv.port is None:
+            structure.append(f"server {srv.name} gets a new container")
+        elif (have.address, have.port) != (srv.address, srv.port):
             structure.append(f"server {srv.name} moved to {srv.address}:{srv.port}")
         if have.weight != srv.weight or have.admin:
             state = f" (state {','.join(have.admin)})" if have.admin else ""
-            ph.weights.append(SetWeight(host=lb_host, service=srv.service, backend=srv.backend,
-                                        server=srv.name, old_weight=have.weight,
-                                        weight=srv.weight,
-                                        reason=f"weight of its release is {srv.weight}{state}"))
+            ph.weights.append(
+                SetWeight(
+                    host=lb_host,
+                    service=srv.service,
+                    backend=srv.backend,
+                    server=srv.name,
+                    old_weight=have.weight,
+                    weight=srv.weight,
+                    reason=f"weight of its release is {srv.weight}{state}",
+                )
+            )
     if ph_adds := [a for a in ph.lb_adds if a.host == lb_host]:
         structure.append(f"{len(ph_adds)} server(s) added")
     if structure:
-        ph.lb_adds.append(ConfigureHAProxy(host=lb_host, service=None, reload=True,
-                                           reasons=tuple(structure), reason="structure changed"))
+        ph.lb_adds.append(
+            ConfigureHAProxy(
+                host=lb_host,
+                service=None,
+                reload=True,
+                reasons=tuple(structure),
+                reason="structure changed",
+            )
+        )
     if any(a.host == lb_host for a in ph.weights) and not structure:
-        ph.weights.append(ConfigureHAProxy(host=lb_host, service=None, reload=False,
-                                           reasons=("keep the new weights across reloads",),
-                                           reason="weights changed"))
+        ph.weights.append(
+            ConfigureHAProxy(
+                host=lb_host,
+                service=None,
+                reload=False,
+                reasons=("keep the new weights across reloads",),
+                reason="weights changed",
+            )
+        )
     removed = [key for key in sorted(live) if key not in wanted]
     for backend, server in removed:
         service = backend.removeprefix("be_")
-        why = next((w for (_, name), w in ph.retiring.items() if name == server),
-                   "no such container")
-        ph.drains.append(DrainServer(host=lb_host, service=service, backend=backend,
-                                     server=server, timeout_s=drain_timeout.get(backend, 30),
-                                     reason=why))
-        ph.lb_removals.append(RemoveServer(host=lb_host, service=service, backend=backend,
-                                           server=server, reason=why))
+        why = ph.retiring.get(server, "no such container")
+        ph.drains.append(
+            DrainServer(
+                host=lb_host,
+                service=service,
+                backend=backend,
+                server=server,
+                timeout_s=drain_timeout.get(backend, 30),
+                reason=why,
+            )
+        )
+        ph.lb_removals.append(
+            RemoveServer(host=lb_host, service=service, backend=backend, server=server, reason=why)
+        )
     if removed:
-        ph.lb_removals.append(ConfigureHAProxy(host=lb_host, service=None, reload=True,
-                                               reasons=(f"{len(removed)} server(s) removed",),
-                                               reason="structure changed"))
+        ph.lb_removals.append(
+            ConfigureHAProxy(
+                host=lb_host,
+                service=None,
+                reload=True,
+                reasons=(f"{len(removed)} server(s) removed",),
+                reason="structure changed",
+            )
+        )
 
 
 def _section_changes(have: dict[str, str], want: dict[str, str]) -> list[str]:

@@ -11,9 +11,17 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_HAPROXY_BAD = {" ": "a space", "\t": "a tab", '"': "a double quote", "'": "a quote",
-                "#": "'#' (starts a comment in HAProxy)", "\\": "a backslash", "$": "'$'",
-                "{": "'{'", "}": "'}'"}
+_HAPROXY_BAD = {
+    " ": "a space",
+    "\t": "a tab",
+    '"': "a double quote",
+    "'": "a quote",
+    "#": "'#' (starts a comment in HAProxy)",
+    "\\": "a backslash",
+    "$": "'$'",
+    "{": "'{'",
+    "}": "'}'",
+}
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _LOG_OPTION = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -35,8 +35,7 @@ def _validators() -> dict[str, Any]:
         (BASE_URI + name, Resource.from_contents(s)) for name, s in schemas.items()
     )
     return {
-        kind: Draft202012Validator(schemas[file], registry=registry)
-        for kind, file in KINDS.items()
+        kind: Draft202012Validator(schemas[file], registry=registry) for kind, file in KINDS.items()
     }
 
 

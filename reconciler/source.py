@@ -84,9 +84,11 @@ def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise SourceError(f"{spec.location!r} is not inside a git repository "
-                          "(manifests are read from commits; use `git init` and commit them, "
-                          "or `validate --worktree` for files on disk)") from exc
+        raise SourceError(
+            f"{spec.location!r} is not inside a git repository "
+            "(manifests are read from commits; use `git init` and commit them, "
+            "or `validate --worktree` for files on disk)"
+        ) from exc
     top = Path(repo.working_tree_dir or repo.git_dir).resolve()
     inner = path.relative_to(top).as_posix() if path != top else ""
     subdir = "/".join(p for p in (inner, spec.subdir.strip("/")) if p and p != ".")
@@ -114,15 +116,15 @@ def read_commit(repo: git.Repo, subdir: str, rev: str) -> Snapshot:
         try:
             tree = tree / subdir
         except KeyError as exc:
-            raise SourceError(f"folder {subdir!r} does not exist at commit "
-                              f"{commit.hexsha[:7]}") from exc
-    blobs = {
-        str(PurePosixPath(item.path).relative_to(subdir or ".")): item
-        for item in tree.traverse()
-        if item.type == "blob"  # type: ignore[union-attr]
-    }
+            raise SourceError(
+                f"folder {subdir!r} does not exist at commit {commit.hexsha[:7]}"
+            ) from exc
+    blobs: dict[str, git.Blob] = {}
+    for item in tree.traverse():
+        if isinstance(item, git.Blob):
+            blobs[str(PurePosixPath(item.path).relative_to(subdir or "."))] = item
     names = manifest_files(blobs)
-    files = tuple((n, blobs[n].data_stream.read()) for n in names)  # type: ignore[union-attr]
+    files = tuple((n, blobs[n].data_stream.read()) for n in names)
     message = commit.message if isinstance(commit.message, str) else commit.message.decode()
     return Snapshot(commit=commit.hexsha, files=files, summary=message.strip().split("\n")[0])
 

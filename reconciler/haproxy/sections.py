@@ -36,7 +36,9 @@ def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[
 
 def section_digests(desired: DesiredState, lb: LoadBalancer) -> Pairs:
     """Sorted (section, digest) pairs of the desired config of ``lb``."""
-    return tuple(sorted(
-        (name, hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:16])
-        for name, settings in section_settings(desired, lb).items()
-    ))
+    return tuple(
+        sorted(
+            (name, hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:16])
+            for name, settings in section_settings(desired, lb).items()
+        )
+    )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from reconciler import identity
 from reconciler.errors import ObserveError
-from reconciler.model import ContainerStatus, HealthStatus, ObservedContainer, ObservedHost
+from reconciler.model import ContainerStatus, HealthStatus, ObservedContainer, ObservedHost, Pairs
 
 if TYPE_CHECKING:
     import docker
@@ -46,8 +46,10 @@ def parse_container(raw: dict[str, Any]) -> ObservedContainer:
     port = _service_port(labels)
     published = None
     for p in raw.get("Ports") or []:
-        if p.get("PublicPort") and p.get("Type", "tcp") == "tcp" and (
-            port is None or p.get("PrivatePort") == port
+        if (
+            p.get("PublicPort")
+            and p.get("Type", "tcp") == "tcp"
+            and (port is None or p.get("PrivatePort") == port)
         ):
             published = (p.get("IP") or "0.0.0.0", int(p["PublicPort"]))  # noqa: S104
             break
@@ -66,22 +68,24 @@ def parse_container(raw: dict[str, Any]) -> ObservedContainer:
 def _normalise(ref: str) -> str:
     for prefix in ("docker.io/library/", "docker.io/"):
         if ref.startswith(prefix):
-            return ref[len(prefix):]
+            return ref[len(prefix) :]
     return ref
 
 
-def parse_images(raw: Iterable[dict[str, Any]], wanted: Iterable[str]) -> tuple[tuple[str, str], ...]:
+def parse_images(raw: Iterable[dict[str, Any]], wanted: Iterable[str]) -> Pairs:
     """(ref, image id) for each wanted ref present in GET /images/json output."""
     index: dict[str, str] = {}
     for image in raw:
         for ref in (image.get("RepoTags") or []) + (image.get("RepoDigests") or []):
             index[_normalise(ref)] = image["Id"]
-    return tuple(sorted((ref, index[_normalise(ref)]) for ref in set(wanted)
-                        if _normalise(ref) in index))
+    return tuple(
+        sorted((ref, index[_normalise(ref)]) for ref in set(wanted) if _normalise(ref) in index)
+    )
 
 
-def observe_host(name: str, client: docker.DockerClient, wanted_images: Iterable[str]
-                 ) -> ObservedHost:
+def observe_host(
+    name: str, client: docker.DockerClient, wanted_images: Iterable[str]
+) -> ObservedHost:
     """Managed containers (all environments) and wanted images of one engine."""
     import docker.errors
 
@@ -91,8 +95,9 @@ def observe_host(name: str, client: docker.DockerClient, wanted_images: Iterable
     except (docker.errors.DockerException, OSError) as exc:
         raise ObserveError(f"host {name}: cannot read the Docker engine: {exc}") from exc
     containers = tuple(sorted((parse_container(c) for c in raw), key=lambda c: c.name))
-    return ObservedHost(name=name, containers=containers,
-                        images=parse_images(images, wanted_images))
+    return ObservedHost(
+        name=name, containers=containers, images=parse_images(images, wanted_images)
+    )
 
 
 def local_client(timeout: float = 10.0) -> docker.DockerClient:

@@ -18,11 +18,14 @@ def observe(desired: DesiredState, state_dir: Path) -> ObservedState:
     app_hosts = {h for s in desired.services for h in s.hosts}
     for host in desired.hosts:
         if not host.is_local:
-            raise ObserveError(f"host {host.name}: SSH hosts are not supported by this "
-                               "version yet; only 'connection: local' hosts can be observed")
+            raise ObserveError(
+                f"host {host.name}: SSH hosts are not supported by this "
+                "version yet; only 'connection: local' hosts can be observed"
+            )
         if host.name in app_hosts:
-            wanted = {r.spec.image for s in desired.services if host.name in s.hosts
-                      for r in s.releases}
+            wanted = {
+                r.spec.image for s in desired.services if host.name in s.hosts for r in s.releases
+            }
             client = local_client()
             try:
                 hosts.append(observe_host(host.name, client, wanted))
