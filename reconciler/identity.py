@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict
 from typing import Any
 
 from reconciler.model import ContainerSpec
@@ -30,9 +29,20 @@ _SECRETISH = re.compile(r"(PASSW|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|ACCESS
 MASK = "******"
 
 
+def plain(value: Any) -> Any:
+    """Frozen model data as JSON-ready dicts and lists (like ``asdict``, several times faster:
+    the planner hashes every release of every service on every pass)."""
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: plain(getattr(value, name)) for name in fields}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    return value
+
+
 def spec_dict(spec: ContainerSpec, image_id: str) -> dict[str, Any]:
     """The spec as plain data with the resolved image id: what the hash covers."""
-    data = asdict(spec)
+    data: dict[str, Any] = plain(spec)
     data["image_id"] = image_id
     return data
 

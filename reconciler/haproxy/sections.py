@@ -9,10 +9,9 @@ the digests: the planner compares them with the runtime state (``show servers st
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
 from typing import Any
 
-from reconciler.identity import backend_name, canonical_json, frontend_name
+from reconciler.identity import backend_name, canonical_json, frontend_name, plain
 from reconciler.model import DesiredState, LoadBalancer, Pairs
 
 # Bump when the renderer's output changes, so installed configs are re-rendered.
@@ -23,13 +22,13 @@ def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[
     """Section name ("global", "frontend fe_http", "backend be_web") -> its settings."""
     out: dict[str, dict[str, Any]] = {"global": {"render_version": RENDER_VERSION}}
     for fe in lb.frontends:
-        out[f"frontend {frontend_name(fe.name)}"] = asdict(fe)
+        out[f"frontend {frontend_name(fe.name)}"] = plain(fe)
     for svc in desired.services:
         health = svc.releases[0].spec.health if svc.releases else None
         out[f"backend {backend_name(svc.name)}"] = {
             "balance": svc.balance,
-            "timeouts": asdict(svc.timeouts),
-            "health": asdict(health) if health else None,
+            "timeouts": plain(svc.timeouts),
+            "health": plain(health) if health else None,
         }
     return out
 
