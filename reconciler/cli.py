@@ -318,6 +318,7 @@ def diff(
     try:
         from reconciler.diff import diff_states
         from reconciler.manifests import load_manifests, resolve
+        from reconciler.model import DesiredState
         from reconciler.output import diff_json, diff_markdown, diff_text
         from reconciler.source import RepoSpec, open_repo, read_commit, resolve_rev
 
@@ -331,16 +332,14 @@ def diff(
             envs = sorted(set(loaded[0].environment_names()) | set(loaded[1].environment_names()))
         diffs = []
         for env in envs:
-            states = [
-                resolve(m, env, s.commit) if env in m.environment_names() else None
+            # An environment that exists on one side only diffs against an empty one.
+            base_state, head_state = (
+                resolve(m, env, s.commit)
+                if env in m.environment_names()
+                else DesiredState(env, s.commit, (), (), ())
                 for m, s in zip(loaded, snaps, strict=True)
-            ]
-            if states[0] is None or states[1] is None:
-                raise ReconcilerError(
-                    f"environment {env!r} exists only at "
-                    f"{(snaps[1] if states[1] else snaps[0]).short}"
-                )
-            diffs.append(diff_states(states[0], states[1]))
+            )
+            diffs.append(diff_states(base_state, head_state))
     except ReconcilerError as exc:
         _fail(exc)
         return

@@ -119,3 +119,26 @@ def test_help_lists_the_commands() -> None:
     assert code == 0
     for cmd in ("diff", "plan", "validate", "--dry-run", "--env"):
         assert cmd in out
+
+
+def test_remote_url_with_branch_is_mirrored_and_fetched(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    work = scratch_repo(tmp_path)
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "clone", "-q", "--bare", str(work), str(bare))
+    git(work, "remote", "add", "origin", str(bare))
+    url = f"file://{bare}"
+    code, out, err = run("validate", "--repo", url, "--branch", "main")
+    assert code == 0, err
+    first = git(work, "rev-parse", "--short=7", "HEAD")
+    assert f"commit {first}" in out
+    edit(work, "services/web.yaml", "weight: 100", "weight: 99")
+    head = commit(work, "break weights")
+    git(work, "push", "-q", "origin", "main")
+    code, _, err = run("validate", "--repo", url, "--branch", "main")
+    assert code == 1 and "add up to 99" in err  # the new head was fetched
+    code, out, _ = run("diff", first, head, "--repo", url)
+    assert code == 1  # the head is invalid: diff refuses it with the problem
+    code, _, err = run("validate", "--repo", f"file://{tmp_path}/nope.git")
+    assert code == 1 and "cannot fetch" in err
