@@ -34,7 +34,9 @@ class ManifestError(ReconcilerError):
     """The manifests are invalid; ``problems`` holds every finding of the repository."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.field))
+        self.problems = sorted(
+            problems, key=lambda p: (p.file, p.line, p.column, p.field, p.message)
+        )
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

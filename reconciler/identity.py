@@ -47,6 +47,17 @@ def spec_dict(spec: ContainerSpec, image_id: str) -> dict[str, Any]:
     return data
 
 
+def label_spec(spec: ContainerSpec, image_id: str) -> dict[str, Any]:
+    """``spec_dict`` as stored in the spec label: values of secret-looking env keys are
+    replaced by a digest, so ``docker ps`` shows no such value yet a change is still seen."""
+    data = spec_dict(spec, image_id)
+    data["env"] = [
+        [k, "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:16] if is_secretish(k) else v]
+        for k, v in data["env"]
+    ]
+    return data
+
+
 def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
@@ -97,7 +108,7 @@ def container_labels(
             CONFIG_HASH: chash,
             REPLICA: str(replica),
             COMMIT: commit,
-            SPEC: canonical_json(spec_dict(spec, image_id)),
+            SPEC: canonical_json(label_spec(spec, image_id)),
         }
     )
     return labels

@@ -36,6 +36,7 @@ from reconciler.schema import check_document
 from reconciler.units import duration_ms, memory_bytes
 
 DEFAULT_ENVIRONMENT = "default"
+HOSTS_KEY = "#hosts"  # where an LB's hosts came from, beside its frontends' binds
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
@@ -58,6 +59,17 @@ class Manifests:
     loadbalancers: dict[str, Document] = field(default_factory=dict)
     environments: dict[str, Document] = field(default_factory=dict)
     hosts: dict[str, At] = field(default_factory=dict)
+    # (kind, name) of documents that failed their schema: references to them are not
+    # reported again as unknown (one mistake, one error).
+    broken: set[tuple[str, str]] = field(default_factory=set)
+
+    def known(self, kind: str, name: str) -> bool:
+        tables: dict[str, dict[str, Any]] = {
+            "Service": self.services,
+            "LoadBalancer": self.loadbalancers,
+            "Host": self.hosts,
+        }
+        return name in tables[kind] or (kind, name) in self.broken
 
     def environment_names(self) -> list[str]:
         return sorted(self.environments) or [DEFAULT_ENVIRONMENT]
@@ -70,6 +82,7 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
     """Parse, schema-check and semantically check every file; raise with all problems."""
     problems: list[Problem] = []
     docs: list[Document] = []
+    broken: set[tuple[str, str]] = set()
     for name, raw in sorted(files):
         try:
             text = raw.decode("utf-8")
@@ -83,13 +96,28 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
             problems += schema_problems
             if not schema_problems:
                 docs.append(doc)
+            else:
+                broken |= _declared_names(doc)
     m = _index(docs, problems)
+    m.broken = broken
     problems += _check_repository(m)
     for env in m.environment_names():
         _resolve(m, env, "", problems)
     if problems:
-        raise ManifestError(sorted(set(problems), key=lambda p: (p.file, p.line, p.column)))
+        raise ManifestError(list(set(problems)))
     return m
+
+
+def _declared_names(doc: Document) -> set[tuple[str, str]]:
+    """What a document that failed its schema still declares, as far as can be told."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    kind, name = data.get("kind"), data.get("name")
+    found = {(kind, name)} if isinstance(kind, str) and isinstance(name, str) else set()
+    hosts = data.get("hosts") if kind == "Inventory" else None
+    for host in hosts if isinstance(hosts, list) else []:
+        if isinstance(host, dict) and isinstance(host.get("name"), str):
+            found.add(("Host", host["name"]))
+    return found
 
 
 def _index(docs: list[Document], problems: list[Problem]) -> Manifests:
@@ -148,14 +176,25 @@ def _check_repository(m: Manifests) -> list[Problem]:
             _add_unique(frontends, fe["name"], At(doc, ("frontends", i)), "frontend", problems)
     for doc in m.services.values():
         problems += _check_service_values(doc)
+    for at in m.hosts.values():
+        address = at.doc.get((*at.path, "address"))
+        if why := safety.ipv4_if_numeric(address):
+            problems.append(at.problem(f"{address!r} {why}", "address"))
     for doc in m.environments.values():
-        for name in doc.data.get("services", {}):
-            if name not in m.services:
+        for name, override in doc.data.get("services", {}).items():
+            _check_env_values(doc, ("services", name, "env"), override.get("env", {}), problems)
+            for i, rel in enumerate(override.get("releases", [])):
+                _check_env_values(
+                    doc, ("services", name, "releases", i, "env"), rel.get("env", {}), problems
+                )
+            if not m.known("Service", name):
                 problems.append(
                     doc.problem(("services", name), f"unknown service {name!r}", key=True)
                 )
         for name, override in doc.data.get("loadbalancers", {}).items():
             lb = m.loadbalancers.get(name)
+            if lb is None and m.known("LoadBalancer", name):
+                continue
             if lb is None:
                 problems.append(
                     doc.problem(
@@ -247,6 +286,11 @@ def resolve(m: Manifests, environment: str, commit: str) -> DesiredState:
     return state
 
 
+def _seconds(duration: str) -> int:
+    """Whole seconds, rounded up (Docker and the drain loop count in seconds)."""
+    return -(-duration_ms(duration) // 1000)
+
+
 def _env_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -265,7 +309,8 @@ def _resolve(
     def check_hosts(names: list[str], at: At, role: str, what: str) -> None:
         for i, h in enumerate(names):
             if h not in hosts:
-                problems.append(at.problem(f"unknown host {h!r}", i))
+                if not m.known("Host", h):
+                    problems.append(at.problem(f"unknown host {h!r}", i))
             elif role not in hosts[h].roles:
                 problems.append(
                     at.problem(f"host {h!r} does not have role {role!r} needed to run {what}", i)
@@ -406,7 +451,7 @@ def _service(
             server_ms=duration_ms(t.get("server", "30s")),
             queue_ms=duration_ms(t.get("queue", "30s")),
         ),
-        drain_timeout_s=duration_ms(lb.get("drain_timeout", "30s")) // 1000,
+        drain_timeout_s=_seconds(lb.get("drain_timeout", "30s")),
     )
 
 
@@ -457,7 +502,7 @@ def _spec(
         restart=data.get("restart", "unless-stopped"),
         logging=logging,
         labels=tuple(sorted(data.get("labels", {}).items())),
-        stop_grace_s=duration_ms(data.get("stop_grace_period", "10s")) // 1000,
+        stop_grace_s=_seconds(data.get("stop_grace_period", "10s")),
     )
 
 
@@ -542,6 +587,8 @@ def _loadbalancer(
                     )
                 )
         address, _, port = fe["bind"].rpartition(":")
+        if why := safety.ipv4_if_numeric(address):
+            problems.append(at("bind").problem(f"{fe['bind']!r}: {address} {why}"))
         if not 1 <= int(port) <= 65535:
             problems.append(at("bind").problem(f"{fe['bind']!r} has port {port} outside 1-65535"))
         bind_at[fe["name"]] = at("bind")
@@ -563,6 +610,7 @@ def _loadbalancer(
             )
         )
     lb = LoadBalancer(name=name, hosts=tuple(sorted(host_names)), frontends=tuple(frontends))
+    bind_at[HOSTS_KEY] = hosts_at
     return lb, bind_at
 
 
@@ -574,9 +622,9 @@ def _check_service_ref(
     in_env: str,
     problems: list[Problem],
 ) -> None:
-    if name not in m.services:
+    if not m.known("Service", name):
         problems.append(at.problem(f"unknown service {name!r}"))
-    elif name not in services:
+    elif name not in services and name in m.services:
         problems.append(at.problem(f"routes to service {name!r}, which is disabled{in_env}"))
 
 
@@ -590,7 +638,7 @@ def _check_lb_hosts_and_ports(
         for host in lb.hosts:
             if host in owner:
                 problems.append(
-                    bind_at[lb.frontends[0].name].problem(
+                    bind_at[HOSTS_KEY].problem(
                         f"host {host!r} runs both load balancers {owner[host]!r} and {lb.name!r} "
                         f"in environment {env_name!r}; one HAProxy per host"
                     )

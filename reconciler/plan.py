@@ -276,7 +276,7 @@ def _old_spec(c: ObservedContainer) -> dict[str, Any]:
 
 
 def _changes(c: ObservedContainer, rel: Release, images: dict[str, str]) -> list[str]:
-    new = identity.spec_dict(rel.spec, images.get(rel.spec.image, ""))
+    new = identity.label_spec(rel.spec, images.get(rel.spec.image, ""))
     old = _old_spec(c)
     if not new["image_id"]:
         new["image_id"] = old.get("image_id", "")  # unknown until pulled: do not claim a move
@@ -305,7 +305,7 @@ def _start_reason(
         if same_replica:
             changes = identity.describe_changes(
                 _old_spec(same_replica[0]),
-                identity.spec_dict(
+                identity.label_spec(
                     rel.spec, image_id or _old_spec(same_replica[0]).get("image_id", "")
                 ),
             )

@@ -8,6 +8,7 @@ renderers and the executor never need to escape.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 
@@ -90,3 +91,13 @@ def label_key(value: str) -> str | None:
 
 def log_option_key(value: str) -> str | None:
     return None if _LOG_OPTION.match(value) else "is not a valid log option name"
+
+
+def ipv4_if_numeric(value: str) -> str | None:
+    """Reason if ``value`` looks like dotted numbers but is not a valid IPv4 address."""
+    if value.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            return "is not a valid IPv4 address"
+    return None

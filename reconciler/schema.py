@@ -46,11 +46,11 @@ def _message(error: Any) -> str:
         return f"{error.instance!r} is not a valid {expected}"
     if error.validator == "additionalProperties":
         return str(error.message).replace("Additional properties are not allowed", "unknown field")
+    if error.validator in ("oneOf", "anyOf") and "x-oneOf-message" in error.schema:
+        return str(error.schema["x-oneOf-message"])
     if error.validator in ("oneOf", "anyOf") and error.context:
         best = min(error.context, key=lambda e: len(list(e.path)))
         return f"{error.instance!r} matches no allowed form ({best.message})"
-    if error.validator == "not" and "required" in error.validator_value:
-        return "give either 'http' or 'command', not both"
     return str(error.message)
 
 

@@ -101,6 +101,9 @@ def test_secret_looking_env_values_are_masked_in_reasons_and_output() -> None:
     text = plan_text(p, "c") + plan_json(p, "c")
     assert "hunter2" not in text and "correct-horse" not in text
     assert "env DB_PASSWORD changed (****** -> ******)" in text
+    # the spec label that `docker ps` shows carries a digest, not the value
+    labels = [v for c in world.host("h1").containers for _, v in c.labels]
+    assert labels and not any("hunter2" in v for v in labels)
 
 
 def test_replicas_down_drains_and_removes_the_extra_replica() -> None:
