@@ -1,4 +1,5 @@
-"""Command line: ``reconcile [--dry-run]``, ``plan``, ``validate``, ``diff``.
+"""Command line: ``reconcile [--dry-run]``, ``plan``, ``apply``, ``status``, ``history``,
+``retry``, ``validate``, ``diff``.
 
 Exit codes: 0 success and nothing to change; 2 changes pending (plan / --dry-run); 1 any
 error (bad manifests, unreachable host, unknown commit). Heavy libraries (docker, git,
@@ -7,12 +8,13 @@ jsonschema, deepdiff) are imported inside the commands so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -20,7 +22,10 @@ from reconciler import __version__
 from reconciler.errors import ManifestError, ReconcilerError
 
 if TYPE_CHECKING:
+    from reconciler.apply import StepResult
     from reconciler.manifests import Manifests
+    from reconciler.model import DesiredState
+    from reconciler.plan import Plan
     from reconciler.source import RepoSpec, Snapshot
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,8 +40,32 @@ def default_state_dir() -> str:
     return str(Path.home() / ".local" / "state" / "reconciler")
 
 
-def source_options(f: F) -> F:
-    """Options that say which repository, commit and environment to read."""
+@dataclass(frozen=True)
+class Source:
+    """Which repository, commit and environment a command reads."""
+
+    repo: str
+    branch: str | None
+    rev: str | None
+    subdir: str
+    environment: str | None
+
+
+def source_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the source options; the command receives them as one ``src: Source``."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        repo: str,
+        branch: str | None,
+        rev: str | None,
+        subdir: str,
+        environment: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return f(*args, src=Source(repo, branch, rev, subdir, environment), **kwargs)
+
     options = [
         click.option(
             "--repo",
@@ -68,9 +97,10 @@ def source_options(f: F) -> F:
             help="Environment to act on (required when the repository has several).",
         ),
     ]
+    out: Callable[..., Any] = wrapper
     for option in reversed(options):
-        f = option(f)
-    return f
+        out = option(out)
+    return out
 
 
 def state_options(f: F) -> F:
@@ -104,7 +134,7 @@ class Loaded:
         return f"commit {s.short}" + (f" ({s.summary})" if s.summary else "")
 
 
-def _load(repo: str, branch: str | None, rev: str | None, subdir: str) -> Loaded:
+def _load(src: Source) -> Loaded:
     from reconciler.manifests import load_manifests
     from reconciler.source import (
         RepoSpec,
@@ -114,12 +144,13 @@ def _load(repo: str, branch: str | None, rev: str | None, subdir: str) -> Loaded
         worktree_changes,
     )
 
-    spec = RepoSpec(location=repo, branch=branch, subdir=subdir)
+    spec = RepoSpec(location=src.repo, branch=src.branch, subdir=src.subdir)
     git_repo, root = open_repo(spec)
-    snapshot = read_commit(git_repo, root, resolve_rev(spec, rev))
-    if not spec.is_remote and rev is None and worktree_changes(git_repo, root):
+    snapshot = read_commit(git_repo, root, resolve_rev(spec, src.rev))
+    if not spec.is_remote and src.rev is None and worktree_changes(git_repo, root):
         click.echo(
-            f"note: uncommitted changes under {repo} are ignored; reading commit {snapshot.short}",
+            f"note: uncommitted changes under {src.repo} are ignored; reading "
+            f"commit {snapshot.short}",
             err=True,
         )
     return Loaded(snapshot, load_manifests(snapshot.files), spec)
@@ -136,7 +167,15 @@ def _pick_environment(manifests: Manifests, environment: str | None) -> str:
     )
 
 
-def _fail(exc: ReconcilerError) -> None:
+def _desired(src: Source) -> tuple[Loaded, DesiredState]:
+    from reconciler.manifests import resolve
+
+    loaded = _load(src)
+    env = _pick_environment(loaded.manifests, src.environment)
+    return loaded, resolve(loaded.manifests, env, loaded.snapshot.commit)
+
+
+def _fail(exc: ReconcilerError) -> NoReturn:
     if isinstance(exc, ManifestError):
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
@@ -146,31 +185,113 @@ def _fail(exc: ReconcilerError) -> None:
     sys.exit(1)
 
 
-def _run_plan(
-    repo: str,
-    branch: str | None,
-    rev: str | None,
-    subdir: str,
-    environment: str | None,
-    state_dir: Path,
-    output: str,
-) -> None:
+def _run_plan(src: Source, state_dir: Path, output: str) -> None:
     try:
-        from reconciler.manifests import resolve
         from reconciler.observe.live import observe
         from reconciler.output import plan_json, plan_text
         from reconciler.plan import plan
+        from reconciler.store import Store
 
-        loaded = _load(repo, branch, rev, subdir)
-        env = _pick_environment(loaded.manifests, environment)
-        desired = resolve(loaded.manifests, env, loaded.snapshot.commit)
-        result = plan(desired, observe(desired, state_dir))
+        loaded, desired = _desired(src)
+        store = Store(state_dir / "history.sqlite") if state_dir.exists() else None
+        held = store.failed_services(desired.environment, desired.commit) if store else {}
+        result = plan(desired, observe(desired, state_dir), held)
     except ReconcilerError as exc:
         _fail(exc)
-        return
     render = plan_json if output == "json" else plan_text
     click.echo(render(result, loaded.label), nl=False)
     sys.exit(0 if result.empty else EXIT_CHANGES)
+
+
+def _run_apply(
+    src: Source, state_dir: Path, output: str, lock_timeout: float, health_timeout: float
+) -> None:
+    """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise."""
+    import json
+
+    try:
+        from reconciler.output import plan_text
+        from reconciler.run import apply_pass, target_lock
+
+        loaded, desired = _desired(src)
+        text = output == "text"
+
+        def on_plan(p: Plan) -> None:
+            if text:
+                click.echo(plan_text(p, loaded.label), nl=False)
+                if not p.empty:
+                    click.echo("\nApplying:")
+
+        def on_step(step: StepResult) -> None:
+            if text:
+                mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[step.status]
+                detail = f" - {step.detail}" if step.detail else ""
+                click.echo(
+                    f"  [{step.step:>3}] {mark:<7} {step.action.describe()} "
+                    f"({step.duration_s:.1f}s){detail}"
+                )
+
+        with target_lock(state_dir, desired.environment, lock_timeout):
+            done = apply_pass(
+                desired,
+                state_dir,
+                source=loaded.label,
+                on_plan=on_plan,
+                on_step=on_step,
+                health_min_s=health_timeout,
+            )
+    except ReconcilerError as exc:
+        _fail(exc)
+    res = done.result
+    if output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "environment": desired.environment,
+                    "commit": desired.commit,
+                    "run": done.run_id,
+                    "ok": res.ok,
+                    "failures": res.failures,
+                    "notes": list(done.plan.notes),
+                    "steps": [
+                        {
+                            "step": s.step,
+                            "status": s.status,
+                            "detail": s.detail,
+                            "duration_s": round(s.duration_s, 3),
+                            **s.action.to_json(),
+                        }
+                        for s in res.steps
+                    ],
+                },
+                indent=2,
+            )
+        )
+    elif not done.plan.empty:
+        for service, why in res.failures.items():
+            click.echo(f"\nerror: {service}: {why}", err=True)
+        verdict = "applied" if res.ok else "FAILED (the services above keep their old release)"
+        click.echo(f"\nrun {done.run_id}: {verdict}; see `reconcile history`.")
+    sys.exit(0 if res.ok else 1)
+
+
+def apply_options(f: F) -> F:
+    f = click.option(
+        "--lock-timeout",
+        type=float,
+        default=60.0,
+        show_default=True,
+        help="Seconds to wait for another reconciler working on the same environment.",
+    )(f)
+    return click.option(
+        "--health-timeout",
+        type=float,
+        default=30.0,
+        show_default=True,
+        help="Minimum seconds a new container may take to become healthy "
+        "(more when its health check's start period and retries "
+        "need it).",
+    )(f)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -178,60 +299,158 @@ def _run_plan(
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (as `plan`).")
 @source_options
 @state_options
+@apply_options
 @click.pass_context
 def main(
     ctx: click.Context,
     dry_run: bool,
-    repo: str,
-    branch: str | None,
-    rev: str | None,
-    subdir: str,
-    environment: str | None,
+    src: Source,
     state_dir: Path,
     output: str,
+    lock_timeout: float,
+    health_timeout: float,
 ) -> None:
     """Reconcile Docker hosts and HAProxy with the release manifests in git.
 
-    Reads a commit of the manifests repository, observes what really runs (Docker
-    containers, HAProxy), and plans the smallest set of changes. With --dry-run (or the
-    `plan` command) it prints the plan and exits 0 when nothing would change, 2 when
-    changes are pending, 1 on error.
+    Without a command: read a commit of the manifests repository, observe what really
+    runs (Docker containers, HAProxy), plan the smallest set of changes and apply them:
+    new containers start next to the old ones and get traffic only once healthy, HAProxy
+    configs are installed only after `haproxy -c` accepts them, old containers are
+    drained before they are stopped. Exit 0 when all went well, 1 otherwise.
+
+    With --dry-run (or the `plan` command) it prints the plan only and exits 0 when
+    nothing would change, 2 when changes are pending, 1 on error.
 
     \b
     Examples:
       reconcile --repo sample-repo --env production --dry-run
-      reconcile validate --repo sample-repo
+      reconcile --repo sample-repo --env production
+      reconcile status --repo sample-repo --env production
       reconcile diff main feature-branch --repo . --output markdown
     """
     if ctx.invoked_subcommand is not None:
         return
-    if not dry_run:
-        click.echo(
-            "error: applying changes is not available in this version yet; "
-            "use --dry-run (or `reconcile plan`) to see what would change.",
-            err=True,
-        )
-        sys.exit(1)
-    _run_plan(repo, branch, rev, subdir, environment, state_dir, output)
+    if dry_run:
+        _run_plan(src, state_dir, output)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout)
 
 
 @main.command()
 @source_options
 @state_options
-def plan(
-    repo: str,
-    branch: str | None,
-    rev: str | None,
-    subdir: str,
-    environment: str | None,
-    state_dir: Path,
-    output: str,
-) -> None:
+def plan(src: Source, state_dir: Path, output: str) -> None:
     """Show what a reconcile would change (the dry run); change nothing.
 
     Exits 0 when nothing would change, 2 when changes are pending, 1 on error.
     """
-    _run_plan(repo, branch, rev, subdir, environment, state_dir, output)
+    _run_plan(src, state_dir, output)
+
+
+@main.command()
+@source_options
+@state_options
+@apply_options
+def apply(
+    src: Source, state_dir: Path, output: str, lock_timeout: float, health_timeout: float
+) -> None:
+    """Apply the plan (the same as `reconcile` without a command)."""
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout)
+
+
+@main.command()
+@source_options
+@state_options
+def status(src: Source, state_dir: Path, output: str) -> None:
+    """Show services, releases, weights, containers and their health, HAProxy server states,
+    and per-revision requests, 5xx and response times from HAProxy's counters."""
+    try:
+        from reconciler.observe.live import observe
+        from reconciler.status import status_json, status_text
+        from reconciler.store import Store
+
+        loaded, desired = _desired(src)
+        observed = observe(desired, state_dir)
+        store = Store(state_dir / "history.sqlite")
+        runs = store.runs(desired.environment, limit=1)
+        held = store.failed_services(desired.environment, desired.commit)
+        store.close()
+    except ReconcilerError as exc:
+        _fail(exc)
+    render = status_json if output == "json" else status_text
+    click.echo(render(desired, observed, runs[0] if runs else None, held, loaded.label), nl=False)
+
+
+@main.command()
+@click.option(
+    "--env", "-e", "environment", envvar="RECONCILE_ENV", help="Only runs of this environment."
+)
+@click.option("--limit", "-n", type=int, default=20, show_default=True)
+@click.option("--run", "run_id", type=int, help="Show the steps of one run.")
+@state_options
+def history(
+    environment: str | None, limit: int, run_id: int | None, state_dir: Path, output: str
+) -> None:
+    """List past passes (commit, status, duration), or the steps of one run."""
+    import json
+    import time as _time
+
+    from reconciler.store import Store
+
+    if not (state_dir / "history.sqlite").exists():
+        click.echo(f"no history yet in {state_dir}")
+        return
+    store = Store(state_dir / "history.sqlite")
+    if run_id is not None:
+        steps = store.steps(run_id)
+        if output == "json":
+            click.echo(
+                json.dumps({"run": run_id, "plan": store.plan_of(run_id), "steps": steps}, indent=2)
+            )
+            return
+        for st in steps:
+            click.echo(
+                f"[{st['step']:>3}] {st['status']:<7} {st['host']:<10} "
+                f"{st['description']} ({st['duration_s']:.1f}s)"
+            )
+            click.echo(f"      because {st['reason']}")
+            if st["detail"]:
+                click.echo("      " + st["detail"].replace("\n", "\n      "))
+        return
+    runs = store.runs(environment, limit)
+    if output == "json":
+        click.echo(json.dumps([r.__dict__ for r in runs], indent=2))
+        return
+    for r in runs:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.started_at))
+        took = f"{r.finished_at - r.started_at:6.1f}s" if r.finished_at else "   ... "
+        click.echo(
+            f"run {r.id:>4}  {when}  {r.environment:<12} {r.commit[:7]}  {took}  "
+            f"{r.status:<13} {r.summary}"
+        )
+
+
+@main.command()
+@click.argument("service", required=False)
+@click.option(
+    "--env",
+    "-e",
+    "environment",
+    envvar="RECONCILE_ENV",
+    required=True,
+    help="Environment of the service.",
+)
+@state_options
+def retry(service: str | None, environment: str, state_dir: Path, output: str) -> None:
+    """Forget that SERVICE (default: every service) failed at the current commit, so the
+    next pass tries it again."""
+    from reconciler.store import Store
+
+    store = Store(state_dir / "history.sqlite")
+    n = store.clear_failure(environment, service)
+    click.echo(
+        f"cleared {n} failure(s); the next pass retries "
+        f"{service or 'every service'} of {environment}"
+    )
 
 
 @main.command()
@@ -241,14 +460,7 @@ def plan(
     is_flag=True,
     help="Validate the files on disk instead of a commit (for pre-commit hooks).",
 )
-def validate(
-    repo: str,
-    branch: str | None,
-    rev: str | None,
-    subdir: str,
-    environment: str | None,
-    worktree: bool,
-) -> None:
+def validate(src: Source, worktree: bool) -> None:
     """Check every manifest: YAML, JSON Schema and semantic rules.
 
     Reports all problems of the repository with file:line:column, field and bad value,
@@ -259,20 +471,19 @@ def validate(
         from reconciler.source import read_directory
 
         if worktree:
-            snapshot = read_directory(str(Path(repo) / subdir))
+            snapshot = read_directory(str(Path(src.repo) / src.subdir))
             manifests = load_manifests(snapshot.files)
-            label = f"files under {repo}"
+            label = f"files under {src.repo}"
         else:
-            loaded = _load(repo, branch, rev, subdir)
+            loaded = _load(src)
             snapshot, manifests, label = loaded.snapshot, loaded.manifests, loaded.label
         if not snapshot.files:
             raise ReconcilerError(f"no manifest files (*.yaml, *.yml) found in {label}")
-        envs = [environment] if environment else manifests.environment_names()
+        envs = [src.environment] if src.environment else manifests.environment_names()
         for env in envs:
             resolve(manifests, env, snapshot.commit)
     except ReconcilerError as exc:
         _fail(exc)
-        return
     click.echo(
         f"ok: {len(snapshot.files)} file(s) valid at {label}; environments: {', '.join(envs)}"
     )
@@ -342,7 +553,6 @@ def diff(
             diffs.append(diff_states(base_state, head_state))
     except ReconcilerError as exc:
         _fail(exc)
-        return
     render = {"text": diff_text, "json": diff_json, "markdown": diff_markdown}[output]
     click.echo(render(diffs, snaps[0].short, snaps[1].short), nl=False)
     if exit_code and any(d.items for d in diffs):

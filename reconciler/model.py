@@ -233,6 +233,7 @@ class ServerStats:
     econ: int = 0
     rtime_ms: int = 0
     ttime_ms: int = 0
+    check_status: str = ""  # e.g. L7OK, L4CON, INI; "" when the server has no check
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ _SYMBOL_ORDER = "+~!-"
 def plan_text(plan: Plan, source: str) -> str:
     """The plan grouped by host, then service; actions keep their execution order."""
     head = f"Plan for environment {plan.environment} at {source}"
+    head += "".join(f"\nnote: {note}" for note in plan.notes)
     if plan.empty:
         return f"{head}\nNo changes: live state matches the desired state.\n"
     groups: dict[str, dict[str, list[tuple[int, Action]]]] = defaultdict(lambda: defaultdict(list))
@@ -42,6 +43,7 @@ def plan_json(plan: Plan, source: str) -> str:
         "source": source,
         "changes_pending": not plan.empty,
         "summary": count_by_kind(plan.actions),
+        "notes": list(plan.notes),
         "actions": [{"step": i + 1, **a.to_json()} for i, a in enumerate(plan.actions)],
     }
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ class Plan:
     environment: str
     commit: str
     actions: tuple[Action, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -88,10 +89,17 @@ class _Phases:
     retiring: dict[str, str] = field(default_factory=dict)
 
 
-def plan(desired: DesiredState, observed: ObservedState) -> Plan:
-    """The ordered actions that take ``observed`` to ``desired``. Same inputs, same plan."""
+def plan(
+    desired: DesiredState, observed: ObservedState, held: Mapping[str, str] | None = None
+) -> Plan:
+    """The ordered actions that take ``observed`` to ``desired``. Same inputs, same plan.
+
+    ``held``: services left exactly as they run (service -> why), e.g. because their
+    apply already failed at this commit; they get no action, only a note.
+    """
     ph = _Phases()
     env = desired.environment
+    held = held or {}
     wanted = {s.name: s for s in desired.services}
     for host in desired.hosts:
         if "app" not in host.roles:
@@ -104,6 +112,8 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
         for c in containers:
             by_service[c.label(identity.SERVICE)].append(c)
         for name in sorted(set(by_service) | set(wanted)):
+            if name in held:
+                continue
             svc = wanted.get(name)
             group = sorted(by_service.get(name, []), key=lambda c: c.name)
             if svc is None or host.name not in svc.hosts:
@@ -116,9 +126,11 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
                     _retire(ph, host.name, name, c, why, svc)
                 continue
             _plan_service(ph, desired, host.name, host.address, svc, group, images)
+    held_backends = {identity.backend_name(name) for name in held}
     for lb in desired.loadbalancers:
         for lb_host in lb.hosts:
-            _plan_lb(ph, desired, lb, observed.lb(lb_host))
+            _plan_lb(ph, desired, lb, observed.lb(lb_host), held_backends)
+    notes = tuple(f"service {name} held: {why}" for name, why in sorted(held.items()))
     actions = (
         ph.pulls
         + ph.early_removals
@@ -129,7 +141,7 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
         + ph.lb_removals
         + ph.removals
     )
-    return Plan(environment=env, commit=desired.commit, actions=tuple(actions))
+    return Plan(environment=env, commit=desired.commit, actions=tuple(actions), notes=notes)
 
 
 # --------------------------------------------------------------------------- containers
@@ -337,14 +349,16 @@ def _retire(
 # --------------------------------------------------------------------------- HAProxy
 
 
-def _plan_lb(ph: _Phases, desired: DesiredState, lb: LoadBalancer, obs: ObservedHAProxy) -> None:
+def _plan_lb(
+    ph: _Phases, desired: DesiredState, lb: LoadBalancer, obs: ObservedHAProxy, held: set[str]
+) -> None:
     lb_host = obs.host
     structure: list[str] = []
     if not obs.running:
         structure.append("HAProxy is not running")
     else:
         structure += _section_changes(dict(obs.config_sections), dict(section_digests(desired, lb)))
-    live = {(s.backend, s.server): s for s in obs.servers}
+    live = {(s.backend, s.server): s for s in obs.servers if s.backend not in held}
     wanted = {(s.backend, s.name): s for s in ph.servers}
     drain_timeout = {identity.backend_name(s.name): s.drain_timeout_s for s in desired.services}
     for key in sorted(wanted):

@@ -192,6 +192,7 @@ def parse_stat_csv(text: str) -> tuple[ServerStats, ...]:
                 econ=num("econ"),
                 rtime_ms=num("rtime"),
                 ttime_ms=num("ttime"),
+                check_status=row.get("check_status", "").lstrip("* "),
             )
         )
     return tuple(stats)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,24 +87,25 @@ def test_admin_names(flags: int, names: tuple[str, ...]) -> None:
 
 
 def stats(
-    backend: str, server: str, status: str, weight: int, stot: int, **counters: int
+    backend: str, server: str, status: str, weight: int, stot: int, **counters: Any
 ) -> ServerStats:
     return ServerStats(backend, server, status, weight, 0, stot, **counters)
 
 
 TIMES = {"rtime_ms": 2, "ttime_ms": 2}
 STATS_BEFORE_RELOAD = (
-    stats("web", "web1", "UP", 10, 10, hrsp_2xx=10, **TIMES),
-    stats("web", "web2", "DRAIN", 20, 8, hrsp_2xx=7, hrsp_4xx=1, **TIMES),
-    stats("web", "web3", "DOWN", 5, 0),
-    stats("web", "web4", "UP", 0, 15, hrsp_2xx=13, hrsp_4xx=2, **TIMES),
-    stats("api", "api1", "UP", 50, 114, hrsp_4xx=114, **TIMES),
+    stats("web", "web1", "UP", 10, 10, hrsp_2xx=10, **TIMES, check_status="L4OK"),
+    stats("web", "web2", "DRAIN", 20, 8, hrsp_2xx=7, hrsp_4xx=1, **TIMES, check_status="L4OK"),
+    stats("web", "web3", "DOWN", 5, 0, check_status="L4CON"),
+    stats("web", "web4", "UP", 0, 15, hrsp_2xx=13, hrsp_4xx=2, **TIMES, check_status="L4OK"),
+    stats("api", "api1", "UP", 50, 114, hrsp_4xx=114, **TIMES, check_status="L7OK"),
     stats("api", "api2", "MAINT", 30, 3, hrsp_4xx=3, **TIMES),
     stats("api", "api3", "no check", 1, 8, econ=2),  # closed port: 2 x 503 after retries
     stats("api", "api4", "MAINT", 7, 0),
 )
 STATS_AFTER_RELOAD = tuple(  # counters reset by the reload
-    stats(s.backend, s.server, s.status, s.weight, 0) for s in STATS_BEFORE_RELOAD
+    stats(s.backend, s.server, s.status, s.weight, 0, check_status=s.check_status)
+    for s in STATS_BEFORE_RELOAD
 )
 
 

@@ -1,0 +1,324 @@
+"""The executor: runs a Plan against the local Docker engine and HAProxy, step by step.
+
+It decides nothing: every action comes from the planner. What it adds is the health gate
+and failure isolation. A service whose new containers fail their health gate (or whose
+servers do not come UP in HAProxy) has those containers removed and every later action of
+that service skipped, so its old release keeps all of its traffic; other services go on.
+A config that ``haproxy -c`` rejects, or a reload that does not take, stops the run
+(nothing installed, or the last good config restored); the next pass repairs the rest.
+Every step is safe to re-run after a crash at any point: names are deterministic and
+each action is checked against what exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from reconciler import identity
+from reconciler.actions import (
+    Action,
+    AddServer,
+    ConfigureHAProxy,
+    DrainServer,
+    PullImage,
+    RemoveContainer,
+    RemoveServer,
+    SetWeight,
+    StartContainer,
+)
+from reconciler.containers import (
+    ContainerError,
+    Started,
+    create_and_start,
+    health_deadline,
+    stop_and_remove,
+    wait_healthy,
+)
+from reconciler.errors import ReconcilerError
+from reconciler.haproxy.control import HAProxy, HAProxyError
+from reconciler.haproxy.render import RenderServer, render
+from reconciler.model import DesiredState, HealthCheck, ObservedState
+from reconciler.plan import Plan
+
+if TYPE_CHECKING:
+    import docker
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    action: Action
+    status: Status
+    detail: str
+    duration_s: float
+
+
+@dataclass
+class ApplyResult:
+    steps: list[StepResult] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # service (or "haproxy") -> why
+    aborted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.aborted
+
+
+class _Abort(Exception):
+    """Stop the run: HAProxy could not take a config; later steps would be unsafe."""
+
+
+class Executor:
+    """Runs one plan. ``haproxies`` maps each LB host to its HAProxy controller."""
+
+    def __init__(
+        self,
+        desired: DesiredState,
+        observed: ObservedState,
+        client: docker.DockerClient,
+        haproxies: dict[str, HAProxy],
+        on_step: Callable[[StepResult], None] | None = None,
+        health_min_s: float = 30.0,
+    ) -> None:
+        self.desired = desired
+        self.client = client
+        self.haproxies = haproxies
+        self.on_step = on_step or (lambda _: None)
+        self.health_min_s = health_min_s
+        self.result = ApplyResult()
+        self.address = {h.name: h.address for h in desired.hosts}
+        self.health = {s.name: s.releases[0].spec.health for s in desired.services}
+        # (app host, container name) -> published (address, port), from live state + starts
+        self.ports: dict[tuple[str, str], tuple[str, int]] = {
+            (h.name, c.name): c.published
+            for h in observed.hosts
+            for c in h.containers
+            if c.published
+        }
+        # LB host -> (backend, server) -> what the next rendered config says
+        self.table: dict[str, dict[tuple[str, str], RenderServer]] = {
+            lb.host: {
+                (s.backend, s.server): RenderServer(
+                    s.backend, s.server, s.address, s.port, s.weight
+                )
+                for s in lb.servers
+            }
+            for lb in observed.haproxy
+        }
+        self.started: dict[str, list[tuple[str, Started]]] = {}  # service -> (host, container)
+        self.pending: list[tuple[StartContainer, Started]] = []  # started, not yet gated
+        self.gated: set[tuple[str, str]] = set()
+        self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers added
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self, plan: Plan) -> ApplyResult:
+        try:
+            for step, action in enumerate(plan.actions, 1):
+                if not isinstance(action, StartContainer):
+                    self._gate()
+                self._step(step, action)
+            self._gate()
+        except _Abort:
+            self.result.aborted = True
+        return self.result
+
+    def _step(self, step: int, action: Action) -> None:
+        t0 = time.monotonic()
+        status: Status = "ok"
+        detail = ""
+        if self.result.aborted or (action.service and action.service in self.result.failures):
+            status, detail = "skipped", "an earlier step of this service failed"
+        else:
+            try:
+                detail = self._do(action) or ""
+            except (ContainerError, HAProxyError, ReconcilerError) as exc:
+                status, detail = "failed", str(exc)
+                self._fail(action, str(exc))
+        res = StepResult(step, action, status, detail, time.monotonic() - t0)
+        self.result.steps.append(res)
+        self.on_step(res)
+        if isinstance(action, ConfigureHAProxy) and status == "failed":
+            self.result.aborted = True
+            raise _Abort
+
+    def _fail(self, action: Action, why: str) -> None:
+        key = action.service or "haproxy"
+        self.result.failures.setdefault(key, why)
+        if action.service:
+            self._undo_starts(action.service)
+
+    def _undo_starts(self, service: str) -> None:
+        """Remove the containers this run started for ``service``: the old release keeps
+        serving. Their servers are taken out of the next config too."""
+        for host, started in self.started.pop(service, []):
+            stop_and_remove(self.client, started.name, grace_s=1)
+            server = identity.server_name(host, started.name)
+            for table in self.table.values():
+                for key in [k for k in table if k[1] == server]:
+                    del table[key]
+        self.pending = [(a, s) for a, s in self.pending if a.service != service]
+
+    # ------------------------------------------------------------------ actions
+
+    def _do(self, action: Action) -> str | None:
+        if isinstance(action, PullImage):
+            self.client.images.pull(action.image)
+            return None
+        if isinstance(action, RemoveContainer):
+            gone = stop_and_remove(self.client, action.name, action.grace_s)
+            return None if gone else "already gone"
+        if isinstance(action, StartContainer):
+            return self._start(action)
+        if isinstance(action, AddServer):
+            return self._add_server(action)
+        if isinstance(action, SetWeight):
+            self.haproxies[action.host].set_weight(action.backend, action.server, action.weight)
+            self._set_table_weight(action.host, action.backend, action.server, action.weight)
+            return None
+        if isinstance(action, DrainServer):
+            return self._drain(action)
+        if isinstance(action, RemoveServer):
+            self.table.get(action.host, {}).pop((action.backend, action.server), None)
+            return None
+        if isinstance(action, ConfigureHAProxy):
+            return self._configure(action)
+        raise ReconcilerError(f"unknown action {action.kind}")
+
+    def _start(self, a: StartContainer) -> str:
+        assert a.spec is not None and a.service is not None
+        if not a.image_id:
+            raise ContainerError(f"image {a.spec.image} is not on host {a.host}")
+        labels = identity.container_labels(
+            self.desired.environment,
+            a.service,
+            a.revision,
+            a.config_hash,
+            a.replica,
+            self.desired.commit,
+            a.spec,
+            a.image_id,
+        )
+        started = create_and_start(
+            self.client,
+            name=a.name,
+            labels=labels,
+            spec=a.spec,
+            image_id=a.image_id,
+            address=self.address[a.host],
+            host=a.host,
+        )
+        self.started.setdefault(a.service, []).append((a.host, started))
+        self.ports[(a.host, a.name)] = (started.address, started.port)
+        self.pending.append((a, started))
+        return f"published on {started.address}:{started.port}"
+
+    def _gate(self) -> None:
+        """Wait, in parallel, until every container started since the last gate is healthy;
+        a service with one that is not fails as a whole."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+
+        def wait(item: tuple[StartContainer, Started]) -> str | None:
+            a, s = item
+            assert a.spec is not None
+            try:
+                wait_healthy(
+                    self.client,
+                    s.name,
+                    a.spec.health,
+                    s.address,
+                    s.port,
+                    health_deadline(a.spec.health, self.health_min_s),
+                )
+            except ContainerError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(8, len(pending))) as pool:
+            outcomes = list(pool.map(wait, pending))
+        for (a, s), error in zip(pending, outcomes, strict=True):
+            if error is None:
+                self.gated.add((a.host, s.name))
+            elif a.service and a.service not in self.result.failures:
+                self.result.failures[a.service] = error
+                self._undo_starts(a.service)
+
+    def _add_server(self, a: AddServer) -> str | None:
+        where = self.ports.get((a.app_host, a.container))
+        if where is None:
+            raise ContainerError(
+                f"container {a.container} on {a.app_host} has no published port; it is not running"
+            )
+        if (a.app_host, a.container) not in self.gated:
+            # Started by an earlier (maybe interrupted) pass: gate it before it gets traffic.
+            health = self.health.get(a.service or "", HealthCheck(kind="none"))
+            wait_healthy(
+                self.client,
+                a.container,
+                health,
+                where[0],
+                where[1],
+                health_deadline(health, self.health_min_s),
+            )
+            self.gated.add((a.app_host, a.container))
+        self.table.setdefault(a.host, {})[(a.backend, a.server)] = RenderServer(
+            a.backend, a.server, where[0], where[1], a.weight
+        )
+        self.added.setdefault(a.host, []).append((a.backend, a.server))
+        return None
+
+    def _set_table_weight(self, lb_host: str, backend: str, server: str, weight: int) -> None:
+        table = self.table.setdefault(lb_host, {})
+        if (backend, server) in table:
+            old = table[(backend, server)]
+            table[(backend, server)] = RenderServer(
+                old.backend, old.name, old.address, old.port, weight
+            )
+
+    def _drain(self, a: DrainServer) -> str | None:
+        lb = self.haproxies[a.host]
+        try:
+            lb.drain(a.backend, a.server)
+        except HAProxyError as exc:
+            if "No such" in str(exc):
+                return "not in HAProxy any more"
+            raise
+        self._set_table_weight(a.host, a.backend, a.server, 0)
+        if not lb.wait_drained(a.backend, a.server, a.timeout_s):
+            return f"sessions still open after {a.timeout_s}s; removed anyway"
+        return None
+
+    def _configure(self, a: ConfigureHAProxy) -> str:
+        lb = self.haproxies[a.host]
+        lbdef = next(x for x in self.desired.loadbalancers if a.host in x.hosts)
+        text = render(self.desired, lbdef, self.table.get(a.host, {}).values(), lb.paths)
+        changed = lb.install(text)  # raises, installing nothing, if haproxy -c refuses
+        if not lb.running():
+            lb.start()
+            what = "started HAProxy"
+        elif a.reload and changed:
+            lb.reload()
+            what = "reloaded HAProxy (confirmed)"
+        else:
+            what = "config written" if changed else "config unchanged"
+        added = self.added.pop(a.host, [])
+        if added and a.reload:
+            not_up = lb.wait_up(added, timeout=self.health_min_s)
+            for backend, server in added:
+                if f"{backend}/{server}" in not_up:
+                    service = backend.removeprefix("be_")
+                    self.result.failures.setdefault(
+                        service, f"server {backend}/{server} did not come UP in HAProxy"
+                    )
+                    lb.drain(backend, server)
+            if not_up:
+                return f"{what}; not UP: {', '.join(not_up)}"
+        return what

@@ -1,0 +1,240 @@
+"""Docker side of the executor: create, health-gate, stop and remove containers.
+
+Containers are created once and never changed: every setting comes from the spec at
+creation (labels, env, secrets, limits, logging, health check). Removing a container
+never removes its volumes or bind mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from reconciler.errors import ReconcilerError
+from reconciler.model import ContainerSpec, HealthCheck, SecretRef
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+NS = 1_000_000  # nanoseconds per millisecond (Docker health check durations)
+
+
+class ContainerError(ReconcilerError):
+    """A container could not be created, or did not become healthy."""
+
+
+@dataclass(frozen=True)
+class Started:
+    name: str
+    id: str
+    address: str
+    port: int
+
+
+def read_secret(ref: SecretRef, host: str) -> str:
+    """The value of a secret on the local host. The message never contains the value."""
+    if ref.source == "env":
+        value = os.environ.get(ref.location)
+        if value is None:
+            raise ContainerError(
+                f"secret {ref.name}: variable {ref.location} is not set in "
+                f"the reconciler's environment on host {host}"
+            )
+        return value
+    try:
+        with open(ref.location, encoding="utf-8") as f:
+            return f.read().rstrip("\n")
+    except OSError as exc:
+        raise ContainerError(
+            f"secret {ref.name}: cannot read {ref.location} on host {host}: {exc.strerror}"
+        ) from None
+
+
+def free_port(address: str) -> int:
+    """A port free on ``address`` now. Published explicitly, so a restart keeps it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def _restart_policy(text: str) -> dict[str, Any]:
+    name, _, count = text.partition(":")
+    policy: dict[str, Any] = {"Name": "" if name == "no" else name}
+    if count:
+        policy["MaximumRetryCount"] = int(count)
+    return policy
+
+
+def _healthcheck(h: HealthCheck) -> dict[str, Any] | None:
+    if h.kind != "command":
+        return None  # http: probed from outside on the published port, like HAProxy does
+    return {
+        "test": ["CMD", *h.command],
+        "interval": h.interval_ms * NS,
+        "timeout": h.timeout_ms * NS,
+        "retries": h.retries,
+        "start_period": h.start_period_ms * NS,
+    }
+
+
+def create_and_start(
+    client: docker.DockerClient,
+    *,
+    name: str,
+    labels: dict[str, str],
+    spec: ContainerSpec,
+    image_id: str,
+    address: str,
+    host: str,
+) -> Started:
+    """Create and start one container; its port is published on ``address``."""
+    import docker.errors
+    from docker.types import LogConfig, Mount
+
+    env = dict(spec.env)
+    env.update({ref.name: read_secret(ref, host) for ref in spec.secrets})
+    port = free_port(address)
+    kwargs: dict[str, Any] = {
+        "image": image_id,
+        "name": name,
+        "labels": labels,
+        "environment": env,
+        "ports": {f"{spec.port}/tcp": (address, port)},
+        "restart_policy": _restart_policy(spec.restart),
+        "stop_timeout": spec.stop_grace_s,
+        "mounts": [
+            Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
+            for v in spec.volumes
+        ],
+        "detach": True,
+    }
+    if spec.command is not None:
+        kwargs["entrypoint"] = list(spec.command)
+    if spec.args is not None:
+        kwargs["command"] = list(spec.args)
+    if spec.memory_bytes:
+        kwargs["mem_limit"] = spec.memory_bytes
+    if spec.nano_cpus:
+        kwargs["nano_cpus"] = spec.nano_cpus
+    if spec.logging:
+        kwargs["log_config"] = LogConfig(
+            type=spec.logging.driver, config=dict(spec.logging.options)
+        )
+    if (hc := _healthcheck(spec.health)) is not None:
+        kwargs["healthcheck"] = hc
+    try:
+        container = client.containers.create(**kwargs)
+        container.start()
+    except docker.errors.APIError as exc:
+        # A container half-created by this call is removed: nothing is left behind.
+        _remove_quietly(client, name)
+        raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+    return Started(name=name, id=container.id or "", address=address, port=port)
+
+
+def _remove_quietly(client: docker.DockerClient, name: str) -> None:
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.DockerException):
+        client.containers.get(name).remove(force=True)
+
+
+def wait_healthy(
+    client: docker.DockerClient,
+    name: str,
+    health: HealthCheck,
+    address: str,
+    port: int,
+    deadline_s: float,
+) -> None:
+    """Return when the container is healthy; raise ContainerError with the last health
+    output and the log tail when it exits, turns unhealthy or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    last = "no health result yet"
+    container = client.containers.get(name)
+    while True:
+        container.reload()
+        state = container.attrs["State"]
+        if state.get("Status") != "running":
+            last = f"container {state.get('Status')} (exit code {state.get('ExitCode')})"
+            break
+        if health.kind == "command":
+            h = state.get("Health") or {}
+            log = h.get("Log") or []
+            if log:
+                last = f"exit {log[-1].get('ExitCode')}: {str(log[-1].get('Output', '')).strip()}"
+            if h.get("Status") == "healthy":
+                return
+            if h.get("Status") == "unhealthy":
+                break
+        else:
+            ok, last = _probe(health, address, port)
+            if ok:
+                return
+        if time.monotonic() > deadline:
+            last += f" (no success within {deadline_s:.0f}s)"
+            break
+        time.sleep(0.1)
+    raise ContainerError(
+        f"container {name} is not healthy: {last}\nlast log lines:\n{_log_tail(container)}"
+    )
+
+
+def _probe(health: HealthCheck, address: str, port: int) -> tuple[bool, str]:
+    timeout = max(health.timeout_ms / 1000, 0.2)
+    if health.kind == "none":
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                return True, "port accepts connections"
+        except OSError as exc:
+            return False, f"port {port}: {exc.strerror or exc}"
+    url = f"http://{address}:{port}{health.path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 400, f"GET {health.path}: HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"GET {health.path}: HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"GET {health.path}: {reason}"
+
+
+def _log_tail(container: Container, lines: int = 20) -> str:
+    try:
+        raw: bytes = container.logs(tail=lines)
+    except Exception as exc:  # best effort: some log drivers cannot be read back
+        return f"  (logs unavailable: {exc})"
+    text = raw.decode("utf-8", errors="replace").rstrip()
+    return "\n".join(f"  | {line}" for line in text.splitlines()) or "  (no output)"
+
+
+def health_deadline(health: HealthCheck, minimum: float) -> float:
+    """How long a new container may take to become healthy."""
+    per_try = (health.interval_ms + health.timeout_ms) / 1000
+    return max(minimum, health.start_period_ms / 1000 + per_try * (health.retries + 1))
+
+
+def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> bool:
+    """Stop with the grace period and remove; volumes are kept. False if already gone."""
+    import docker.errors
+
+    try:
+        container = client.containers.get(name)
+    except docker.errors.NotFound:
+        return False
+    try:
+        if container.status == "running":
+            container.stop(timeout=grace_s)
+        container.remove(v=False)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+    return True

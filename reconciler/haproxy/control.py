@@ -1,0 +1,247 @@
+"""Control of one local HAProxy: verify, install, start, reload-and-confirm, runtime API.
+
+Verify, then switch: a config is written to a temporary file beside the live one, checked
+with ``haproxy -c``, and only then renamed over it (the previous one is kept as
+``last-good``). A reload goes through the master CLI and is confirmed by ``show proc``:
+the master's reload counter moved, no failure was counted, and none of the previous
+workers is still the current one (HAProxy 2.6 reports nothing itself). A failed reload
+restores the last good config and reloads it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from reconciler.errors import ObserveError, ReconcilerError
+from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.haproxy.runtime import (
+    MasterProcs,
+    RuntimeSocket,
+    SocketUnavailable,
+    parse_show_proc,
+    parse_stat_csv,
+)
+from reconciler.model import ServerStats
+
+
+class HAProxyError(ReconcilerError):
+    """HAProxy refused a config, did not start, or did not reload."""
+
+
+class HAProxy:
+    """One HAProxy in master-worker mode, its files under ``paths``."""
+
+    def __init__(
+        self, paths: HAProxyPaths, binary: str | None = None, timeout: float = 15.0
+    ) -> None:
+        self.paths = paths
+        self.binary = binary or shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.timeout = timeout
+        self.stats = RuntimeSocket(str(paths.stats_socket))
+        self.master = RuntimeSocket(str(paths.master_socket))
+
+    # ------------------------------------------------------------------ config files
+
+    def check(self, text: str) -> Path:
+        """Write ``text`` beside the live config and verify it; the checked file's path.
+
+        Raises HAProxyError with HAProxy's own message when ``haproxy -c`` refuses it
+        (the temporary file is removed: nothing is installed).
+        """
+        self.paths.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tmp = self.paths.config.with_name(f".{self.paths.config.name}.{os.getpid()}.new")
+        tmp.write_text(text)
+        proc = subprocess.run(
+            [self.binary, "-c", "-q", "-f", str(tmp)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            detail = (proc.stderr or proc.stdout).strip().replace(str(tmp), "<new config>")
+            raise HAProxyError(f"haproxy -c rejected the new config; nothing installed:\n{detail}")
+        return tmp
+
+    def install(self, text: str) -> bool:
+        """Verify and atomically install ``text``; False when it was already installed."""
+        current = self.paths.config
+        if current.exists() and current.read_text() == text:
+            return False
+        checked = self.check(text)
+        if current.exists():
+            shutil.copy2(current, self.paths.last_good)
+        os.replace(checked, current)
+        return True
+
+    # ------------------------------------------------------------------ process
+
+    def running(self) -> bool:
+        try:
+            self.master.command("show proc")
+        except SocketUnavailable:
+            return False
+        return True
+
+    def start(self) -> None:
+        """Start HAProxy (daemon, master-worker) on the installed config; wait for its sockets."""
+        for sock in (self.paths.master_socket, self.paths.stats_socket):
+            sock.unlink(missing_ok=True)  # stale sockets of a dead HAProxy
+        cmd = [
+            self.binary,
+            "-W",
+            "-D",
+            "-S",
+            f"{self.paths.master_socket},mode,600",
+            "-f",
+            str(self.paths.config),
+            "-p",
+            str(self.paths.pid_file),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise HAProxyError(f"haproxy did not start: {(proc.stderr or proc.stdout).strip()}")
+        self._wait(lambda: self._answers(self.stats), "the stats socket to answer")
+
+    def stop(self) -> None:
+        """Stop HAProxy (used by tests and `reconcile` teardown); no-op when not running."""
+        try:
+            pid = int(self.paths.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            return
+        self._wait(lambda: not _alive(pid), f"HAProxy master {pid} to exit")
+
+    def procs(self) -> MasterProcs:
+        return parse_show_proc(self.master.command("show proc"))
+
+    def reload(self) -> None:
+        """Reload and confirm it took; on failure restore the last good config and raise."""
+        try:
+            self._reload_confirmed()
+        except HAProxyError as exc:
+            if self.paths.last_good.exists():
+                shutil.copy2(self.paths.last_good, self.paths.config)
+                try:
+                    self._reload_confirmed()
+                except HAProxyError as again:
+                    raise HAProxyError(
+                        f"{exc}; restoring the last good config failed too: {again}"
+                    ) from exc
+                raise HAProxyError(f"{exc}; the last good config was restored") from exc
+            raise
+
+    def _reload_confirmed(self) -> None:
+        before = self.procs()
+        self.save_server_state()
+        self.master.command("reload")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                after = self.procs()
+            except (ObserveError, ValueError):  # the master re-executes: briefly no answer
+                after = before
+            if after.reloads > before.reloads:
+                break
+            if time.monotonic() > deadline:
+                raise HAProxyError(f"HAProxy did not report the reload within {self.timeout:.0f}s")
+            time.sleep(0.05)
+        if (
+            after.failed_reloads > 0
+            or set(after.current_pids) & set(before.current_pids)
+            or not after.current_pids
+        ):
+            raise HAProxyError(
+                f"HAProxy reload failed (failed reloads {after.failed_reloads}, "
+                f"workers {list(before.current_pids)} -> "
+                f"{list(after.current_pids)})"
+            )
+        self._wait(lambda: self._answers(self.stats), "the new worker's stats socket")
+
+    def save_server_state(self) -> None:
+        """Dump runtime server states so the next worker keeps weights and drain states."""
+        text = self.stats.command("show servers state")
+        tmp = self.paths.server_state.with_name(".server-state.new")
+        tmp.write_text(text)
+        os.replace(tmp, self.paths.server_state)
+
+    # ------------------------------------------------------------------ runtime API
+
+    def runtime(self, command: str) -> None:
+        """Run a runtime API command that answers nothing on success; raise otherwise."""
+        answer = self.stats.command(command).strip()
+        if answer:
+            raise HAProxyError(f"HAProxy refused {command!r}: {answer}")
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None:
+        self.runtime(f"set weight {backend}/{server} {weight}")
+        self.runtime(f"set server {backend}/{server} state ready")
+
+    def drain(self, backend: str, server: str) -> None:
+        self.runtime(f"set weight {backend}/{server} 0")
+        self.runtime(f"set server {backend}/{server} state drain")
+
+    def server_stats(self) -> tuple[ServerStats, ...]:
+        return parse_stat_csv(self.stats.command("show stat"))
+
+    def wait_up(self, servers: Iterable[tuple[str, str]], timeout: float) -> list[str]:
+        """Wait until every (backend, server) is UP with a passed check; the ones that are
+        not by the deadline."""
+        pending = set(servers)
+        deadline = time.monotonic() + timeout
+        while pending:
+            stats = {(s.backend, s.server): s for s in self.server_stats()}
+            pending = {k for k in pending if not _is_up(stats.get(k))}
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return sorted(f"{b}/{s}" for b, s in pending)
+
+    def wait_drained(self, backend: str, server: str, timeout: float) -> bool:
+        """True when the server's current sessions reached 0 before ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = {(s.backend, s.server): s for s in self.server_stats()}
+            s = stats.get((backend, server))
+            if s is None or s.current_sessions == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _answers(self, sock: RuntimeSocket) -> bool:
+        try:
+            sock.command("show info")
+        except SocketUnavailable:
+            return False
+        return True
+
+    def _wait(self, cond: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise HAProxyError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+
+def _is_up(s: ServerStats | None) -> bool:
+    return s is not None and s.status.startswith("UP") and not s.check_status.startswith("INI")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,136 @@
+"""Render the whole HAProxy config of one load balancer. Pure: same input, same bytes.
+
+Every value written here was validated by the manifests' safety rules (names, paths,
+host names), so nothing needs quoting. The header lines carry the section digests the
+planner compares; servers are written with their current weights so that a reload keeps
+them (the server-state file keeps admin states such as drain).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.haproxy.sections import section_digests
+from reconciler.identity import backend_name, frontend_name
+from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
+
+MARKER = "# reconciler-section"
+
+
+@dataclass(frozen=True)
+class RenderServer:
+    backend: str
+    name: str
+    address: str
+    port: int
+    weight: int
+
+
+def _ms(value: int) -> str:
+    return f"{value}ms" if value % 1000 else f"{value // 1000}s"
+
+
+def render(
+    desired: DesiredState, lb: LoadBalancer, servers: Iterable[RenderServer], paths: HAProxyPaths
+) -> str:
+    """The config text. Backends: every desired service, plus any backend that still has
+    servers (a removed service whose servers are being drained)."""
+    by_backend: dict[str, list[RenderServer]] = defaultdict(list)
+    for srv in servers:
+        by_backend[srv.backend].append(srv)
+    services = {backend_name(s.name): s for s in desired.services}
+    drain_max = max((s.drain_timeout_s for s in desired.services), default=30)
+    out = [f"{MARKER} {name} {digest}" for name, digest in section_digests(desired, lb)]
+    out += [
+        f"# HAProxy config of load balancer {lb.name}, environment {desired.environment}.",
+        "# Written by reconciler; do not edit: the next pass replaces this file.",
+        "",
+        "global",
+        f"    stats socket {paths.stats_socket} mode 600 level admin expose-fd listeners",
+        "    stats timeout 30s",
+        f"    server-state-file {paths.server_state}",
+        # Old workers finish their requests, but never linger forever after a reload.
+        f"    hard-stop-after {drain_max + 60}s",
+        "",
+        "defaults",
+        "    mode http",
+        "    option redispatch",
+        "    retries 3",
+        "    timeout connect 5s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    timeout http-request 10s",
+        "    timeout http-keep-alive 10s",
+        "    load-server-state-from-file global",
+        "",
+    ]
+    for fe in lb.frontends:
+        out += _frontend(fe)
+    for name in sorted(set(services) | set(by_backend)):
+        out += _backend(
+            name, services.get(name), sorted(by_backend.get(name, []), key=lambda s: s.name)
+        )
+    return "\n".join(out) + "\n"
+
+
+def _frontend(fe: Frontend) -> list[str]:
+    bind = f"{'' if fe.bind_address == '*' else fe.bind_address}:{fe.bind_port}"
+    if fe.tls_certificate:
+        bind += f" ssl crt {fe.tls_certificate}"
+    lines = [
+        f"frontend {frontend_name(fe.name)}",
+        f"    bind {bind}",
+        f"    timeout client {_ms(fe.client_timeout_ms)}",
+        "    option forwardfor",
+    ]
+    if fe.redirect_https:
+        lines.append("    http-request redirect scheme https code 301 if !{ ssl_fc }")
+    for i, route in enumerate(fe.routes):
+        conds = []
+        if route.host:
+            host = route.host.lower()
+            if host.startswith("*."):
+                lines.append(f"    acl r{i}_host req.hdr(host),field(1,:),lower -m end {host[1:]}")
+            else:
+                lines.append(f"    acl r{i}_host req.hdr(host),field(1,:),lower -m str {host}")
+            conds.append(f"r{i}_host")
+        if route.path_prefix:
+            lines.append(f"    acl r{i}_path path_beg {route.path_prefix}")
+            conds.append(f"r{i}_path")
+        lines.append(f"    use_backend {backend_name(route.service)} if {' '.join(conds)}")
+    if fe.default_service:
+        lines.append(f"    default_backend {backend_name(fe.default_service)}")
+    return [*lines, ""]
+
+
+def _health_lines(health: HealthCheck | None) -> list[str]:
+    if health is None or health.kind == "none":
+        return ["    default-server check inter 2s fall 3 rise 2"]
+    lines = []
+    if health.kind == "http":
+        lines.append(f"    option httpchk GET {health.path}")
+    lines.append(
+        f"    default-server check inter {_ms(health.interval_ms)} fall {health.retries} rise 2"
+    )
+    lines.append(f"    timeout check {_ms(health.timeout_ms)}")
+    return lines
+
+
+def _backend(name: str, svc: Service | None, servers: list[RenderServer]) -> list[str]:
+    lines = [f"backend {name}"]
+    if svc is None:
+        lines += ["    balance roundrobin", "    default-server check inter 2s fall 3 rise 2"]
+    else:
+        t = svc.timeouts
+        lines += [
+            f"    balance {svc.balance}",
+            f"    timeout connect {_ms(t.connect_ms)}",
+            f"    timeout server {_ms(t.server_ms)}",
+            f"    timeout queue {_ms(t.queue_ms)}",
+        ]
+        lines += _health_lines(svc.releases[0].spec.health if svc.releases else None)
+    lines += [f"    server {s.name} {s.address}:{s.port} weight {s.weight}" for s in servers]
+    return [*lines, ""]

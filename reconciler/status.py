@@ -1,0 +1,192 @@
+"""`reconcile status`: what runs, what HAProxy sends where, and how each revision answers.
+
+Pure: desired + observed state (+ the last run) in, text or JSON out. Request counters
+come from HAProxy's per-server counters summed per revision; they count since the last
+HAProxy reload (a reload resets them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler import identity
+from reconciler.model import DesiredState, ObservedState, ServerStats
+from reconciler.store import Run
+
+
+@dataclass
+class RevisionTraffic:
+    requests: int = 0
+    r2xx: int = 0
+    r4xx: int = 0
+    r5xx: int = 0
+    errors: int = 0  # eresp + econ: HAProxy's own failures towards the servers
+    _rtime_weighted: float = 0.0
+
+    def add(self, s: ServerStats) -> None:
+        n = s.hrsp_1xx + s.hrsp_2xx + s.hrsp_3xx + s.hrsp_4xx + s.hrsp_5xx + s.hrsp_other
+        self.requests += n
+        self.r2xx += s.hrsp_2xx
+        self.r4xx += s.hrsp_4xx
+        self.r5xx += s.hrsp_5xx
+        self.errors += s.eresp + s.econ
+        self._rtime_weighted += s.rtime_ms * n
+
+    @property
+    def avg_ms(self) -> float:
+        return self._rtime_weighted / self.requests if self.requests else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "2xx": self.r2xx,
+            "4xx": self.r4xx,
+            "5xx": self.r5xx,
+            "errors": self.errors,
+            "avg_response_ms": round(self.avg_ms, 1),
+        }
+
+
+def status_data(
+    desired: DesiredState,
+    observed: ObservedState,
+    last: Run | None,
+    held: dict[str, str],
+    source: str,
+) -> dict[str, Any]:
+    env = desired.environment
+    stats = {(s.backend, s.server): s for lb in observed.haproxy for s in lb.stats}
+    states = {(s.backend, s.server): s for lb in observed.haproxy for s in lb.servers}
+    services = []
+    for svc in desired.services:
+        backend = identity.backend_name(svc.name)
+        traffic: dict[str, RevisionTraffic] = {}
+        containers = []
+        for host in svc.hosts:
+            for c in observed.host(host).containers:
+                if c.label(identity.ENVIRONMENT) != env or c.label(identity.SERVICE) != svc.name:
+                    continue
+                rev = c.label(identity.REVISION)
+                server = identity.server_name(host, c.name)
+                st, ss = stats.get((backend, server)), states.get((backend, server))
+                if st:
+                    traffic.setdefault(rev, RevisionTraffic()).add(st)
+                containers.append(
+                    {
+                        "host": host,
+                        "name": c.name,
+                        "revision": rev,
+                        "status": c.status,
+                        "health": c.health,
+                        "published": f"{c.published[0]}:{c.published[1]}" if c.published else None,
+                        "haproxy": (st.status if st else "not in HAProxy"),
+                        "weight": ss.weight if ss else None,
+                        "sessions": st.current_sessions if st else 0,
+                    }
+                )
+        services.append(
+            {
+                "service": svc.name,
+                "held": held.get(svc.name),
+                "releases": [
+                    {
+                        "revision": r.revision,
+                        "weight": r.weight,
+                        "image": r.spec.image,
+                        "traffic": traffic.get(r.revision, RevisionTraffic()).to_json(),
+                    }
+                    for r in svc.releases
+                ],
+                "other_revisions": {
+                    rev: t.to_json()
+                    for rev, t in traffic.items()
+                    if rev not in {r.revision for r in svc.releases}
+                },
+                "replicas": svc.replicas,
+                "hosts": list(svc.hosts),
+                "containers": sorted(containers, key=lambda c: (c["host"], c["name"])),
+            }
+        )
+    return {
+        "environment": env,
+        "desired": source,
+        "last_run": None
+        if last is None
+        else {
+            "id": last.id,
+            "commit": last.commit,
+            "status": last.status,
+            "started_at": last.started_at,
+            "summary": last.summary,
+        },
+        "haproxy": [
+            {"host": lb.host, "running": lb.running, "servers": len(lb.servers)}
+            for lb in observed.haproxy
+        ],
+        "services": services,
+    }
+
+
+def status_json(
+    desired: DesiredState,
+    observed: ObservedState,
+    last: Run | None,
+    held: dict[str, str],
+    source: str,
+) -> str:
+    return json.dumps(status_data(desired, observed, last, held, source), indent=2) + "\n"
+
+
+def status_text(
+    desired: DesiredState,
+    observed: ObservedState,
+    last: Run | None,
+    held: dict[str, str],
+    source: str,
+) -> str:
+    d = status_data(desired, observed, last, held, source)
+    lines = [f"environment {d['environment']}; desired state at {d['desired']}"]
+    if last:
+        in_sync = "" if last.commit == desired.commit else " (not the desired commit)"
+        lines.append(
+            f"last run {last.id}: {last.status} at commit {last.commit[:7]}{in_sync}; "
+            f"{last.summary}"
+        )
+    for lb in d["haproxy"]:
+        state = "running" if lb["running"] else "NOT RUNNING"
+        lines.append(f"haproxy on {lb['host']}: {state}, {lb['servers']} servers")
+    for svc in d["services"]:
+        lines.append("")
+        lines.append(
+            f"service {svc['service']}  replicas {svc['replicas']} per host on "
+            f"{', '.join(svc['hosts'])}"
+        )
+        if svc["held"]:
+            lines.append(f"  HELD: {svc['held']}")
+        lines.append(
+            f"  {'revision':<12} {'weight':>6} {'requests':>9} {'2xx':>8} {'4xx':>6} "
+            f"{'5xx':>6} {'5xx%':>6} {'errors':>6} {'avg ms':>7}"
+        )
+        rows = [(r["revision"], f"{r['weight']}%", r["traffic"]) for r in svc["releases"]]
+        rows += [(rev, "gone", t) for rev, t in svc["other_revisions"].items()]
+        for rev, weight, t in rows:
+            pct = f"{100 * t['5xx'] / t['requests']:.1f}" if t["requests"] else "-"
+            lines.append(
+                f"  {rev:<12} {weight:>6} {t['requests']:>9} {t['2xx']:>8} "
+                f"{t['4xx']:>6} {t['5xx']:>6} {pct:>6} {t['errors']:>6} "
+                f"{t['avg_response_ms']:>7}"
+            )
+        for c in svc["containers"]:
+            weight = "-" if c["weight"] is None else c["weight"]
+            lines.append(
+                f"    {c['host']:<8} {c['name']:<44} {c['status']:<8} {c['health']:<9} "
+                f"{c['published'] or '-':<16} haproxy {c['haproxy']} w={weight} "
+                f"sessions={c['sessions']}"
+            )
+        if not svc["containers"]:
+            lines.append("    (no containers)")
+    lines.append("")
+    lines.append("Counters are HAProxy's since its last reload.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,159 @@
+"""Run history and audit in SQLite: the one place the reconciler keeps its own data.
+
+One database per state directory (``history.sqlite``). Each pass is a run (commit, plan,
+status, times); each executed action a step (result, duration, detail); each failed
+(environment, commit, service) a failure, so the same commit is not retried in a loop.
+Nothing stored contains a secret value (plans and messages never hold one).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    environment TEXT NOT NULL,
+    commit_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,          -- running, ok, failed, nothing-to-do
+    plan_json TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    service TEXT,
+    description TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status TEXT NOT NULL,          -- ok, failed, skipped
+    detail TEXT NOT NULL DEFAULT '',
+    duration_s REAL NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    environment TEXT NOT NULL,
+    commit_id TEXT NOT NULL,
+    service TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (environment, commit_id, service)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    environment: str
+    commit: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    summary: str
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def start_run(self, environment: str, commit: str, plan_json: str) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (environment, commit_id, started_at, status, plan_json) "
+            "VALUES (?, ?, ?, 'running', ?)",
+            (environment, commit, time.time(), plan_json),
+        )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str, summary: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+            (time.time(), status, summary, run_id),
+        )
+
+    def record_step(
+        self,
+        run_id: int,
+        step: int,
+        action: dict[str, Any],
+        status: str,
+        detail: str,
+        duration_s: float,
+    ) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                step,
+                action["kind"],
+                action["host"],
+                action.get("service"),
+                action["description"],
+                action["reason"],
+                status,
+                detail,
+                duration_s,
+            ),
+        )
+
+    def record_failure(self, environment: str, commit: str, service: str, message: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+            (environment, commit, service, message, time.time()),
+        )
+
+    def failed_services(self, environment: str, commit: str) -> dict[str, str]:
+        """Services whose apply failed at this commit -> message: not retried until a newer
+        commit arrives or ``clear_failure`` (``reconcile retry``)."""
+        rows = self.db.execute(
+            "SELECT service, message FROM failures WHERE environment = ? AND commit_id = ?",
+            (environment, commit),
+        )
+        return dict(rows.fetchall())
+
+    def clear_failure(self, environment: str, service: str | None = None) -> int:
+        if service is None:
+            cur = self.db.execute("DELETE FROM failures WHERE environment = ?", (environment,))
+        else:
+            cur = self.db.execute(
+                "DELETE FROM failures WHERE environment = ? AND service = ?", (environment, service)
+            )
+        return cur.rowcount
+
+    def runs(self, environment: str | None = None, limit: int = 20) -> list[Run]:
+        sql = (
+            "SELECT id, environment, commit_id, started_at, finished_at, status, summary FROM runs"
+        )
+        args: tuple[Any, ...] = ()
+        if environment:
+            sql += " WHERE environment = ?"
+            args = (environment,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [Run(*row) for row in rows]
+
+    def steps(self, run_id: int) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT step, kind, host, service, description, reason, status, "
+            "detail, duration_s FROM steps WHERE run_id = ? ORDER BY step",
+            (run_id,),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def plan_of(self, run_id: int) -> dict[str, Any]:
+        row = self.db.execute("SELECT plan_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else {}
