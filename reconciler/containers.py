@@ -101,42 +101,36 @@ def create_and_start(
     env = dict(spec.env)
     env.update({ref.name: read_secret(ref, host) for ref in spec.secrets})
     port = free_port(address)
-    kwargs: dict[str, Any] = {
-        "image": image_id,
-        "name": name,
-        "labels": labels,
-        "environment": env,
-        "ports": {f"{spec.port}/tcp": (address, port)},
-        "restart_policy": _restart_policy(spec.restart),
-        "stop_timeout": spec.stop_grace_s,
-        "mounts": [
-            Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
-            for v in spec.volumes
-        ],
-        "detach": True,
-    }
-    if spec.command is not None:
-        kwargs["entrypoint"] = list(spec.command)
-    if spec.args is not None:
-        kwargs["command"] = list(spec.args)
-    if spec.memory_bytes:
-        kwargs["mem_limit"] = spec.memory_bytes
-    if spec.nano_cpus:
-        kwargs["nano_cpus"] = spec.nano_cpus
-    if spec.logging:
-        kwargs["log_config"] = LogConfig(
-            type=spec.logging.driver, config=dict(spec.logging.options)
-        )
-    if (hc := _healthcheck(spec.health)) is not None:
-        kwargs["healthcheck"] = hc
+    api = client.api
+    host_config = api.create_host_config(
+        port_bindings={spec.port: (address, port)},
+        restart_policy=_restart_policy(spec.restart),
+        mounts=[Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
+                for v in spec.volumes],
+        mem_limit=spec.memory_bytes,
+        nano_cpus=spec.nano_cpus,
+        log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
+        if spec.logging else None,
+    )
     try:
-        container = client.containers.create(**kwargs)
-        container.start()
+        created = api.create_container(
+            image_id,
+            name=name,
+            labels=labels,
+            environment=env,
+            ports=[spec.port],
+            host_config=host_config,
+            entrypoint=list(spec.command) if spec.command is not None else None,
+            command=list(spec.args) if spec.args is not None else None,
+            healthcheck=_healthcheck(spec.health),
+            stop_timeout=spec.stop_grace_s,
+        )
+        api.start(created["Id"])
     except docker.errors.APIError as exc:
         # A container half-created by this call is removed: nothing is left behind.
         _remove_quietly(client, name)
         raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
-    return Started(name=name, id=container.id or "", address=address, port=port)
+    return Started(name=name, id=str(created["Id"]), address=address, port=port)
 
 
 def _remove_quietly(client: docker.DockerClient, name: str) -> None:

@@ -17,6 +17,8 @@ def plan_text(plan: Plan, source: str) -> str:
     """The plan grouped by host, then service; actions keep their execution order."""
     head = f"Plan for environment {plan.environment} at {source}"
     head += "".join(f"\nnote: {note}" for note in plan.notes)
+    if plan.empty and plan.notes:
+        return f"{head}\nNo changes will be made; held services stay as they run.\n"
     if plan.empty:
         return f"{head}\nNo changes: live state matches the desired state.\n"
     groups: dict[str, dict[str, list[tuple[int, Action]]]] = defaultdict(lambda: defaultdict(list))

@@ -59,6 +59,9 @@ def render(
         "    mode http",
         "    option redispatch",
         "    retries 3",
+        # A request on a reused server connection that the server just closed is retried
+        # elsewhere instead of answered with a 502 (safe: nothing was processed).
+        "    retry-on conn-failure empty-response",
         "    timeout connect 5s",
         "    timeout client 30s",
         "    timeout server 30s",

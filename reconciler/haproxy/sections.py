@@ -15,7 +15,7 @@ from reconciler.identity import backend_name, canonical_json, frontend_name, pla
 from reconciler.model import DesiredState, LoadBalancer, Pairs
 
 # Bump when the renderer's output changes, so installed configs are re-rendered.
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 
 
 def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[str, Any]]:
