@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support import converge, desired, service, with_images  # noqa: E402
+from support import converge, desired, service, with_images
 
-from reconciler.plan import plan  # noqa: E402
+from reconciler.plan import plan
 
 
 def state(n: int, canary_every: int = 0):  # type: ignore[no-untyped-def]
@@ -53,9 +53,9 @@ def main() -> None:
         world = converge(base)
         changed = state(n, canary_every=10)
         world_changed = with_images(world, changed)
-        idle = timed(lambda: plan(base, world), args.runs)
+        idle = timed(lambda b=base, w=world: plan(b, w), args.runs)
         assert plan(base, world).empty
-        busy = timed(lambda: plan(changed, world_changed), args.runs)
+        busy = timed(lambda c=changed, w=world_changed: plan(c, w), args.runs)
         actions = len(plan(changed, world_changed).actions)
         containers = sum(len(h.containers) for h in world.hosts)
         print(f"{n:>8} {containers:>10} {idle * 1000:>14.1f} ms {busy * 1000:>15.1f} ms "

@@ -105,12 +105,15 @@ def create_and_start(
     host_config = api.create_host_config(
         port_bindings={spec.port: (address, port)},
         restart_policy=_restart_policy(spec.restart),
-        mounts=[Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
-                for v in spec.volumes],
+        mounts=[
+            Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
+            for v in spec.volumes
+        ],
         mem_limit=spec.memory_bytes,
         nano_cpus=spec.nano_cpus,
         log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
-        if spec.logging else None,
+        if spec.logging
+        else None,
     )
     try:
         created = api.create_container(

@@ -66,38 +66,83 @@ class Document:
         return cur
 
 
+# Free-form string maps: their scalars are kept as written ("0755", "1.10", "on"), not
+# turned into YAML 1.1 numbers or booleans.
+_RAW_MAPS = {"env", "labels", "options"}
+MAX_NODES = 100_000  # a guard against alias bombs (a few bytes expanding to millions)
+
+
+class _TooBig(Exception):
+    pass
+
+
 class _Builder:
     def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
         self.file = file
         self.loader = loader
         self.problems: list[Problem] = []
+        self.nodes = 0
+
+    def _scalar(self, node: yaml.Node, raw: bool) -> Any:
+        if raw and isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:null":
+            return str(node.value)
+        return self.loader.construct_object(node, deep=True)
 
     def build(self, node: yaml.Node, path: Path, doc: Document) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooBig
         doc.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # resolves "<<" merge keys
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.loader.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    key = str(key)
-                kpos = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-                if key in out:
+            explicit: set[str] = set()
+            for key_node, _ in node.value:  # duplicates among the keys written here
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = str(self._scalar(key_node, raw=True))
+                if key in explicit:
                     self.problems.append(
                         Problem(
                             self.file,
-                            kpos[0],
-                            kpos[1],
+                            key_node.start_mark.line + 1,
+                            key_node.start_mark.column + 1,
                             format_path((*path, key)),
                             f"duplicate key {key!r}",
                         )
                     )
+                explicit.add(key)
+            self.loader.flatten_mapping(node)  # "<<" merges first; keys written here win
+            out: dict[Any, Any] = {}
+            raw = bool(path) and path[-1] in _RAW_MAPS
+            for key_node, value_node in node.value:
+                key = str(self._scalar(key_node, raw=True))
+                kpos = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 doc.key_positions[(*path, key)] = kpos
-                out[key] = self.build(value_node, (*path, key), doc)
+                if raw:
+                    doc.positions[(*path, key)] = (
+                        value_node.start_mark.line + 1,
+                        value_node.start_mark.column + 1,
+                    )
+                    out[key] = (
+                        self._scalar(value_node, raw=True)
+                        if isinstance(value_node, yaml.ScalarNode)
+                        else self.build(value_node, (*path, key), doc)
+                    )
+                else:
+                    out[key] = self.build(value_node, (*path, key), doc)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), doc) for i, item in enumerate(node.value)]
         return self.loader.construct_object(node, deep=True)
+
+
+def _explain(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's message, with the commonest ones said in an operator's words."""
+    problem = str(exc.problem or exc)
+    if "'\\t'" in problem or "\t" in problem:
+        return "a tab is used for indentation; YAML needs spaces"
+    if "expected <block end>" in problem or "mapping values are not allowed" in problem:
+        return f"indentation does not match the lines around it ({problem})"
+    return f"{exc.context}: {problem}" if exc.context else problem
 
 
 def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
@@ -113,10 +158,22 @@ def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
             doc = Document(file=file, data=None, line=node.start_mark.line + 1)
             doc.data = builder.build(node, (), doc)
             docs.append(doc)
+    except _TooBig:
+        builder.problems.append(
+            Problem(
+                file,
+                1,
+                1,
+                "",
+                f"more than {MAX_NODES} YAML nodes (aliases expanding too far?); refused",
+            )
+        )
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark and "end of stream" in str(exc.problem):
+            mark = exc.context_mark  # an unclosed quote or bracket: point where it opened
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reason = exc.problem or str(exc)
+        reason = _explain(exc)
         builder.problems.append(Problem(file, line, col, "", f"YAML syntax error: {reason}"))
     except yaml.YAMLError as exc:  # no position known (e.g. a reader error)
         builder.problems.append(Problem(file, 1, 1, "", f"YAML error: {exc}"))

@@ -72,7 +72,11 @@ class Manifests:
         return name in tables[kind] or (kind, name) in self.broken
 
     def environment_names(self) -> list[str]:
-        return sorted(self.environments) or [DEFAULT_ENVIRONMENT]
+        """Declared environments; the implicit 'default' only when none is declared (not
+        even by a document that failed its schema)."""
+        if self.environments or any(kind == "Environment" for kind, _ in self.broken):
+            return sorted(self.environments)
+        return [DEFAULT_ENVIRONMENT]
 
 
 # --------------------------------------------------------------------------- loading
@@ -141,7 +145,8 @@ def _index(docs: list[Document], problems: list[Problem]) -> Manifests:
             problems.append(
                 doc.problem(
                     ("name",),
-                    f"duplicate {kind} name {name!r} (first defined in {first.file}:{first.line})",
+                    f"duplicate {kind} name {name!r} (first defined in {first.file}:"
+                    f"{first.where(('name',))[0]})",
                 )
             )
         else:
@@ -334,7 +339,7 @@ def _resolve(
     return DesiredState(
         environment=env_name,
         commit=commit,
-        hosts=tuple(hosts[h] for h in sorted(used)),
+        hosts=tuple(hosts[h] for h in sorted(used) if h in hosts),
         services=tuple(services.values()),
         loadbalancers=tuple(lb[0] for lb in lbs if lb),
     )
@@ -378,6 +383,8 @@ def _service(
         return data.get(key), At(doc, (key,))
 
     host_names, hosts_at = pick("hosts")
+    if host_names is None:
+        hosts_at = At(doc, ("name",))
     host_names = host_names or []
     if not host_names:
         problems.append(
@@ -397,12 +404,14 @@ def _service(
             )
         revisions.add(rel["revision"])
     total = sum(r["weight"] for r in releases_data)
+    # The service's own releases: one report, not one per environment.
+    weights_env = "" if rel_at.doc is doc else in_env
     if total != 100:
         weights = " + ".join(str(r["weight"]) for r in releases_data)
         problems.append(
             rel_at.problem(
                 f"weights of service {name!r} add up to {total} "
-                f"({weights}){in_env}; they must add up to 100"
+                f"({weights}){weights_env}; they must add up to 100"
             )
         )
 
@@ -646,7 +655,8 @@ def _check_lb_hosts_and_ports(
             owner[host] = lb.name
             for fe in lb.frontends:
                 for addr, other, other_at in binds[(host, fe.bind_port)]:
-                    if "*" in (addr, fe.bind_address) or addr == fe.bind_address:
+                    wildcard = {"*", "0.0.0.0"}  # noqa: S104 - the wildcard, not a bind
+                    if wildcard & {addr, fe.bind_address} or addr == fe.bind_address:
                         problems.append(
                             bind_at[fe.name].problem(
                                 f"{fe.bind_address}:{fe.bind_port} clashes with frontend {other!r} "

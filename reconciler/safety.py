@@ -24,7 +24,7 @@ _HAPROXY_BAD = {
     "}": "'}'",
 }
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
-_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,127}$")  # Docker: 2+ characters
 _LOG_OPTION = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 RESERVED_LABEL_PREFIX = "io.reconciler."
 
@@ -78,7 +78,7 @@ def absolute_path(value: str, *, haproxy: bool = False) -> str | None:
 def volume_name(value: str) -> str | None:
     if _VOLUME_NAME.match(value):
         return None
-    return "is not a valid Docker volume name (letters, digits, '_', '.', '-')"
+    return "is not a valid Docker volume name (2-128 letters, digits, '_', '.', '-')"
 
 
 def label_key(value: str) -> str | None:

@@ -6,6 +6,7 @@ module only applies them and turns each error into a ``Problem`` at the right li
 
 from __future__ import annotations
 
+import difflib
 import json
 from functools import cache
 from pathlib import Path
@@ -45,13 +46,48 @@ def _message(error: Any) -> str:
         expected = error.schema.get("x-pattern-message", f"pattern {error.validator_value}")
         return f"{error.instance!r} is not a valid {expected}"
     if error.validator == "additionalProperties":
-        return str(error.message).replace("Additional properties are not allowed", "unknown field")
+        allowed = list(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hints = [difflib.get_close_matches(e, allowed, n=1) for e in extra]
+        said = ", ".join(
+            f"{e!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
+            for e, h in zip(extra, hints, strict=True)
+        )
+        return f"unknown field {said}; allowed: {', '.join(allowed)}"
+    if error.validator == "required":
+        return (
+            str(error.message)
+            .replace(" is a required property", "")
+            .join(("missing required field ", ""))
+        )
+    if error.validator == "enum" and "x-enum-message" in error.schema:
+        return f"{error.instance!r}: {error.schema['x-enum-message']}"
     if error.validator in ("oneOf", "anyOf") and "x-oneOf-message" in error.schema:
         return str(error.schema["x-oneOf-message"])
-    if error.validator in ("oneOf", "anyOf") and error.context:
-        best = min(error.context, key=lambda e: len(list(e.path)))
-        return f"{error.instance!r} matches no allowed form ({best.message})"
+    if error.validator in ("oneOf", "anyOf"):
+        forms = "; ".join(str(e.message) for e in error.context)
+        return f"{error.instance!r} matches no allowed form ({forms})"
     return str(error.message)
+
+
+def _most_relevant(error: Any) -> Any:
+    """For a oneOf/anyOf without its own message, the error of the branch that fits the
+    value's form and got furthest (so ``connection: {ssh: {host_key_checking: off}}`` is
+    reported at host_key_checking, not as "'local' was expected")."""
+    while (
+        error.validator in ("oneOf", "anyOf")
+        and error.context
+        and "x-oneOf-message" not in error.schema
+    ):
+        fitting = [
+            e
+            for e in error.context
+            if e.relative_path or e.validator not in ("const", "type", "enum")
+        ]
+        if not fitting:
+            break
+        error = max(fitting, key=lambda e: len(e.relative_path))
+    return error
 
 
 def check_document(doc: Document) -> list[Problem]:
@@ -67,7 +103,8 @@ def check_document(doc: Document) -> list[Problem]:
         return [doc.problem(("kind",), f"unknown kind {kind!r} (one of {known})")]
     validator = _validators()[kind]
     problems = []
-    for error in validator.iter_errors(data):
+    for top in validator.iter_errors(data):
+        error = _most_relevant(top)
         path = tuple(error.absolute_path)
         key = False
         if error.validator == "additionalProperties":
