@@ -56,8 +56,9 @@ class Deployment:
 
     # ---------------------------------------------------------------- CLI
 
-    def cli(self, *args: str) -> tuple[int, str]:
-        r = CliRunner().invoke(main, [*args, "--repo", str(self.repo), "--env", self.env,
+    def cli(self, *args: str, repo: bool = True) -> tuple[int, str]:
+        where = ["--repo", str(self.repo)] if repo else []
+        r = CliRunner().invoke(main, [*args, *where, "--env", self.env,
                                       "--state-dir", str(self.state)])
         if r.exception and not isinstance(r.exception, SystemExit):
             raise r.exception
