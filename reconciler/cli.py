@@ -23,6 +23,7 @@ from reconciler.errors import ManifestError, ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.apply import StepResult
+    from reconciler.haproxy.paths import HAProxyPaths
     from reconciler.manifests import Manifests
     from reconciler.model import DesiredState
     from reconciler.plan import Plan
@@ -185,7 +186,7 @@ def _fail(exc: ReconcilerError) -> NoReturn:
     sys.exit(1)
 
 
-def _run_plan(src: Source, state_dir: Path, output: str) -> None:
+def _run_plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths | None) -> None:
     try:
         from reconciler.observe.live import observe
         from reconciler.output import plan_json, plan_text
@@ -195,7 +196,7 @@ def _run_plan(src: Source, state_dir: Path, output: str) -> None:
         loaded, desired = _desired(src)
         store = Store(state_dir / "history.sqlite") if state_dir.exists() else None
         held = store.failed_services(desired.environment, desired.commit) if store else {}
-        result = plan(desired, observe(desired, state_dir), held)
+        result = plan(desired, observe(desired, state_dir, external), held)
     except ReconcilerError as exc:
         _fail(exc)
     render = plan_json if output == "json" else plan_text
@@ -204,7 +205,12 @@ def _run_plan(src: Source, state_dir: Path, output: str) -> None:
 
 
 def _run_apply(
-    src: Source, state_dir: Path, output: str, lock_timeout: float, health_timeout: float
+    src: Source,
+    state_dir: Path,
+    output: str,
+    lock_timeout: float,
+    health_timeout: float,
+    external: HAProxyPaths | None,
 ) -> None:
     """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise."""
     import json
@@ -239,6 +245,7 @@ def _run_apply(
                 on_plan=on_plan,
                 on_step=on_step,
                 health_min_s=health_timeout,
+                external=external,
             )
     except ReconcilerError as exc:
         _fail(exc)
@@ -275,6 +282,50 @@ def _run_apply(
     sys.exit(0 if res.ok else 1)
 
 
+def haproxy_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options naming an existing HAProxy; the command receives ``external``."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        haproxy_config: Path | None,
+        haproxy_socket: Path | None,
+        haproxy_master_socket: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        from reconciler.haproxy.paths import HAProxyPaths
+
+        given = [haproxy_config, haproxy_socket, haproxy_master_socket]
+        if any(given) and not all(given):
+            raise click.UsageError(
+                "an existing HAProxy needs --haproxy-config, "
+                "--haproxy-socket and --haproxy-master-socket together"
+            )
+        external = (
+            HAProxyPaths.external(haproxy_config, haproxy_socket, haproxy_master_socket)
+            if haproxy_config and haproxy_socket and haproxy_master_socket
+            else None
+        )
+        return f(*args, external=external, **kwargs)
+
+    path = click.Path(dir_okay=False, path_type=Path)
+    out: Callable[..., Any] = wrapper
+    for option in reversed(
+        [
+            click.option(
+                "--haproxy-config",
+                type=path,
+                help="Manage an existing HAProxy (master-worker mode) with this config "
+                "file instead of the embedded one under --state-dir.",
+            ),
+            click.option("--haproxy-socket", type=path, help="Its stats socket (level admin)."),
+            click.option("--haproxy-master-socket", type=path, help="Its master CLI socket."),
+        ]
+    ):
+        out = option(out)
+    return out
+
+
 def apply_options(f: F) -> F:
     f = click.option(
         "--lock-timeout",
@@ -299,6 +350,7 @@ def apply_options(f: F) -> F:
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (as `plan`).")
 @source_options
 @state_options
+@haproxy_options
 @apply_options
 @click.pass_context
 def main(
@@ -309,6 +361,7 @@ def main(
     output: str,
     lock_timeout: float,
     health_timeout: float,
+    external: HAProxyPaths | None,
 ) -> None:
     """Reconcile Docker hosts and HAProxy with the release manifests in git.
 
@@ -331,36 +384,44 @@ def main(
     if ctx.invoked_subcommand is not None:
         return
     if dry_run:
-        _run_plan(src, state_dir, output)
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout)
+        _run_plan(src, state_dir, output, external)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external)
 
 
 @main.command()
 @source_options
 @state_options
-def plan(src: Source, state_dir: Path, output: str) -> None:
+@haproxy_options
+def plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths | None) -> None:
     """Show what a reconcile would change (the dry run); change nothing.
 
     Exits 0 when nothing would change, 2 when changes are pending, 1 on error.
     """
-    _run_plan(src, state_dir, output)
+    _run_plan(src, state_dir, output, external)
 
 
 @main.command()
 @source_options
 @state_options
+@haproxy_options
 @apply_options
 def apply(
-    src: Source, state_dir: Path, output: str, lock_timeout: float, health_timeout: float
+    src: Source,
+    state_dir: Path,
+    output: str,
+    lock_timeout: float,
+    health_timeout: float,
+    external: HAProxyPaths | None,
 ) -> None:
     """Apply the plan (the same as `reconcile` without a command)."""
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external)
 
 
 @main.command()
 @source_options
 @state_options
-def status(src: Source, state_dir: Path, output: str) -> None:
+@haproxy_options
+def status(src: Source, state_dir: Path, output: str, external: HAProxyPaths | None) -> None:
     """Show services, releases, weights, containers and their health, HAProxy server states,
     and per-revision requests, 5xx and response times from HAProxy's counters."""
     try:
@@ -369,7 +430,7 @@ def status(src: Source, state_dir: Path, output: str) -> None:
         from reconciler.store import Store
 
         loaded, desired = _desired(src)
-        observed = observe(desired, state_dir)
+        observed = observe(desired, state_dir, external)
         store = Store(state_dir / "history.sqlite")
         runs = store.runs(desired.environment, limit=1)
         held = store.failed_services(desired.environment, desired.commit)

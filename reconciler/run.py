@@ -22,7 +22,7 @@ from reconciler.haproxy.control import HAProxy
 from reconciler.haproxy.paths import HAProxyPaths
 from reconciler.model import DesiredState
 from reconciler.observe.docker import local_client
-from reconciler.observe.live import observe
+from reconciler.observe.live import lb_paths, observe
 from reconciler.output import plan_json
 from reconciler.plan import Plan, plan
 from reconciler.store import Store
@@ -72,8 +72,7 @@ class PassResult:
     run_id: int
 
 
-def haproxies(desired: DesiredState, state_dir: Path) -> dict[str, HAProxy]:
-    paths = HAProxyPaths.embedded(state_dir, desired.environment)
+def haproxies(desired: DesiredState, paths: HAProxyPaths) -> dict[str, HAProxy]:
     return {h: HAProxy(paths) for lb in desired.loadbalancers for h in lb.hosts}
 
 
@@ -85,6 +84,7 @@ def apply_pass(
     on_plan: Callable[[Plan], None] = lambda _: None,
     on_step: Callable[[StepResult], None] = lambda _: None,
     health_min_s: float = 30.0,
+    external: HAProxyPaths | None = None,
 ) -> PassResult:
     """Observe, plan and execute one pass for ``desired``; record it in the history.
 
@@ -96,7 +96,7 @@ def apply_pass(
     client = local_client()
     try:
         held = store.failed_services(env, desired.commit)
-        observed = observe(desired, state_dir)
+        observed = observe(desired, state_dir, external)
         current = plan(desired, observed, held)
         pulls = [a for a in current.actions if isinstance(a, PullImage)]
         if pulls:
@@ -112,7 +112,7 @@ def apply_pass(
                         action.service or "",
                         f"cannot pull {action.image}: {exc}",
                     )
-            observed = observe(desired, state_dir)
+            observed = observe(desired, state_dir, external)
             current = plan(desired, observed, held)
         on_plan(current)
         run_id = store.start_run(env, desired.commit, plan_json(current, source))
@@ -120,7 +120,7 @@ def apply_pass(
             desired,
             observed,
             client,
-            haproxies(desired, state_dir),
+            haproxies(desired, lb_paths(desired, state_dir, external)),
             on_step=on_step,
             health_min_s=health_min_s,
         )

@@ -90,7 +90,15 @@ class HAProxy:
         return True
 
     def start(self) -> None:
-        """Start HAProxy (daemon, master-worker) on the installed config; wait for its sockets."""
+        """Start HAProxy (daemon, master-worker) on the installed config; wait for its sockets.
+
+        Only an embedded HAProxy is started; an external one must be running already."""
+        if not self.paths.managed:
+            raise HAProxyError(
+                f"HAProxy with master socket {self.paths.master_socket} is not "
+                "running; start it in master-worker mode (-W -S <socket>): the "
+                "reconciler starts only its embedded HAProxy"
+            )
         for sock in (self.paths.master_socket, self.paths.stats_socket):
             sock.unlink(missing_ok=True)  # stale sockets of a dead HAProxy
         cmd = [

@@ -11,7 +11,16 @@ from reconciler.model import DesiredState, ObservedHAProxy, ObservedHost, Observ
 from reconciler.observe.docker import local_client, observe_host
 
 
-def observe(desired: DesiredState, state_dir: Path) -> ObservedState:
+def lb_paths(
+    desired: DesiredState, state_dir: Path, external: HAProxyPaths | None = None
+) -> HAProxyPaths:
+    """The HAProxy files of the environment: ``external`` if given, else the embedded."""
+    return external or HAProxyPaths.embedded(state_dir, desired.environment)
+
+
+def observe(
+    desired: DesiredState, state_dir: Path, external: HAProxyPaths | None = None
+) -> ObservedState:
     """Read live state afresh. Raises ObserveError naming the host that cannot be read."""
     hosts: list[ObservedHost] = []
     lbs: list[ObservedHAProxy] = []
@@ -33,6 +42,6 @@ def observe(desired: DesiredState, state_dir: Path) -> ObservedState:
                 client.close()
     for lb in desired.loadbalancers:
         for name in lb.hosts:
-            paths = HAProxyPaths.embedded(state_dir, desired.environment)
+            paths = lb_paths(desired, state_dir, external)
             lbs.append(observe_haproxy(name, str(paths.stats_socket), str(paths.config)))
     return ObservedState(hosts=tuple(hosts), haproxy=tuple(lbs))

@@ -6,6 +6,7 @@ previous one left), which keeps the suite fast: one HAProxy, a handful of contai
 
 from __future__ import annotations
 
+import http.client
 import os
 import ssl
 import subprocess
@@ -134,6 +135,16 @@ def test_tls_frontend_added(dep: Deployment, tmp_path: Path) -> None:
     with urllib.request.urlopen(f"https://127.0.0.1:{https_port}/", context=ctx,
                                 timeout=5) as resp:
         assert "revision=v3" in resp.read().decode()
+    # HTTP to HTTPS redirect on the plain frontend
+    dep.edit("loadbalancer.yaml", "  - name: http\n", "  - name: http\n    redirect_https: true\n",
+             "redirect")
+    first = dep.four_runs()
+    assert [a["kind"] for a in first["actions"]] == ["configure-haproxy"]
+    conn = http.client.HTTPConnection("127.0.0.1", dep.port, timeout=5)
+    conn.request("GET", "/some/page", headers={"Host": "shop.example"})
+    resp = conn.getresponse()
+    assert resp.status == 301
+    assert resp.getheader("Location") == "https://shop.example/some/page"
 
 
 def test_unmanaged_containers_are_never_touched(dep: Deployment,
