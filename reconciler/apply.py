@@ -304,7 +304,9 @@ class Executor:
         if not lb.running():
             lb.start()
             what = "started HAProxy"
-        elif a.reload and changed:
+        elif a.reload:
+            # Also when the file was already in place: a pass killed between installing
+            # and reloading left HAProxy running the previous config.
             lb.reload()
             what = "reloaded HAProxy (confirmed)"
         else:
