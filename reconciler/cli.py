@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CHANGES = 2
+# Exit 2 means "changes pending" here; a command-line usage error is an error like any other.
+click.UsageError.exit_code = 1
 
 
 def default_state_dir() -> str:
@@ -110,7 +112,7 @@ def state_options(f: F) -> F:
         envvar="RECONCILE_STATE_DIR",
         default=default_state_dir,
         show_default="/var/lib/reconciler as root, else ~/.local/state/reconciler",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
         help="Where the reconciler keeps its HAProxy files, locks and history.",
     )(f)
     return click.option(
@@ -463,10 +465,15 @@ def history(
     store = Store(state_dir / "history.sqlite")
     if run_id is not None:
         steps = store.steps(run_id)
+        failures = store.failures_of(run_id)
         if output == "json":
-            click.echo(
-                json.dumps({"run": run_id, "plan": store.plan_of(run_id), "steps": steps}, indent=2)
-            )
+            doc = {
+                "run": run_id,
+                "plan": store.plan_of(run_id),
+                "steps": steps,
+                "failures": failures,
+            }
+            click.echo(json.dumps(doc, indent=2))
             return
         for st in steps:
             click.echo(
@@ -476,6 +483,8 @@ def history(
             click.echo(f"      because {st['reason']}")
             if st["detail"]:
                 click.echo("      " + st["detail"].replace("\n", "\n      "))
+        for service, why in failures.items():
+            click.echo(f"failed: {service}: " + why.replace("\n", "\n      "))
         return
     runs = store.runs(environment, limit)
     if output == "json":
@@ -502,8 +511,8 @@ def history(
 )
 @state_options
 def retry(service: str | None, environment: str, state_dir: Path, output: str) -> None:
-    """Forget that SERVICE (default: every service) failed at the current commit, so the
-    next pass tries it again."""
+    """Forget the recorded failures of SERVICE (default: every service) of an environment,
+    at any commit, so the next pass tries it again."""
     from reconciler.store import Store
 
     store = Store(state_dir / "history.sqlite")

@@ -62,6 +62,7 @@ class Manifests:
     # (kind, name) of documents that failed their schema: references to them are not
     # reported again as unknown (one mistake, one error).
     broken: set[tuple[str, str]] = field(default_factory=set)
+    unparsed: list[str] = field(default_factory=list)  # files that are not valid YAML
 
     def known(self, kind: str, name: str) -> bool:
         tables: dict[str, dict[str, Any]] = {
@@ -71,10 +72,19 @@ class Manifests:
         }
         return name in tables[kind] or (kind, name) in self.broken
 
+    def unknown(self, what: str, name: str) -> str:
+        """The message for a reference to nothing; hints at files that did not parse."""
+        hint = f" (unless it is in {', '.join(self.unparsed)}, which is not valid YAML)"
+        return f"unknown {what} {name!r}" + (hint if self.unparsed else "")
+
     def environment_names(self) -> list[str]:
         """Declared environments; the implicit 'default' only when none is declared (not
         even by a document that failed its schema)."""
-        if self.environments or any(kind == "Environment" for kind, _ in self.broken):
+        if (
+            self.environments
+            or any(kind == "Environment" for kind, _ in self.broken)
+            or self.unparsed
+        ):
             return sorted(self.environments)
         return [DEFAULT_ENVIRONMENT]
 
@@ -87,6 +97,7 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
     problems: list[Problem] = []
     docs: list[Document] = []
     broken: set[tuple[str, str]] = set()
+    unparsed: list[str] = []
     for name, raw in sorted(files):
         try:
             text = raw.decode("utf-8")
@@ -95,6 +106,8 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
             continue
         parsed, found = load_yaml(name, text)
         problems += found
+        if found:
+            unparsed.append(name)
         for doc in parsed:
             schema_problems = check_document(doc)
             problems += schema_problems
@@ -104,6 +117,7 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
                 broken |= _declared_names(doc)
     m = _index(docs, problems)
     m.broken = broken
+    m.unparsed = unparsed
     problems += _check_repository(m)
     for env in m.environment_names():
         _resolve(m, env, "", problems)
@@ -181,10 +195,31 @@ def _check_repository(m: Manifests) -> list[Problem]:
             _add_unique(frontends, fe["name"], At(doc, ("frontends", i)), "frontend", problems)
     for doc in m.services.values():
         problems += _check_service_values(doc)
+    local: list[At] = []
     for at in m.hosts.values():
         address = at.doc.get((*at.path, "address"))
         if why := safety.ipv4_if_numeric(address):
             problems.append(at.problem(f"{address!r} {why}", "address"))
+        if at.doc.get((*at.path, "connection"), "local") == "local":
+            local.append(at)
+            if not address.replace(".", "").isdigit():
+                problems.append(
+                    at.problem(
+                        f"{address!r}: a local host needs an IPv4 address (containers publish "
+                        "their ports on it)",
+                        "address",
+                    )
+                )
+    for at in local[1:]:
+        first = local[0]
+        problems.append(
+            at.problem(
+                f"a second local host (the first is {first.doc.get((*first.path, 'name'))!r} at "
+                f"{first.doc.file}:{first.doc.where(first.path)[0]}): both would be the same "
+                "Docker engine",
+                "connection",
+            )
+        )
     for doc in m.environments.values():
         for name, override in doc.data.get("services", {}).items():
             _check_env_values(doc, ("services", name, "env"), override.get("env", {}), problems)
@@ -194,7 +229,7 @@ def _check_repository(m: Manifests) -> list[Problem]:
                 )
             if not m.known("Service", name):
                 problems.append(
-                    doc.problem(("services", name), f"unknown service {name!r}", key=True)
+                    doc.problem(("services", name), m.unknown("service", name), key=True)
                 )
         for name, override in doc.data.get("loadbalancers", {}).items():
             lb = m.loadbalancers.get(name)
@@ -202,9 +237,7 @@ def _check_repository(m: Manifests) -> list[Problem]:
                 continue
             if lb is None:
                 problems.append(
-                    doc.problem(
-                        ("loadbalancers", name), f"unknown load balancer {name!r}", key=True
-                    )
+                    doc.problem(("loadbalancers", name), m.unknown("load balancer", name), key=True)
                 )
                 continue
             known = {fe["name"] for fe in lb.data["frontends"]}
@@ -315,7 +348,7 @@ def _resolve(
         for i, h in enumerate(names):
             if h not in hosts:
                 if not m.known("Host", h):
-                    problems.append(at.problem(f"unknown host {h!r}", i))
+                    problems.append(at.problem(m.unknown("host", h), i))
             elif role not in hosts[h].roles:
                 problems.append(
                     at.problem(f"host {h!r} does not have role {role!r} needed to run {what}", i)
@@ -632,7 +665,7 @@ def _check_service_ref(
     problems: list[Problem],
 ) -> None:
     if not m.known("Service", name):
-        problems.append(at.problem(f"unknown service {name!r}"))
+        problems.append(at.problem(m.unknown("service", name)))
     elif name not in services and name in m.services:
         problems.append(at.problem(f"routes to service {name!r}, which is disabled{in_env}"))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import identity
@@ -101,11 +101,18 @@ def plan(
     env = desired.environment
     held = held or {}
     wanted = {s.name: s for s in desired.services}
+    # A server HAProxy's own checks hold DOWN counts as an unhealthy container (an HTTP
+    # health check has no Docker health status to say so).
+    down = {s.server for lb in observed.haproxy for s in lb.stats if s.status.startswith("DOWN")}
     for host in desired.hosts:
         if "app" not in host.roles:
             continue
         containers = [
-            c for c in observed.host(host.name).containers if c.label(identity.ENVIRONMENT) == env
+            replace(c, health="unhealthy")
+            if identity.server_name(host.name, c.name) in down and c.status == "running"
+            else c
+            for c in observed.host(host.name).containers
+            if c.label(identity.ENVIRONMENT) == env
         ]
         images = dict(observed.host(host.name).images)
         by_service: dict[str, list[ObservedContainer]] = defaultdict(list)
@@ -407,7 +414,7 @@ def _plan_lb(
                 reason="structure changed",
             )
         )
-    if any(a.host == lb_host for a in ph.weights) and not structure:
+    if any(a.host == lb_host for a in ph.weights):
         ph.weights.append(
             ConfigureHAProxy(
                 host=lb_host,

@@ -1,4 +1,4 @@
-"""One reconcile pass: lock, observe, plan, execute, record. Used by the CLI (and watch).
+"""One reconcile pass: lock, observe, plan, execute, record.
 
 Two reconcilers never interleave on one target: each pass holds an exclusive lock on
 ``<state dir>/<environment>.lock`` (a second one waits up to ``lock_timeout`` seconds,
@@ -99,19 +99,15 @@ def apply_pass(
         observed = observe(desired, state_dir, external)
         current = plan(desired, observed, held)
         pulls = [a for a in current.actions if isinstance(a, PullImage)]
+        pull_failures: dict[str, str] = {}
         if pulls:
             # Pull first, then plan again: container names depend on the resolved image ids.
             for action in pulls:
                 try:
                     client.images.pull(action.image)
                 except Exception as exc:  # docker raises many kinds of errors here
-                    held = {**held, action.service or "": f"cannot pull {action.image}: {exc}"}
-                    store.record_failure(
-                        env,
-                        desired.commit,
-                        action.service or "",
-                        f"cannot pull {action.image}: {exc}",
-                    )
+                    pull_failures[action.service or ""] = f"cannot pull {action.image}: {exc}"
+            held = {**held, **pull_failures}
             observed = observe(desired, state_dir, external)
             current = plan(desired, observed, held)
         on_plan(current)
@@ -133,14 +129,16 @@ def apply_pass(
 
         executor.on_step = record
         result = executor.run(current)
+        result.failures = {**pull_failures, **result.failures}
         for service, why in result.failures.items():
             if service != "haproxy":
-                store.record_failure(env, desired.commit, service, why.split("\n")[0])
-        status = "nothing-to-do" if current.empty else ("ok" if result.ok else "failed")
+                store.record_failure(env, desired.commit, service, why)
+        status = "failed" if not result.ok else "nothing-to-do" if current.empty else "ok"
         ok_steps = sum(s.status == "ok" for s in result.steps)
         store.finish_run(
             run_id,
             status,
+            result.failures,
             f"{ok_steps}/{len(current.actions)} steps ok"
             + "".join(f"; {k} failed" for k in result.failures),
         )

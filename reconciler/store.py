@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at REAL,
     status TEXT NOT NULL,          -- running, ok, failed, nothing-to-do
     plan_json TEXT NOT NULL,
-    summary TEXT NOT NULL DEFAULT ''
+    summary TEXT NOT NULL DEFAULT '',
+    failures_json TEXT NOT NULL DEFAULT '{}'  -- service -> full message (health, log tail)
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -79,10 +80,11 @@ class Store:
         )
         return int(cur.lastrowid or 0)
 
-    def finish_run(self, run_id: int, status: str, summary: str) -> None:
+    def finish_run(self, run_id: int, status: str, failures: dict[str, str], summary: str) -> None:
         self.db.execute(
-            "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
-            (time.time(), status, summary, run_id),
+            "UPDATE runs SET finished_at = ?, status = ?, failures_json = ?, summary = ? "
+            "WHERE id = ?",
+            (time.time(), status, json.dumps(failures), summary, run_id),
         )
 
     def record_step(
@@ -123,7 +125,7 @@ class Store:
             "SELECT service, message FROM failures WHERE environment = ? AND commit_id = ?",
             (environment, commit),
         )
-        return dict(rows.fetchall())
+        return {service: message.split("\n")[0] for service, message in rows.fetchall()}
 
     def clear_failure(self, environment: str, service: str | None = None) -> int:
         if service is None:
@@ -153,6 +155,10 @@ class Store:
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def failures_of(self, run_id: int) -> dict[str, str]:
+        row = self.db.execute("SELECT failures_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else {}
 
     def plan_of(self, run_id: int) -> dict[str, Any]:
         row = self.db.execute("SELECT plan_json FROM runs WHERE id = ?", (run_id,)).fetchone()

@@ -57,7 +57,7 @@ class HAProxy:
         tmp = self.paths.config.with_name(f".{self.paths.config.name}.{os.getpid()}.new")
         tmp.write_text(text)
         proc = subprocess.run(
-            [self.binary, "-c", "-q", "-f", str(tmp)],
+            [self.binary, "-c", "-f", str(tmp)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -65,7 +65,7 @@ class HAProxy:
         )
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
-            detail = (proc.stderr or proc.stdout).strip().replace(str(tmp), "<new config>")
+            detail = _alerts(proc.stderr + proc.stdout).replace(str(tmp), "<new config>")
             raise HAProxyError(f"haproxy -c rejected the new config; nothing installed:\n{detail}")
         return tmp
 
@@ -114,7 +114,7 @@ class HAProxy:
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:
-            raise HAProxyError(f"haproxy did not start: {(proc.stderr or proc.stdout).strip()}")
+            raise HAProxyError(f"haproxy did not start: {_alerts(proc.stderr + proc.stdout)}")
         self._wait(lambda: self._answers(self.stats), "the stats socket to answer")
 
     def stop(self) -> None:
@@ -241,6 +241,12 @@ class HAProxy:
             if time.monotonic() > deadline:
                 raise HAProxyError(f"timed out waiting for {what}")
             time.sleep(0.05)
+
+
+def _alerts(output: str) -> str:
+    """HAProxy's ALERT lines without their prefix (the NOTICE lines say nothing useful)."""
+    alerts = [line.split(" : ", 1)[-1] for line in output.splitlines() if "[ALERT]" in line]
+    return "\n".join(alerts) if alerts else output.strip()
 
 
 def _is_up(s: ServerStats | None) -> bool:

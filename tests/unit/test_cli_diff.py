@@ -27,7 +27,8 @@ def two_commits(tmp_path: Path) -> tuple[Path, str, str]:
         edit(repo, f"environments/{env}.yaml", "secrets:\n",
              "secrets:\n  API_TOKEN:\n    env: API_TOKEN\n")
     edit(repo, "inventory.yaml", "    connection: local",
-         "    connection: local\n  - name: local2\n    address: 127.0.0.2\n    roles: [app]")
+         "    connection: local\n  - name: local2\n    address: 127.0.0.2\n    roles: [app]\n"
+         "    connection: {ssh: {user: deploy}}")
     edit(repo, "environments/staging.yaml", "    replicas: 1", "    replicas: 1\n    hosts: [local2]")
     head = commit(repo, "canary web v2")
     return repo, base, head
