@@ -115,6 +115,8 @@ class Executor:
         self.pending: list[tuple[StartContainer, Started]] = []  # started, not yet gated
         self.gated: set[tuple[str, str]] = set()
         self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers added
+        self.reloaded: set[str] = set()  # LB hosts reloaded in this run
+        self.drain_s = max((s.drain_timeout_s for s in desired.services), default=30)
 
     # ------------------------------------------------------------------ driver
 
@@ -172,6 +174,7 @@ class Executor:
             self.client.images.pull(action.image)
             return None
         if isinstance(action, RemoveContainer):
+            self._wait_old_workers()
             gone = stop_and_remove(self.client, action.name, action.grace_s)
             return None if gone else "already gone"
         if isinstance(action, StartContainer):
@@ -275,6 +278,14 @@ class Executor:
         self.added.setdefault(a.host, []).append((a.backend, a.server))
         return None
 
+    def _wait_old_workers(self) -> None:
+        """Before a container is stopped: HAProxy processes left by this run's reloads may
+        still finish requests on it (the drain counted only the current process's
+        sessions). Wait until they exit, at most the longest drain timeout."""
+        for host in sorted(self.reloaded):
+            self.haproxies[host].wait_old_workers(self.drain_s)
+        self.reloaded.clear()
+
     def _set_table_weight(self, lb_host: str, backend: str, server: str, weight: int) -> None:
         table = self.table.setdefault(lb_host, {})
         if (backend, server) in table:
@@ -308,6 +319,7 @@ class Executor:
             # Also when the file was already in place: a pass killed between installing
             # and reloading left HAProxy running the previous config.
             lb.reload()
+            self.reloaded.add(a.host)
             what = "reloaded HAProxy (confirmed)"
         else:
             what = "config written" if changed else "config unchanged"

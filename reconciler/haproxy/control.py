@@ -214,6 +214,16 @@ class HAProxy:
             time.sleep(0.1)
         return sorted(f"{b}/{s}" for b, s in pending)
 
+    def wait_old_workers(self, timeout: float) -> bool:
+        """True when no worker of an earlier config is left (they exit once their last
+        connection closes; ``hard-stop-after`` bounds them) before ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.procs().old_pids:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def wait_drained(self, backend: str, server: str, timeout: float) -> bool:
         """True when the server's current sessions reached 0 before ``timeout``."""
         deadline = time.monotonic() + timeout
