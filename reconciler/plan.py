@@ -194,22 +194,21 @@ def _plan_service(
         for replica in range(svc.replicas):
             name = identity.container_name(env, svc.name, rel.revision, chash, replica)
             existing = by_name.get(name)
+            server = _Server(
+                identity.backend_name(svc.name),
+                identity.server_name(host, name),
+                name,
+                svc.name,
+                host,
+                address,
+                None,
+                rel.weight,
+                "new container",
+            )
             if existing is not None and _is_good(existing):
                 keep.add(name)
                 port = existing.published[1] if existing.published else None
-                ph.servers.append(
-                    _Server(
-                        identity.backend_name(svc.name),
-                        identity.server_name(host, name),
-                        name,
-                        svc.name,
-                        host,
-                        address,
-                        port,
-                        rel.weight,
-                        "server missing",
-                    )
-                )
+                ph.servers.append(replace(server, port=port, reason="server missing"))
                 continue
             if existing is not None:
                 keep.add(name)  # handled here, not retired below
@@ -239,19 +238,7 @@ def _plan_service(
                     spec=rel.spec,
                 )
             )
-            ph.servers.append(
-                _Server(
-                    identity.backend_name(svc.name),
-                    identity.server_name(host, name),
-                    name,
-                    svc.name,
-                    host,
-                    address,
-                    None,
-                    rel.weight,
-                    "new container",
-                )
-            )
+            ph.servers.append(server)
     desired_revisions = {r.revision: r for r in svc.releases}
     for c in group:
         if c.name in keep:
