@@ -135,6 +135,8 @@ class DrainServer(Action):
 
 @dataclass(frozen=True)
 class RemoveServer(Action):
+    """Runtime API: maintenance, then ``del server`` (after the drain); no reload."""
+
     kind: ClassVar[str] = "remove-server"
     symbol: ClassVar[str] = "-"
     backend: str = ""

@@ -115,8 +115,8 @@ class Executor:
         self.pending: list[tuple[StartContainer, Started]] = []  # started, not yet gated
         self.gated: set[tuple[str, str]] = set()
         self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers added
-        self.reloaded: set[str] = set()  # LB hosts reloaded in this run
-        self.drain_s = max((s.drain_timeout_s for s in desired.services), default=30)
+        self.needs_reload: set[str] = set()  # LB hosts where a runtime change was refused
+        self.drain_s = {s.name: s.drain_timeout_s for s in desired.services}
 
     # ------------------------------------------------------------------ driver
 
@@ -174,9 +174,7 @@ class Executor:
             self.client.images.pull(action.image)
             return None
         if isinstance(action, RemoveContainer):
-            self._wait_old_workers()
-            gone = stop_and_remove(self.client, action.name, action.grace_s)
-            return None if gone else "already gone"
+            return self._remove_container(action)
         if isinstance(action, StartContainer):
             return self._start(action)
         if isinstance(action, AddServer):
@@ -188,8 +186,7 @@ class Executor:
         if isinstance(action, DrainServer):
             return self._drain(action)
         if isinstance(action, RemoveServer):
-            self.table.get(action.host, {}).pop((action.backend, action.server), None)
-            return None
+            return self._remove_server(action)
         if isinstance(action, ConfigureHAProxy):
             return self._configure(action)
         raise ReconcilerError(f"unknown action {action.kind}")
@@ -278,13 +275,41 @@ class Executor:
         self.added.setdefault(a.host, []).append((a.backend, a.server))
         return None
 
-    def _wait_old_workers(self) -> None:
-        """Before a container is stopped: HAProxy processes left by this run's reloads may
-        still finish requests on it (the drain counted only the current process's
-        sessions). Wait until they exit, at most the longest drain timeout."""
-        for host in sorted(self.reloaded):
-            self.haproxies[host].wait_old_workers(self.drain_s)
-        self.reloaded.clear()
+    def _remove_container(self, a: RemoveContainer) -> str | None:
+        detail = self._wait_old_sessions(a)
+        gone = stop_and_remove(self.client, a.name, a.grace_s)
+        return detail or (None if gone else "already gone")
+
+    def _wait_old_sessions(self, a: RemoveContainer) -> str | None:
+        """Before a container is stopped: an HAProxy process of an earlier config (left by
+        a reload) may still be finishing requests on it; the drain saw only the current
+        process. Wait for those sessions, at most the service's drain timeout."""
+        if a.service is None:
+            return None
+        key = (identity.backend_name(a.service), identity.server_name(a.host, a.name))
+        timeout = self.drain_s.get(a.service, 30)
+        deadline = time.monotonic() + timeout
+        for lb in self.haproxies.values():
+            if not lb.running():
+                continue
+            while lb.old_worker_sessions([key]):
+                if time.monotonic() > deadline:
+                    return (
+                        f"an HAProxy process of an earlier config still had sessions on it "
+                        f"after {timeout}s; stopped anyway"
+                    )
+                time.sleep(0.05)
+        return None
+
+    def _remove_server(self, a: RemoveServer) -> str | None:
+        self.table.get(a.host, {}).pop((a.backend, a.server), None)
+        lb = self.haproxies[a.host]
+        try:
+            lb.delete_server(a.backend, a.server, timeout=self.drain_s.get(a.service or "", 30))
+        except HAProxyError as exc:
+            self.needs_reload.add(a.host)  # the config without it is loaded instead
+            return f"{exc}; HAProxy will be reloaded instead"
+        return None
 
     def _set_table_weight(self, lb_host: str, backend: str, server: str, weight: int) -> None:
         table = self.table.setdefault(lb_host, {})
@@ -315,11 +340,11 @@ class Executor:
         if not lb.running():
             lb.start()
             what = "started HAProxy"
-        elif a.reload:
+        elif a.reload or a.host in self.needs_reload:
             # Also when the file was already in place: a pass killed between installing
             # and reloading left HAProxy running the previous config.
             lb.reload()
-            self.reloaded.add(a.host)
+            self.needs_reload.discard(a.host)
             what = "reloaded HAProxy (confirmed)"
         else:
             what = "config written" if changed else "config unchanged"

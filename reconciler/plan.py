@@ -8,7 +8,7 @@ server and one removes every retired one):
 3. start new containers (each waits for its health gate);
 4. add the new servers to HAProxy (one reload, only when structure changed), then set
    weights through the runtime API (no reload) and write them into the config;
-5. drain retired servers, remove them from HAProxy (one reload);
+5. drain retired servers and remove them through the runtime API (no reload);
 6. stop and remove retired containers.
 
 A change to anything that defines a container gives a new container (new config hash,
@@ -429,13 +429,15 @@ def _plan_lb(
             RemoveServer(host=lb_host, service=service, backend=backend, server=server, reason=why)
         )
     if removed:
+        # Servers leave through the runtime API (maint, then del server): the file is
+        # written to match, with no reload.
         ph.lb_removals.append(
             ConfigureHAProxy(
                 host=lb_host,
                 service=None,
-                reload=True,
+                reload=False,
                 reasons=(f"{len(removed)} server(s) removed",),
-                reason="structure changed",
+                reason="servers removed",
             )
         )
 

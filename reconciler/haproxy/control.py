@@ -194,6 +194,33 @@ class HAProxy:
         self.runtime(f"set weight {backend}/{server} {weight}")
         self.runtime(f"set server {backend}/{server} state ready")
 
+    def delete_server(self, backend: str, server: str, timeout: float) -> None:
+        """Put the server in maintenance and delete it; HAProxy refuses while it still has
+        connections, so retry until ``timeout``. Raises HAProxyError if it never goes."""
+        self.runtime(f"set server {backend}/{server} state maint")
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.stats.command(f"del server {backend}/{server}").strip()
+            if answer.startswith("Server deleted") or "No such" in answer:
+                return
+            if time.monotonic() > deadline:
+                raise HAProxyError(f"HAProxy refused to delete {backend}/{server}: {answer}")
+            time.sleep(0.05)
+
+    def old_worker_sessions(self, servers: Iterable[tuple[str, str]]) -> int:
+        """Current sessions on ``servers`` in HAProxy processes of earlier configs (the
+        drain only saw the current process); addressed through the master CLI."""
+        wanted = set(servers)
+        total = 0
+        for pid in self.procs().old_pids:
+            try:
+                text = self.master.command(f"@!{pid} show stat")
+                stats = parse_stat_csv(text)
+            except (ObserveError, ValueError):
+                continue  # the process exited meanwhile
+            total += sum(s.current_sessions for s in stats if (s.backend, s.server) in wanted)
+        return total
+
     def drain(self, backend: str, server: str) -> None:
         self.runtime(f"set weight {backend}/{server} 0")
         self.runtime(f"set server {backend}/{server} state drain")
@@ -202,8 +229,7 @@ class HAProxy:
         return parse_stat_csv(self.stats.command("show stat"))
 
     def wait_up(self, servers: Iterable[tuple[str, str]], timeout: float) -> list[str]:
-        """Wait until every (backend, server) is UP with a passed check; the ones that are
-        not by the deadline."""
+        """Wait until every (backend, server) is UP; the ones that are not by the deadline."""
         pending = set(servers)
         deadline = time.monotonic() + timeout
         while pending:
@@ -213,16 +239,6 @@ class HAProxy:
                 break
             time.sleep(0.1)
         return sorted(f"{b}/{s}" for b, s in pending)
-
-    def wait_old_workers(self, timeout: float) -> bool:
-        """True when no worker of an earlier config is left (they exit once their last
-        connection closes; ``hard-stop-after`` bounds them) before ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while self.procs().old_pids:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
 
     def wait_drained(self, backend: str, server: str, timeout: float) -> bool:
         """True when the server's current sessions reached 0 before ``timeout``."""
@@ -260,7 +276,9 @@ def _alerts(output: str) -> str:
 
 
 def _is_up(s: ServerStats | None) -> bool:
-    return s is not None and s.status.startswith("UP") and not s.check_status.startswith("INI")
+    # HAProxy starts a server UP; its first check may come up to `inter` later. The
+    # reconciler's own health gate has passed already, so UP in HAProxy is enough here.
+    return s is not None and s.status.startswith("UP")
 
 
 def _alive(pid: int) -> bool:
