@@ -260,14 +260,19 @@ class Executor:
         if (a.app_host, a.container) not in self.gated:
             # Started by an earlier (maybe interrupted) pass: gate it before it gets traffic.
             health = self.health.get(a.service or "", HealthCheck(kind="none"))
-            wait_healthy(
-                self.client,
-                a.container,
-                health,
-                where[0],
-                where[1],
-                health_deadline(health, self.health_min_s),
-            )
+            try:
+                wait_healthy(
+                    self.client,
+                    a.container,
+                    health,
+                    where[0],
+                    where[1],
+                    health_deadline(health, self.health_min_s),
+                )
+            except ContainerError:
+                # Not healthy and not in HAProxy: removed like a container of this pass.
+                stop_and_remove(self.client, a.container, grace_s=1)
+                raise
             self.gated.add((a.app_host, a.container))
         self.table.setdefault(a.host, {})[(a.backend, a.server)] = RenderServer(
             a.backend, a.server, where[0], where[1], a.weight

@@ -245,6 +245,8 @@ class ObservedHAProxy:
     # section name ("frontend http", "backend web", "global") -> digest, from the
     # installed config's reconciler header; empty when no managed config is installed
     config_sections: Pairs = ()
+    # (backend, server, address, port, weight) of the server lines in the installed config
+    config_servers: tuple[tuple[str, str, str, int, int], ...] = ()
     servers: tuple[ServerState, ...] = ()
     stats: tuple[ServerStats, ...] = ()
 

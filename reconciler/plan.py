@@ -412,6 +412,32 @@ def _plan_lb(
             )
         )
     removed = [key for key in sorted(live) if key not in wanted]
+    if (
+        obs.running
+        and not structure
+        and not removed
+        and not any(a.host == lb_host for a in ph.weights)
+    ):
+        # The runtime is right; is the file (read at the next reload) right too? A pass
+        # killed between a runtime change and the file write leaves it behind.
+        expected = tuple(
+            sorted(
+                (s.backend, s.name, s.address, s.port, s.weight)
+                for s in wanted.values()
+                if s.port is not None
+            )
+        )
+        in_file = tuple(x for x in obs.config_servers if x[0] not in held)
+        if in_file != expected:
+            ph.weights.append(
+                ConfigureHAProxy(
+                    host=lb_host,
+                    service=None,
+                    reload=False,
+                    reasons=("the config file's servers differ from HAProxy's",),
+                    reason="config file out of date",
+                )
+            )
     for backend, server in removed:
         service = backend.removeprefix("be_")
         why = ph.retiring.get(server, "no such container")

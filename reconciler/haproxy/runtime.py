@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.errors import ObserveError
-from reconciler.model import ObservedHAProxy, ServerState, ServerStats
+from reconciler.model import ObservedHAProxy, Pairs, ServerState, ServerStats
 
 OpState = Literal["stopped", "starting", "running", "stopping"]
 WorkerStatus = Literal["current", "old"]
@@ -367,22 +367,43 @@ class RuntimeSocket:
         return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def read_config_sections(config_path: str | None) -> tuple[tuple[str, str], ...]:
-    """``parse_config_header`` of the file; ``()`` for no path or a missing file.
+ConfigServer = tuple[str, str, str, int, int]
 
-    ``ObserveError`` naming the path when the file cannot be read or its header is bad.
-    """
+
+def parse_config_servers(text: str) -> tuple[ConfigServer, ...]:
+    """(backend, server, address, port, weight) of each ``server`` line of the reconciler's
+    rendered config (``server NAME ADDR:PORT weight W``), sorted. Lines of another form
+    are skipped: this reads only what the renderer writes."""
+    found: list[ConfigServer] = []
+    backend = None
+    for line in text.splitlines():
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        if not line[0].isspace():
+            backend = tokens[1] if tokens[0] == "backend" and len(tokens) > 1 else None
+            continue
+        if backend and tokens[0] == "server" and len(tokens) == 5 and tokens[3] == "weight":
+            address, _, port = tokens[2].rpartition(":")
+            if port.isdigit() and tokens[4].isdigit():
+                found.append((backend, tokens[1], address, int(port), int(tokens[4])))
+    return tuple(sorted(found))
+
+
+def read_config(config_path: str | None) -> tuple[Pairs, tuple[ConfigServer, ...]]:
+    """Section digests and server lines of the installed config; empty when there is no
+    file. ``ObserveError`` naming the path when it cannot be read or its header is bad."""
     if config_path is None:
-        return ()
+        return (), ()
     try:
         with open(config_path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        return ()
+        return (), ()
     except (OSError, UnicodeDecodeError) as e:
         raise ObserveError(f"HAProxy config {config_path}: {e}") from None
     try:
-        return parse_config_header(text)
+        return parse_config_header(text), parse_config_servers(text)
     except ValueError as e:
         raise ObserveError(f"HAProxy config {config_path}: {e}") from None
 
@@ -394,12 +415,14 @@ def observe_haproxy(host: str, stats_socket: str, config_path: str | None) -> Ob
     refuses connections; ``config_sections`` describes the installed config either way.
     ``ObserveError`` naming the socket when it answers late, wrongly or not at all.
     """
-    sections = read_config_sections(config_path)
+    sections, config_servers = read_config(config_path)
     sock = RuntimeSocket(stats_socket)
     try:
         state_text = sock.command("show servers state")
     except SocketUnavailable:
-        return ObservedHAProxy(host=host, running=False, config_sections=sections)
+        return ObservedHAProxy(
+            host=host, running=False, config_sections=sections, config_servers=config_servers
+        )
     stat_text = sock.command("show stat")
     try:
         servers = parse_servers_state(state_text)
@@ -410,6 +433,7 @@ def observe_haproxy(host: str, stats_socket: str, config_path: str | None) -> Ob
         host=host,
         running=True,
         config_sections=sections,
+        config_servers=config_servers,
         servers=servers,
         stats=stats,
     )

@@ -260,3 +260,22 @@ def test_observe_not_running(tmp_path: Path) -> None:
         dead.bind(str(refused))
     observed = observe_haproxy("lb1", str(refused), str(tmp_path / "missing.cfg"))
     assert observed == ObservedHAProxy(host="lb1", running=False)
+
+
+def test_config_servers_are_read_back_from_the_rendered_config() -> None:
+    from pathlib import Path as P
+
+    from support import converge, desired, service
+
+    from reconciler.haproxy.paths import HAProxyPaths
+    from reconciler.haproxy.render import RenderServer, render
+    from reconciler.haproxy.runtime import parse_config_servers
+
+    d = desired(service("web"), service("api", replicas=1))
+    world = converge(d)
+    servers = [RenderServer(s.backend, s.server, s.address, s.port, s.weight)
+               for s in world.haproxy[0].servers]
+    text = render(d, d.loadbalancers[0], servers, HAProxyPaths.embedded(P("/x"), "prod"))
+    assert parse_config_servers(text) == tuple(sorted(
+        (s.backend, s.name, s.address, s.port, s.weight) for s in servers))
+    assert len(parse_config_servers(text)) == 3

@@ -339,3 +339,14 @@ def test_plan_reaches_a_fixpoint_and_is_deterministic(data, before, after) -> No
 def test_unused_imports_are_used() -> None:
     # keep a reference to types the tables above construct only indirectly
     assert Release and Route and AddServer and RemoveServer and spec
+
+
+def test_stale_config_file_is_rewritten_without_reload() -> None:
+    d = desired(service("web", replicas=2))
+    world = converge(d)
+    lb = world.haproxy[0]
+    stale = replace(world, haproxy=(replace(lb, config_servers=lb.config_servers[:1]),))
+    p = plan(d, stale)
+    assert kinds(p) == ["configure-haproxy"]
+    assert not p.actions[0].reload  # type: ignore[attr-defined]
+    assert plan(d, simulate(p, stale, d)).empty
