@@ -233,7 +233,9 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
                 for s in lb.servers
             )
             lbs[a.host] = replace(
-                lb, running=True, servers=servers, config_sections=section_digests(d, lbdef)
+                lb, running=True, servers=servers, config_sections=section_digests(d, lbdef),
+                config_servers=tuple(sorted((s.backend, s.server, s.address, s.port, s.weight)
+                                            for s in servers)),
             )
         else:  # pragma: no cover - a new action type must be simulated
             raise AssertionError(f"unknown action {a!r}")

@@ -83,11 +83,19 @@ class HAProxy:
     # ------------------------------------------------------------------ process
 
     def running(self) -> bool:
-        try:
-            self.master.command("show proc")
-        except SocketUnavailable:
-            return False
-        return True
+        """True when the master CLI answers (a reset while it starts up is retried)."""
+        for attempt in range(5):
+            try:
+                self.master.command("show proc")
+            except SocketUnavailable:
+                return False
+            except ObserveError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1)
+                continue
+            return True
+        return False
 
     def start(self) -> None:
         """Start HAProxy (daemon, master-worker) on the installed config; wait for its sockets.

@@ -71,7 +71,8 @@ def test_status_and_history(dep: Deployment) -> None:
     assert v1["traffic"]["requests"] >= 20 and v1["traffic"]["2xx"] >= 20
     assert v1["traffic"]["5xx"] == 0
     (c,) = web["containers"]
-    assert c["status"] == "running" and c["haproxy"] == "UP" and c["weight"] == 100
+    # "UP", or "UP 1/3" while a check under load is retried
+    assert c["status"] == "running" and c["haproxy"].startswith("UP") and c["weight"] == 100
     assert doc["last_run"]["status"] == "ok"
     # history: the run and its steps
     r = dep.cli("history", "-o", "json", repo=False)
