@@ -64,6 +64,7 @@ class ApplyResult:
     steps: list[StepResult] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # service (or "haproxy") -> why
     aborted: bool = False
+    stopped: bool = False  # asked to stop (SIGTERM): the steps so far are a safe prefix
 
     @property
     def ok(self) -> bool:
@@ -85,8 +86,10 @@ class Executor:
         haproxies: dict[str, HAProxy],
         on_step: Callable[[StepResult], None] | None = None,
         health_min_s: float = 30.0,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.desired = desired
+        self.should_stop = should_stop
         self.client = client
         self.haproxies = haproxies
         self.on_step = on_step or (lambda _: None)
@@ -125,6 +128,11 @@ class Executor:
             for step, action in enumerate(plan.actions, 1):
                 if not isinstance(action, StartContainer):
                     self._gate()
+                if self.should_stop():
+                    # Every prefix of a plan leaves HAProxy on healthy containers only
+                    # (the order of the phases guarantees it); the next pass goes on.
+                    self.result.stopped = True
+                    break
                 self._step(step, action)
             self._gate()
         except _Abort:

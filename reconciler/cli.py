@@ -627,3 +627,129 @@ def diff(
     click.echo(render(diffs, snaps[0].short, snaps[1].short), nl=False)
     if exit_code and any(d.items for d in diffs):
         sys.exit(EXIT_CHANGES)
+
+
+@main.command()
+@source_options
+@state_options
+@haproxy_options
+@apply_options
+@click.option(
+    "--poll",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between checks of the branch head (a local repository is also "
+    "watched for changes, so a commit is seen at once).",
+)
+@click.option(
+    "--drift-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between full passes that repair drift.",
+)
+@click.option(
+    "--detect-only", is_flag=True, help="Report drift (log, metrics) without changing anything."
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1:9108",
+    show_default=True,
+    help="Address of the /metrics and /healthz endpoint; 'off' to disable.",
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--require-signed",
+    is_flag=True,
+    help="Apply only commits signed by an allowed key (--allowed-signers for SSH "
+    "signatures, --gpg-home for GPG).",
+)
+@click.option(
+    "--allowed-signers",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="git's allowed signers file (SSH keys).",
+)
+@click.option(
+    "--gpg-home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A GnuPG home whose keyring holds the allowed keys.",
+)
+def watch(
+    src: Source,
+    state_dir: Path,
+    output: str,
+    external: HAProxyPaths | None,
+    lock_timeout: float,
+    health_timeout: float,
+    poll: float,
+    drift_interval: float,
+    detect_only: bool,
+    metrics_addr: str,
+    log_format: str,
+    require_signed: bool,
+    allowed_signers: Path | None,
+    gpg_home: Path | None,
+) -> None:
+    """Follow a branch and keep the hosts converged (the GitOps loop).
+
+    A new commit is applied as soon as it is seen; every --drift-interval a full pass
+    repairs drift. SIGTERM (or Ctrl-C) finishes the current step and exits 0: HAProxy
+    never points at a stopped container afterwards.
+    """
+    import logging
+    import signal
+
+    from reconciler.metrics import Metrics, serve
+    from reconciler.source import RepoSpec
+    from reconciler.watch import JsonFormatter, WatchConfig, Watcher
+
+    if require_signed and not (allowed_signers or gpg_home):
+        raise click.UsageError("--require-signed needs --allowed-signers or --gpg-home")
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    cfg = WatchConfig(
+        spec=RepoSpec(location=src.repo, branch=src.branch, subdir=src.subdir),
+        environment=src.environment,
+        state_dir=state_dir,
+        external=external,
+        poll_s=poll,
+        drift_s=drift_interval,
+        detect_only=detect_only,
+        health_min_s=health_timeout,
+        lock_timeout=lock_timeout,
+        require_signed=require_signed,
+        allowed_signers=allowed_signers,
+        gpg_home=gpg_home,
+    )
+    watcher = Watcher(cfg, Metrics())
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("reconciler.watch").info(
+            "signal %d: stopping after the current step", signum, extra={"event": "stop"}
+        )
+        watcher.stop.set()
+        watcher.wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if metrics_addr != "off":
+        serve(watcher.metrics, metrics_addr, stale_after_s=max(3 * drift_interval, 60))
+    logging.getLogger("reconciler.watch").info(
+        "watching %s (%s) for environment %s",
+        src.repo,
+        src.branch or "HEAD",
+        src.environment or "(the only one)",
+        extra={"event": "start"},
+    )
+    try:
+        watcher.run()
+    except ReconcilerError as exc:
+        _fail(exc)

@@ -85,6 +85,7 @@ def apply_pass(
     on_step: Callable[[StepResult], None] = lambda _: None,
     health_min_s: float = 30.0,
     external: HAProxyPaths | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> PassResult:
     """Observe, plan and execute one pass for ``desired``; record it in the history.
 
@@ -119,6 +120,7 @@ def apply_pass(
             haproxies(desired, lb_paths(desired, state_dir, external)),
             on_step=on_step,
             health_min_s=health_min_s,
+            should_stop=should_stop,
         )
 
         def record(step: StepResult) -> None:
@@ -133,7 +135,15 @@ def apply_pass(
         for service, why in result.failures.items():
             if service != "haproxy":
                 store.record_failure(env, desired.commit, service, why)
-        status = "failed" if not result.ok else "nothing-to-do" if current.empty else "ok"
+        status = (
+            "failed"
+            if not result.ok
+            else "stopped"
+            if result.stopped
+            else "nothing-to-do"
+            if current.empty
+            else "ok"
+        )
         ok_steps = sum(s.status == "ok" for s in result.steps)
         store.finish_run(
             run_id,

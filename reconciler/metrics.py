@@ -1,0 +1,123 @@
+"""Prometheus metrics of `reconcile watch` and its HTTP endpoint (/metrics, /healthz).
+
+One registry per watcher (not the global default), so tests can run several. The HTTP
+server runs in a daemon thread; /healthz answers 200 while the loop is alive and has
+passed recently, 503 otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.pass_duration = Histogram(
+            "reconcile_pass_duration_seconds",
+            "Duration of reconcile passes.",
+            ["kind"],
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+        )
+        self.passes = Counter(
+            "reconcile_passes_total", "Passes by outcome.", ["outcome"], registry=r
+        )
+        self.failures = Counter(
+            "reconcile_failures_total", "Failures by kind.", ["kind"], registry=r
+        )
+        self.drift = Counter(
+            "reconcile_drift_detected_total",
+            "Passes that found live state differing from git.",
+            registry=r,
+        )
+        self.drift_pending = Gauge(
+            "reconcile_drift_pending", "1 while detected drift is not repaired.", registry=r
+        )
+        self.reloads = Counter(
+            "reconcile_haproxy_reloads_total", "HAProxy reloads done.", registry=r
+        )
+        self.applied = Gauge(
+            "reconcile_last_applied_commit_info",
+            "The last commit applied (value 1).",
+            ["commit"],
+            registry=r,
+        )
+        self.applied_at = Gauge(
+            "reconcile_last_applied_timestamp_seconds",
+            "When the last commit was applied.",
+            registry=r,
+        )
+        self.seen_at = Gauge(
+            "reconcile_last_seen_commit_timestamp_seconds",
+            "When the source was last read successfully.",
+            registry=r,
+        )
+        self.source_up = Gauge("reconcile_source_up", "1 when the repository answers.", registry=r)
+        self.release_weight = Gauge(
+            "reconcile_release_weight_percent",
+            "Desired weight of each release.",
+            ["service", "revision"],
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "reconcile_service_healthy_containers",
+            "Running, healthy containers of each service.",
+            ["service"],
+            registry=r,
+        )
+        self.last_loop = time.monotonic()
+
+    def set_applied(self, commit: str) -> None:
+        self.applied.clear()
+        self.applied.labels(commit=commit).set(1)
+        self.applied_at.set(time.time())
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+def serve(metrics: Metrics, address: str, stale_after_s: float) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on ``address`` ("host:port") in a daemon thread."""
+    host, _, port = address.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the http.server API names it so
+            if self.path == "/metrics":
+                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                age = time.monotonic() - metrics.last_loop
+                ok = age < stale_after_s
+                self._send(
+                    200 if ok else 503,
+                    f"{'ok' if ok else 'stale'} {age:.0f}s\n".encode(),
+                    "text/plain",
+                )
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # scrapes are not news
+            pass
+
+    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    return server

@@ -1,0 +1,359 @@
+"""`reconcile watch`: follow a branch and keep the hosts converged.
+
+The loop is level-based: every pass reads live state afresh. A pass runs when the branch
+head moves (seen at once through file-system events for a local repository, or by a
+cheap ``ls-remote`` every ``poll`` seconds for a remote one, fetching only when it moved)
+and every ``drift`` seconds (repairing drift: containers stopped by hand, HAProxy edited
+by hand, weights changed through the runtime API). In detect-only mode drift is reported
+(log, metrics) and nothing changes.
+
+Errors: an invalid or wrongly signed commit is rejected once and not read again until the
+head moves; services whose apply failed are held at that commit (``reconcile retry``);
+a config HAProxy refused holds the whole commit. Transient errors (engine or remote
+unreachable, lock held) are retried with exponential backoff and jitter; meanwhile the
+hosts stay as they are and ``reconcile_last_seen_commit_timestamp_seconds`` tells how
+stale the view of the repository is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.errors import ManifestError, ReconcilerError, SourceError
+from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.manifests import load_manifests, resolve
+from reconciler.metrics import Metrics
+from reconciler.model import DesiredState
+from reconciler.observe.live import observe
+from reconciler.plan import plan
+from reconciler.run import apply_pass, target_lock
+from reconciler.source import RepoSpec, Snapshot, open_repo, read_commit
+from reconciler.store import Store
+
+if TYPE_CHECKING:
+    import git
+
+log = logging.getLogger("reconciler.watch")
+
+
+@dataclass
+class WatchConfig:
+    spec: RepoSpec
+    environment: str | None
+    state_dir: Path
+    external: HAProxyPaths | None = None
+    poll_s: float = 2.0
+    drift_s: float = 60.0
+    detect_only: bool = False
+    health_min_s: float = 30.0
+    lock_timeout: float = 60.0
+    require_signed: bool = False
+    allowed_signers: Path | None = None  # SSH signatures (git's gpg.ssh.allowedSignersFile)
+    gpg_home: Path | None = None  # GPG signatures: a keyring of the allowed keys
+
+
+@dataclass
+class _State:
+    head: str | None = None
+    last_pass: float = float("-inf")
+    rejected: dict[str, str] = field(default_factory=dict)  # commit -> why
+    failures_in_a_row: int = 0
+    retry_at: float = 0.0
+
+
+class Watcher:
+    def __init__(self, cfg: WatchConfig, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.state = _State()
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self._repo: git.Repo | None = None
+        self._root = ""
+
+    # ------------------------------------------------------------------ source
+
+    def repo(self) -> tuple[git.Repo, str]:
+        if self._repo is None:
+            self._repo, self._root = open_repo(self.cfg.spec, fetch=False)
+        return self._repo, self._root
+
+    def head(self) -> str:
+        """The branch head now; for a remote, fetched only when it moved."""
+        import git
+
+        spec = self.cfg.spec
+        ref = spec.branch or "HEAD"
+        if spec.is_remote:
+            remote_ref = f"refs/heads/{spec.branch}" if spec.branch else "HEAD"
+            try:
+                out = str(git.cmd.Git().ls_remote(spec.location, remote_ref))
+            except git.GitCommandError as exc:
+                raise SourceError(f"cannot reach {spec.location}: {exc.stderr.strip()}") from exc
+            if not out.strip():
+                raise SourceError(f"{spec.location} has no {remote_ref}")
+            sha = out.split(maxsplit=1)[0]
+            repo, _ = self.repo()
+            try:
+                repo.commit(sha)
+            except (ValueError, git.BadName):
+                self._repo, self._root = open_repo(spec, fetch=True)
+            return sha
+        repo, _ = self.repo()
+        try:
+            return repo.commit(ref).hexsha
+        except (ValueError, git.BadName) as exc:
+            raise SourceError(f"no {ref} in {spec.location}") from exc
+
+    def verify_signature(self, sha: str) -> None:
+        """Raise SourceError unless ``sha`` carries a good signature by an allowed key."""
+        repo, _ = self.repo()
+        cmd = ["git", "-C", repo.git_dir]
+        if self.cfg.allowed_signers:
+            cmd += ["-c", f"gpg.ssh.allowedSignersFile={self.cfg.allowed_signers}"]
+        cmd += ["verify-commit", sha]
+        env = None
+        if self.cfg.gpg_home:
+            import os
+
+            env = {**os.environ, "GNUPGHOME": str(self.cfg.gpg_home)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30, check=False)
+        if proc.returncode != 0:
+            why = (proc.stderr or proc.stdout).strip().splitlines()
+            raise SourceError(
+                f"commit {sha[:7]} is not signed by an allowed key: "
+                f"{why[-1] if why else 'no signature'}"
+            )
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Loop until ``stop`` is set (SIGTERM); a pass in progress stops between steps."""
+        watcher = self._watch_files()
+        try:
+            while not self.stop.is_set():
+                self.step()
+                self.metrics.last_loop = time.monotonic()
+                self.wake.wait(timeout=self.cfg.poll_s)
+                self.wake.clear()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+    def _watch_files(self) -> Any:
+        """Wake the loop when refs of a local repository change (a push, a commit)."""
+        if self.cfg.spec.is_remote:
+            return None
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        repo, _ = self.repo()
+        wake = self.wake
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        observer = Observer()
+        git_dir = Path(repo.git_dir)
+        observer.schedule(Handler(), str(git_dir / "refs"), recursive=True)
+        observer.schedule(Handler(), str(git_dir), recursive=False)  # HEAD, packed-refs
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    def step(self) -> None:
+        """One iteration: read the head; pass if it moved or drift is due."""
+        now = time.monotonic()
+        if now < self.state.retry_at:
+            return
+        try:
+            head = self.head()
+        except SourceError as exc:
+            self.metrics.source_up.set(0)
+            self._transient("source", exc)
+            return
+        self.metrics.source_up.set(1)
+        self.metrics.seen_at.set(time.time())
+        moved = head != self.state.head
+        if not moved and now - self.state.last_pass < self.cfg.drift_s:
+            return
+        self.state.head = head
+        if head in self.state.rejected:
+            return  # said once when rejected; waits for a new head
+        kind = "commit" if moved else "drift"
+        t0 = time.monotonic()
+        try:
+            self._pass(head, kind)
+            self.state.failures_in_a_row = 0
+        except ReconcilerError as exc:
+            self._transient("pass", exc)
+            return
+        finally:
+            self.metrics.pass_duration.labels(kind=kind).observe(time.monotonic() - t0)
+        self.state.last_pass = time.monotonic()
+
+    def _transient(self, what: str, exc: Exception) -> None:
+        """Back off exponentially with jitter (1 s doubling to 60 s); hosts stay as they are."""
+        self.metrics.failures.labels(kind=what).inc()
+        n = self.state.failures_in_a_row = self.state.failures_in_a_row + 1
+        delay = min(60.0, 2.0 ** (n - 1)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
+        self.state.retry_at = time.monotonic() + delay
+        log.warning(
+            "transient error, retrying in %.1fs: %s",
+            delay,
+            exc,
+            extra={"event": "transient-error", "attempt": n},
+        )
+
+    def _reject(self, sha: str, why: str, kind: str) -> None:
+        self.state.rejected[sha] = why
+        self.metrics.failures.labels(kind=kind).inc()
+        self.metrics.passes.labels(outcome="rejected").inc()
+        log.error(
+            "commit %s rejected: %s",
+            sha[:7],
+            why,
+            extra={"event": "commit-rejected", "commit": sha},
+        )
+
+    def _load(self, sha: str) -> tuple[Snapshot, DesiredState] | None:
+        repo, root = self.repo()
+        snapshot = read_commit(repo, root, sha)
+        if self.cfg.require_signed:
+            try:
+                self.verify_signature(sha)
+            except SourceError as exc:
+                self._reject(sha, str(exc), "signature")
+                return None
+        try:
+            manifests = load_manifests(snapshot.files)
+            names = manifests.environment_names()
+            env = self.cfg.environment or (names[0] if len(names) == 1 else "")
+            if not env:
+                raise ReconcilerError(f"several environments ({', '.join(names)}): use --env")
+            return snapshot, resolve(manifests, env, sha)
+        except ManifestError as exc:
+            self._reject(sha, "\n".join(str(p) for p in exc.problems), "invalid")
+            return None
+
+    def _pass(self, sha: str, kind: str) -> None:
+        loaded = self._load(sha)
+        if loaded is None:
+            return
+        snapshot, desired = loaded
+        self._set_release_metrics(desired)
+        store = Store(self.cfg.state_dir / "history.sqlite")
+        try:
+            held = store.failed_services(desired.environment, sha)
+        finally:
+            store.close()
+        if "haproxy" in held:
+            return  # HAProxy refused this commit's config: a new commit or `retry`
+        label = f"commit {snapshot.short}"
+        if self.cfg.detect_only:
+            found = plan(desired, observe(desired, self.cfg.state_dir, self.cfg.external), held)
+            self.metrics.drift_pending.set(0 if found.empty else 1)
+            if not found.empty:
+                self.metrics.drift.inc()
+                log.warning(
+                    "drift detected (not repaired): %d action(s) pending",
+                    len(found.actions),
+                    extra={
+                        "event": "drift",
+                        "commit": sha,
+                        "actions": [a.describe() for a in found.actions],
+                    },
+                )
+            return
+        with target_lock(self.cfg.state_dir, desired.environment, self.cfg.lock_timeout):
+            done = apply_pass(
+                desired,
+                self.cfg.state_dir,
+                source=label,
+                health_min_s=self.cfg.health_min_s,
+                external=self.cfg.external,
+                should_stop=self.stop.is_set,
+            )
+        res = done.result
+        reloads = sum(1 for s in res.steps if "reloaded HAProxy" in s.detail)
+        self.metrics.reloads.inc(reloads)
+        outcome = "stopped" if res.stopped else "ok" if res.ok else "failed"
+        self.metrics.passes.labels(outcome=outcome).inc()
+        if kind == "drift" and not done.plan.empty:
+            self.metrics.drift.inc()
+        for service in res.failures:
+            self.metrics.failures.labels(kind="apply").inc()
+            log.error(
+                "%s failed at commit %s",
+                service,
+                sha[:7],
+                extra={"event": "apply-failed", "commit": sha, "service": service},
+            )
+        if res.ok and not res.stopped:
+            self.metrics.set_applied(sha)
+        self.metrics.drift_pending.set(0)
+        if not done.plan.empty:
+            log.info(
+                "pass %s at commit %s: %d step(s), %s",
+                done.run_id,
+                sha[:7],
+                len(res.steps),
+                outcome,
+                extra={
+                    "event": "pass",
+                    "commit": sha,
+                    "run": done.run_id,
+                    "reason": kind,
+                    "outcome": outcome,
+                },
+            )
+        self._set_health_metrics(desired)
+
+    def _set_release_metrics(self, desired: DesiredState) -> None:
+        self.metrics.release_weight.clear()
+        for svc in desired.services:
+            for rel in svc.releases:
+                self.metrics.release_weight.labels(service=svc.name, revision=rel.revision).set(
+                    rel.weight
+                )
+
+    def _set_health_metrics(self, desired: DesiredState) -> None:
+        from reconciler import identity
+
+        observed = observe(desired, self.cfg.state_dir, self.cfg.external)
+        for svc in desired.services:
+            healthy = sum(
+                1
+                for h in svc.hosts
+                for c in observed.host(h).containers
+                if c.label(identity.ENVIRONMENT) == desired.environment
+                and c.label(identity.SERVICE) == svc.name
+                and c.status == "running"
+                and c.health != "unhealthy"
+            )
+            self.metrics.healthy.labels(service=svc.name).set(healthy)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message and the record's extra fields."""
+
+    _standard = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        doc.update({k: v for k, v in vars(record).items() if k not in self._standard})
+        return json.dumps(doc, default=str)

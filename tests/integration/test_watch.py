@@ -1,0 +1,194 @@
+"""`reconcile watch` against a local bare repository, the real engine and HAProxy.
+
+One watcher process follows the branch through a sequence of pushes: the first deploy, a
+new release (time from push to first response of the new revision), drift repaired, a
+failing commit attempted once, a good commit after it, metrics, and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from deploy_support import Deployment, free_port, wait_for
+from repo_support import commit, git
+
+from reconciler import identity
+
+
+class Watch:
+    """A `reconcile watch` subprocess following ``dep``'s repository through a bare remote."""
+
+    def __init__(self, dep: Deployment, *extra: str, drift: float = 3.0) -> None:
+        self.dep = dep
+        self.bare = dep.root / f"remote-{len(extra)}.git"
+        if not self.bare.exists():
+            git(dep.root, "clone", "-q", "--bare", str(dep.repo), str(self.bare))
+            git(dep.repo, "remote", "add", "origin", str(self.bare))
+        self.metrics_port = free_port()
+        self.log = (dep.root / f"watch-{self.metrics_port}.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "watch", "--repo", str(self.bare),
+             "--branch", "main", "--env", dep.env, "--state-dir", str(dep.state),
+             "--poll", "1", "--drift-interval", str(drift), "--health-timeout", "20",
+             "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--log-format", "json",
+             *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})
+
+    def push(self, message: str) -> tuple[str, float]:
+        sha = commit(self.dep.repo, message)
+        git(self.dep.repo, "push", "-q", "origin", "HEAD:main")
+        return sha, time.monotonic()
+
+    def metrics(self) -> str:
+        """The metrics text; "" while the watcher is still starting."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.read().decode()
+        except OSError:
+            return ""
+
+    def healthz(self) -> int:
+        url = f"http://127.0.0.1:{self.metrics_port}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
+
+    def logs(self) -> list[dict[str, object]]:
+        if not self.log.closed:
+            self.log.flush()
+        lines = (self.dep.root / f"watch-{self.metrics_port}.log").read_text().splitlines()
+        return [json.loads(x) for x in lines if x.startswith("{")]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        self.log.close()
+        return self.proc.returncode
+
+
+def runs_of(dep: Deployment, sha: str) -> list[str]:
+    db = sqlite3.connect(dep.state / "history.sqlite")
+    try:
+        return [r[0] for r in db.execute("SELECT status FROM runs WHERE commit_id = ? "
+                                         "ORDER BY id", (sha,))]
+    finally:
+        db.close()
+
+
+def serving(dep: Deployment, text: str) -> bool:
+    try:
+        code, body = dep.get("/")
+    except OSError:
+        return False
+    return code == 200 and text in body
+
+
+@pytest.fixture
+def dep(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Deployment]:
+    os.environ["STAGING_DB_PASSWORD"] = "not-a-real-password"
+    d = Deployment(tmp_path, docker_client)
+    # two web replicas: one stopped by hand leaves the other serving
+    d.edit("environments/staging.yaml", "replicas: 1", "replicas: 2", "2 replicas")
+    yield d
+    d.cleanup()
+
+
+def test_watch_follows_the_branch_repairs_drift_and_stops_cleanly(
+        dep: Deployment, docker_client: docker.DockerClient) -> None:
+    w = Watch(dep)
+    try:
+        wait_for(lambda: serving(dep, "revision=v1"), timeout=60, what="first deploy")
+        assert w.healthz() == 200
+
+        # a new release: time from the push returning to the first response of v2
+        (dep.repo / "services" / "web.yaml").write_text(
+            (dep.repo / "services" / "web.yaml").read_text().replace("revision: v1",
+                                                                     "revision: v2"))
+        sha, pushed = w.push("web v2")
+        wait_for(lambda: serving(dep, "revision=v2"), timeout=60, what="v2 served")
+        print(f"\npush -> first v2 response: {time.monotonic() - pushed:.2f}s")
+        wait_for(lambda: f'reconcile_last_applied_commit_info{{commit="{sha}"}} 1.0'
+                 in w.metrics(), timeout=30, what="metrics of the applied commit")
+        assert 'reconcile_release_weight_percent{revision="v2",service="web"} 100.0' \
+            in w.metrics()
+
+        # drift: a managed container stopped by hand is repaired within a drift interval
+        victim = dep.containers("web")[0]
+        victim.stop(timeout=1)
+        wait_for(lambda: all(c.status == "running" for c in dep.containers("web"))
+                 and len(dep.containers("web")) == 2, timeout=30, what="drift repaired")
+        for _ in range(20):
+            assert serving(dep, "revision=v2")
+        def drift_count() -> float:
+            line = [x for x in w.metrics().splitlines()
+                    if x.startswith("reconcile_drift_detected_total ")]
+            return float(line[0].split()[1])
+
+        wait_for(lambda: drift_count() >= 1, timeout=10, what="drift counted")
+
+        # a failing commit is attempted once, not in a loop
+        web = dep.repo / "services" / "web.yaml"
+        web.write_text(web.read_text().replace("revision: v2\n    weight: 100",
+                                               "revision: v3\n    weight: 100\n"
+                                               "    env: {FAIL_HEALTH: \"1\"}"))
+        bad, _ = w.push("web v3, unhealthy")
+        wait_for(lambda: "failed" in runs_of(dep, bad), timeout=90, what="the failed attempt")
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert runs_of(dep, bad).count("failed") == 1
+            assert serving(dep, "revision=v2")
+            time.sleep(0.5)
+        assert runs_of(dep, bad).count("failed") == 1, runs_of(dep, bad)
+
+        # the next good commit applies
+        web.write_text(web.read_text().replace("revision: v3", "revision: v1").replace(
+            '\n    env: {FAIL_HEALTH: "1"}', ""))
+        good, _ = w.push("back to v1")
+        wait_for(lambda: serving(dep, "revision=v1"), timeout=60, what="the good commit")
+        wait_for(lambda: "ok" in runs_of(dep, good), timeout=30, what="the good run")
+    finally:
+        code = w.stop()
+    assert code == 0
+    events = [e.get("event") for e in w.logs()]
+    assert "start" in events and "stop" in events and "pass" in events
+    # after the stop, HAProxy points only at running containers
+    running = {identity.server_name("local", c.name) for c in dep.containers()
+               if c.status == "running"}
+    up = [s for s in dep.haproxy.server_stats() if s.status.startswith("UP")]
+    assert up and all(s.server in running for s in up)
+
+
+def test_detect_only_reports_drift_and_changes_nothing(
+        dep: Deployment, docker_client: docker.DockerClient) -> None:
+    code, out = dep.apply()
+    assert code == 0, out
+    w = Watch(dep, "--detect-only", drift=1.0)
+    try:
+        wait_for(lambda: "reconcile_drift_pending 0.0" in w.metrics(), timeout=30,
+                 what="the watcher's first look")
+        victim = dep.containers("web")[0]
+        victim.stop(timeout=1)
+        wait_for(lambda: "reconcile_drift_pending 1.0" in w.metrics(), timeout=30,
+                 what="drift reported")
+        assert any(e.get("event") == "drift" for e in w.logs())
+        victim.reload()
+        assert victim.status == "exited"  # nothing was repaired
+        assert serving(dep, "revision=v1")  # the other replica serves
+    finally:
+        assert w.stop() == 0
