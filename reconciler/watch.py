@@ -67,6 +67,7 @@ class _State:
     rejected: dict[str, str] = field(default_factory=dict)  # commit -> why
     failures_in_a_row: int = 0
     retry_at: float = 0.0
+    seen_at: float | None = None  # monotonic time of the last successful read of the head
 
 
 class Watcher:
@@ -183,6 +184,7 @@ class Watcher:
             return
         self.metrics.source_up.set(1)
         self.metrics.seen_at.set(time.time())
+        self.state.seen_at = now
         moved = head != self.state.head
         if not moved and now - self.state.last_pass < self.cfg.drift_s:
             return
@@ -207,11 +209,18 @@ class Watcher:
         n = self.state.failures_in_a_row = self.state.failures_in_a_row + 1
         delay = min(60.0, 2.0 ** (n - 1)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
         self.state.retry_at = time.monotonic() + delay
+        stale = (
+            "never read"
+            if self.state.seen_at is None
+            else f"last read {time.monotonic() - self.state.seen_at:.0f}s ago"
+        )
         log.warning(
-            "transient error, retrying in %.1fs: %s",
+            "transient error (%s; hosts left as they are; repository %s), retrying in %.1fs: %s",
+            what,
+            stale,
             delay,
             exc,
-            extra={"event": "transient-error", "attempt": n},
+            extra={"event": "transient-error", "attempt": n, "stale": stale},
         )
 
     def _reject(self, sha: str, why: str, kind: str) -> None:
