@@ -192,3 +192,34 @@ def test_detect_only_reports_drift_and_changes_nothing(
         assert serving(dep, "revision=v1")  # the other replica serves
     finally:
         assert w.stop() == 0
+
+
+def test_unreachable_remote_is_reported_and_retried(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "watch.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "watch", "--repo",
+             f"file://{tmp_path}/missing.git", "--branch", "main", "--env", "x",
+             "--state-dir", str(tmp_path / "state"), "--poll", "0.2",
+             "--metrics-addr", f"127.0.0.1:{port}", "--log-format", "json"],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+        try:
+            def metrics() -> str:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                                timeout=5) as resp:
+                        return resp.read().decode()
+                except OSError:
+                    return ""
+
+            wait_for(lambda: "reconcile_failures_total{kind=\"source\"} 2.0" in metrics(),
+                     timeout=30, what="two attempts, backing off")
+            assert "reconcile_source_up 0.0" in metrics()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    errors = [e for e in events if e.get("event") == "transient-error"]
+    assert errors and errors[0]["stale"] == "never read" and errors[0]["level"] == "warning"
