@@ -23,7 +23,8 @@ class Action:
     reason: str
 
     def describe(self) -> str:
-        raise NotImplementedError  # every concrete action overrides it
+        """One line for plans and history; every concrete action says more."""
+        return f"{self.kind} on {self.host}"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}

@@ -12,10 +12,6 @@ starting with ``#`` are comments. The check is exact both ways: exit status 1, e
 expected line matched by a reported problem and every reported problem by an expected
 line, one to one.
 
-A first line ``# BUG: <description>`` marks a case where the validator is known to be
-wrong: its expected lines say what the *correct* output is, and the case is an xfail as
-long as the validator answers otherwise. Once the bug is fixed the case fails, asking for
-its ``# BUG:`` line to be removed.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"
 SAMPLE = ROOT / "sample-repo"
 CASES = sorted(p for p in CORPUS.iterdir() if p.is_dir())
-BUG_PREFIX = "# BUG:"
 
 _REPORTED = re.compile(r"^error: (?P<file>[^:]+):(?P<line>\d+):\d+: (?P<field>.*?): (?P<msg>.*)$")
 _EXPECTED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<field>.*?): (?P<msg>.+)$")
@@ -58,7 +53,6 @@ class Line:
 @dataclass(frozen=True)
 class Expectation:
     lines: tuple[Line, ...]
-    bug: str | None
 
 
 @dataclass(frozen=True)
@@ -72,8 +66,6 @@ class Outcome:
 def read_expected(case: Path) -> Expectation:
     path = case / "expected.txt"
     text = path.read_text(encoding="utf-8")
-    first = text.split("\n", 1)[0]
-    bug = first.removeprefix(BUG_PREFIX).strip() if first.startswith(BUG_PREFIX) else None
     lines = []
     for n, raw in enumerate(text.splitlines(), 1):
         if not raw.strip() or raw.startswith("#"):
@@ -82,7 +74,7 @@ def read_expected(case: Path) -> Expectation:
         assert m, f"{path}:{n}: not FILE:LINE: FIELD: SUBSTRING: {raw!r}"
         lines.append(Line(m["file"], int(m["line"]), m["field"], m["msg"]))
     assert lines, f"{path}: no expected problem"
-    return Expectation(tuple(lines), bug)
+    return Expectation(tuple(lines))
 
 
 def validate(*args: str) -> Outcome:
@@ -190,12 +182,7 @@ def test_corpus_is_big_enough() -> None:
 def test_case(case: Path) -> None:
     expectation = read_expected(case)
     wrong = differences(expectation, outcome_of(case))
-    if expectation.bug is None:
-        assert not wrong, "\n".join(wrong)
-    elif wrong:
-        pytest.xfail(f"known bug: {expectation.bug} [now: {wrong[0].splitlines()[0][:160]}]")
-    else:
-        pytest.fail(f"{case.name} now passes: remove the '{BUG_PREFIX}' line of its expected.txt")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_sample_repo_is_valid() -> None:
