@@ -110,7 +110,15 @@ def read_commit(repo: git.Repo, subdir: str, rev: str) -> Snapshot:
     try:
         commit = repo.commit(rev)
     except (git.BadName, ValueError, git.GitCommandError) as exc:
-        raise SourceError(f"unknown revision {rev!r} in {repo.git_dir}") from exc
+        # Ask git itself why: "dubious ownership" (a repository owned by another user)
+        # must not read as an unknown revision.
+        try:
+            repo.git.rev_parse("--verify", f"{rev}^{{commit}}")
+            why = ""
+        except git.GitCommandError as probe:
+            why = str(probe.stderr).strip().removeprefix("stderr: ").strip("'\n ")
+        detail = f": {why}" if why and "dubious ownership" in why else ""
+        raise SourceError(f"unknown revision {rev!r} in {repo.git_dir}{detail}") from exc
     tree = commit.tree
     if subdir:
         try:
