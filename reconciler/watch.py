@@ -63,6 +63,7 @@ class WatchConfig:
 @dataclass
 class _State:
     head: str | None = None
+    good: str | None = None  # the last commit that loaded (valid, signed when required)
     last_pass: float = float("-inf")
     rejected: dict[str, str] = field(default_factory=dict)  # commit -> why
     failures_in_a_row: int = 0
@@ -161,7 +162,10 @@ class Watcher:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
-                wake.set()
+                # Reading a ref (as every check of the head does) is an event too; only
+                # a change may wake the loop, or it would spin.
+                if event.event_type not in ("opened", "closed_no_write"):
+                    wake.set()
 
         observer = Observer()
         git_dir = Path(repo.git_dir)
@@ -189,9 +193,13 @@ class Watcher:
         if not moved and now - self.state.last_pass < self.cfg.drift_s:
             return
         self.state.head = head
-        if head in self.state.rejected:
-            return  # said once when rejected; waits for a new head
         kind = "commit" if moved else "drift"
+        if head in self.state.rejected:
+            # Said once when rejected. Until a new head arrives, drift passes keep the
+            # hosts at the last good commit.
+            if moved or self.state.good is None:
+                return
+            head, kind = self.state.good, "drift"
         t0 = time.monotonic()
         try:
             self._pass(head, kind)
@@ -259,6 +267,7 @@ class Watcher:
         if loaded is None:
             return
         snapshot, desired = loaded
+        self.state.good = sha
         self._set_release_metrics(desired)
         store = Store(self.cfg.state_dir / "history.sqlite")
         try:

@@ -129,6 +129,7 @@ def test_watch_follows_the_branch_repairs_drift_and_stops_cleanly(
             in w.metrics()
 
         # drift: a managed container stopped by hand is repaired within a drift interval
+        wait_for(lambda: "ok" in runs_of(dep, sha), timeout=30, what="the v2 run finished")
         victim = dep.containers("web")[0]
         victim.stop(timeout=1)
         wait_for(lambda: all(c.status == "running" for c in dep.containers("web"))
