@@ -124,6 +124,7 @@ class HAProxy:
         if proc.returncode != 0:
             raise HAProxyError(f"haproxy did not start: {_alerts(proc.stderr + proc.stdout)}")
         self._wait(lambda: self._answers(self.stats), "the stats socket to answer")
+        self._wait(lambda: self._answers(self.master), "the master socket to answer")
 
     def stop(self) -> None:
         """Stop HAProxy (used by tests and `reconcile` teardown); no-op when not running."""
@@ -138,7 +139,16 @@ class HAProxy:
         self._wait(lambda: not _alive(pid), f"HAProxy master {pid} to exit")
 
     def procs(self) -> MasterProcs:
-        return parse_show_proc(self.master.command("show proc"))
+        """The master's view of its processes. The master re-executes itself on every
+        reload, so a refused or reset connection is retried for a moment."""
+        deadline = time.monotonic() + 3.0
+        while True:
+            try:
+                return parse_show_proc(self.master.command("show proc"))
+            except ObserveError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def reload(self) -> None:
         """Reload and confirm it took; on failure restore the last good config and raise."""

@@ -290,8 +290,10 @@ class TestCrashSafety:
 
         def new_container(status: str | None) -> bool:
             labels = {"label": f"{identity.COMMIT}={commit}"}
+            # sparse: no inspect per container (one may be removed between list and inspect)
             return bool(docker_client.containers.list(
-                all=status is None, filters={**labels, "status": status} if status else labels))
+                all=status is None, sparse=True,
+                filters={**labels, "status": status} if status else labels))
 
         def after(n: int) -> bool:
             return history.step_count(last) >= n
