@@ -148,7 +148,7 @@ class Executor:
         else:
             try:
                 detail = self._do(action) or ""
-            except (ContainerError, HAProxyError, ReconcilerError) as exc:
+            except ReconcilerError as exc:  # ContainerError, HAProxyError, ObserveError
                 status, detail = "failed", str(exc)
                 self._fail(action, str(exc))
         res = StepResult(step, action, status, detail, time.monotonic() - t0)
