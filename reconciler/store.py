@@ -68,6 +68,10 @@ class Store:
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+        if "failures_json" not in columns:  # a database made by an earlier version
+            self.db.execute("ALTER TABLE runs ADD COLUMN failures_json TEXT NOT NULL "
+                            "DEFAULT '{}'")
 
     def close(self) -> None:
         self.db.close()

@@ -143,3 +143,22 @@ def test_remote_url_with_branch_is_mirrored_and_fetched(tmp_path: Path,
     assert code == 1  # the head is invalid: diff refuses it with the problem
     code, _, err = run("validate", "--repo", f"file://{tmp_path}/nope.git")
     assert code == 1 and "cannot fetch" in err
+
+
+def test_history_database_of_an_earlier_version_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    from reconciler.store import Store
+
+    db = sqlite3.connect(tmp_path / "history.sqlite")
+    db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, environment TEXT NOT NULL, "
+               "commit_id TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL, "
+               "status TEXT NOT NULL, plan_json TEXT NOT NULL, summary TEXT NOT NULL "
+               "DEFAULT '')")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "history.sqlite")
+    run = store.start_run("prod", "c0ffee", "{}")
+    store.finish_run(run, "failed", {"web": "unhealthy"}, "1/2 steps ok")
+    assert store.failures_of(run) == {"web": "unhealthy"}
+    store.close()
