@@ -48,6 +48,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _common import log, pids_with_arg, remove_containers, run_cmd, terminate, wait_engine
+
 ENV = "bench"
 SERVICES = [f"svc{i}" for i in range(10)]
 TARGET = "svc3"
@@ -56,10 +58,6 @@ REVISION = "v1"
 LABEL = f"io.reconciler.environment={ENV}"
 
 # --------------------------------------------------------------------------- helpers
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def free_ports(n: int) -> list[int]:
@@ -78,19 +76,6 @@ def free_ports(n: int) -> list[int]:
 
 def greeting(service: str, variant: str) -> str:
     return f"{service}-greeting-{variant}"
-
-
-def run_cmd(
-    cmd: list[str], *, timeout: float, cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
 
 
 def fetch(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -368,11 +353,11 @@ class ReconcilerSide:
         pid_file = self.state / ENV / "haproxy" / "haproxy.pid"
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(pid_file.read_text().split()[0])
-            _terminate(pid)
+            terminate(pid)
         # Workers of earlier configs (after reloads) are children of that master and go
         # with it; anything still running with our state dir on its command line is ours.
-        for pid in _pids_with_arg(str(self.state)):
-            _terminate(pid)
+        for pid in pids_with_arg(str(self.state)):
+            terminate(pid)
         remove_containers(["label=" + LABEL])
 
 
@@ -451,61 +436,6 @@ class ComposeSide:
             self._compose("down", "-t", "1", "--remove-orphans", timeout=180)
             remove_containers([f"label=com.docker.compose.project={self.project}"])
             run_cmd(["docker", "network", "rm", f"{self.project}_default"], timeout=60, check=False)
-
-
-def wait_engine(timeout: float) -> bool:
-    """True when the Docker engine answers (other work on this machine may restart it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if run_cmd(["docker", "version"], timeout=30, check=False).returncode == 0:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
-
-
-def remove_containers(filters: list[str]) -> None:
-    """Remove every container matching the filters; checked again, since a removal the
-    engine did not finish (it was being restarted) would leave them behind."""
-    args = [a for f in filters for a in ("--filter", f)]
-    for _ in range(3):
-        if not wait_engine(60):
-            break
-        ps = run_cmd(["docker", "ps", "-aq", *args], timeout=60, check=False)
-        ids = ps.stdout.split()
-        if ps.returncode == 0 and not ids:
-            return
-        if ids:
-            run_cmd(["docker", "rm", "-f", *ids], timeout=120, check=False)
-        time.sleep(2)
-    log(f"WARNING: containers may be left behind: docker ps -a --filter {' '.join(filters)}")
-
-
-def _terminate(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _pids_with_arg(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if needle in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
-                found.append(int(entry.name))
-    return found
 
 
 # --------------------------------------------------------------------------- measuring

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _common import log, pids_with_arg, remove_containers, run_cmd, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample-repo"
@@ -75,25 +76,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # --------------------------------------------------------------------------- helpers
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def run_cmd(
-    cmd: list[str], *, timeout: float = 60, cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
-    return proc
 
 
 def get(port: int, path: str, timeout: float = 1.0) -> tuple[int, str]:
@@ -182,59 +168,6 @@ def status_kb(pid: int, key: str) -> int:
 
 
 # --------------------------------------------------------------------------- cleanup
-
-
-def wait_engine(timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if run_cmd(["docker", "version"], timeout=30, check=False).returncode == 0:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
-
-
-def remove_containers(label: str) -> None:
-    """Remove every container with ``label``; checked again (a restarting engine may not
-    finish a removal)."""
-    for _ in range(3):
-        if not wait_engine(60):
-            break
-        ps = run_cmd(["docker", "ps", "-aq", "--filter", f"label={label}"], check=False)
-        ids = ps.stdout.split()
-        if ps.returncode == 0 and not ids:
-            return
-        if ids:
-            run_cmd(["docker", "rm", "-f", *ids], timeout=120, check=False)
-        time.sleep(1)
-    log(f"WARNING: containers may be left behind: docker ps -a --filter label={label}")
-
-
-def terminate(pid: int, grace_s: float = 5) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def pids_with_arg(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if needle in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
-                found.append(int(entry.name))
-    return found
 
 
 # --------------------------------------------------------------------------- the setup
@@ -614,7 +547,7 @@ class Bench:
         # still running with our state directory on its command line is ours.
         for pid in pids_with_arg(str(self.state)):
             terminate(pid)
-        remove_containers(LABEL)
+        remove_containers([f"label={LABEL}"])
 
 
 # --------------------------------------------------------------------------- report
