@@ -1,4 +1,4 @@
-"""The executor: runs a Plan against the local Docker engine and HAProxy, step by step.
+"""The executor: runs a Plan against the hosts' Docker engines and HAProxies, step by step.
 
 It decides nothing: every action comes from the planner. What it adds is the health gate
 and failure isolation. A service whose new containers fail their health gate (or whose
@@ -8,14 +8,23 @@ A config that ``haproxy -c`` rejects, or a reload that does not take, stops the 
 (nothing installed, or the last good config restored); the next pass repairs the rest.
 Every step is safe to re-run after a crash at any point: names are deterministic and
 each action is checked against what exists.
+
+Container steps run in parallel across hosts (at most ``concurrency`` hosts at a time,
+in plan order within a host); everything else runs in plan order. Before the first of
+a run of HAProxy config changes, the config of every LB host in that run is checked
+with ``haproxy -c`` on its host: either every LB can take its new config, or none is
+touched.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reconciler import identity
@@ -34,15 +43,19 @@ from reconciler.containers import (
     ContainerError,
     Started,
     create_and_start,
+    free_port,
     health_deadline,
+    remote_port_picker,
     stop_and_remove,
     wait_healthy,
 )
 from reconciler.errors import ReconcilerError
 from reconciler.haproxy.control import HAProxy, HAProxyError
 from reconciler.haproxy.render import RenderServer, render
+from reconciler.images import ensure_image
 from reconciler.model import DesiredState, HealthCheck, ObservedState
 from reconciler.plan import Plan
+from reconciler.transport.pool import Connections
 
 if TYPE_CHECKING:
     import docker
@@ -65,6 +78,7 @@ class ApplyResult:
     failures: dict[str, str] = field(default_factory=dict)  # service (or "haproxy") -> why
     aborted: bool = False
     stopped: bool = False  # asked to stop (SIGTERM): the steps so far are a safe prefix
+    notes: list[str] = field(default_factory=list)  # e.g. why a rollout stopped early
 
     @property
     def ok(self) -> bool:
@@ -76,22 +90,30 @@ class _Abort(Exception):
 
 
 class Executor:
-    """Runs one plan. ``haproxies`` maps each LB host to its HAProxy controller."""
+    """Runs one plan. ``conns`` reaches every host; ``haproxies`` maps each LB host to
+    its HAProxy controller."""
 
     def __init__(
         self,
         desired: DesiredState,
         observed: ObservedState,
-        client: docker.DockerClient,
+        conns: Connections,
         haproxies: dict[str, HAProxy],
         on_step: Callable[[StepResult], None] | None = None,
         health_min_s: float = 30.0,
         should_stop: Callable[[], bool] = lambda: False,
+        concurrency: int = 8,
     ) -> None:
         self.desired = desired
         self.should_stop = should_stop
-        self.client = client
+        self.conns = conns
         self.haproxies = haproxies
+        self.concurrency = max(1, concurrency)
+        self.lock = threading.RLock()  # bookkeeping shared by the per-host threads
+        self.hosts = {h.name: h for h in desired.hosts}
+        for h in observed.hosts:
+            if h.name not in self.hosts:  # a retired host: known to ``conns`` only
+                self.hosts[h.name] = conns.hosts[h.name]
         self.on_step = on_step or (lambda _: None)
         self.health_min_s = health_min_s
         self.result = ApplyResult()
@@ -120,12 +142,31 @@ class Executor:
         self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers added
         self.needs_reload: set[str] = set()  # LB hosts where a runtime change was refused
         self.drain_s = {s.name: s.drain_timeout_s for s in desired.services}
+        self.pickers: dict[str, Callable[[str], int]] = {}
+        # LB host -> (text, checked file) verified for its next install
+        self.checked: dict[str, tuple[str, Path]] = {}
+
+    def client(self, host: str) -> docker.DockerClient:
+        return self.conns.get(host).docker()
+
+    def _port_picker(self, host: str) -> Callable[[str], int]:
+        with self.lock:
+            if host not in self.pickers:
+                if self.hosts[host].ssh is None:
+                    self.pickers[host] = free_port
+                else:
+                    used = [port for (h, _), (_, port) in self.ports.items() if h == host]
+                    self.pickers[host] = remote_port_picker(used)
+            return self.pickers[host]
 
     # ------------------------------------------------------------------ driver
 
     def run(self, plan: Plan) -> ApplyResult:
+        actions = list(enumerate(plan.actions, 1))
+        i = 0
         try:
-            for step, action in enumerate(plan.actions, 1):
+            while i < len(actions):
+                step, action = actions[i]
                 if not isinstance(action, StartContainer):
                     self._gate()
                 if self.should_stop():
@@ -133,13 +174,54 @@ class Executor:
                     # (the order of the phases guarantees it); the next pass goes on.
                     self.result.stopped = True
                     break
-                self._step(step, action)
+                if isinstance(action, StartContainer | RemoveContainer | PullImage):
+                    j = i
+                    while j < len(actions) and type(actions[j][1]) is type(action):
+                        j += 1
+                    self._parallel(actions[i:j])
+                    i = j
+                    continue
+                if isinstance(action, ConfigureHAProxy) and action.reload:
+                    j = i
+                    while j < len(actions) and isinstance(actions[j][1], ConfigureHAProxy):
+                        j += 1
+                    self._verify_all(actions[i:j])
+                self._emit(self._step(step, action))
+                i += 1
             self._gate()
         except _Abort:
             self.result.aborted = True
+        finally:
+            for host, (_, path) in self.checked.items():  # verified, never installed
+                self.haproxies[host].transport.unlink(str(path))
         return self.result
 
-    def _step(self, step: int, action: Action) -> None:
+    def _emit(self, res: StepResult) -> None:
+        self.result.steps.append(res)
+        self.on_step(res)
+        if isinstance(res.action, ConfigureHAProxy) and res.status == "failed":
+            self.result.aborted = True
+            raise _Abort
+
+    def _parallel(self, batch: list[tuple[int, Action]]) -> None:
+        """Steps of one kind: each host's in plan order, hosts in parallel; results are
+        reported in plan order once all are done."""
+        by_host: dict[str, list[tuple[int, Action]]] = defaultdict(list)
+        for step, action in batch:
+            by_host[action.host].append((step, action))
+
+        def run_host(items: list[tuple[int, Action]]) -> list[StepResult]:
+            return [self._step(step, action) for step, action in items]
+
+        if len(by_host) == 1:
+            results = run_host(batch)
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(by_host))) as pool:
+                results = [r for rs in pool.map(run_host, by_host.values()) for r in rs]
+        for res in sorted(results, key=lambda r: r.step):
+            self._emit(res)
+
+    def _step(self, step: int, action: Action) -> StepResult:
         t0 = time.monotonic()
         status: Status = "ok"
         detail = ""
@@ -150,13 +232,22 @@ class Executor:
                 detail = self._do(action) or ""
             except ReconcilerError as exc:  # ContainerError, HAProxyError, ObserveError
                 status, detail = "failed", str(exc)
-                self._fail(action, str(exc))
-        res = StepResult(step, action, status, detail, time.monotonic() - t0)
-        self.result.steps.append(res)
-        self.on_step(res)
-        if isinstance(action, ConfigureHAProxy) and status == "failed":
-            self.result.aborted = True
-            raise _Abort
+                with self.lock:
+                    self._fail(action, str(exc))
+        return StepResult(step, action, status, detail, time.monotonic() - t0)
+
+    def _verify_all(self, configs: list[tuple[int, Action]]) -> None:
+        """Render and check the next config of every LB host in ``configs`` before any is
+        installed; one that ``haproxy -c`` refuses stops the run with none switched."""
+        if len(configs) < 2:
+            return
+        for step, a in configs:
+            lb = self.haproxies[a.host]
+            text = self._render(a.host)
+            try:
+                self.checked[a.host] = (text, lb.check(text))
+            except ReconcilerError as exc:
+                self._emit(StepResult(step, a, "failed", f"{exc} (no LB host was switched)", 0.0))
 
     def _fail(self, action: Action, why: str) -> None:
         key = action.service or "haproxy"
@@ -165,10 +256,10 @@ class Executor:
             self._undo_starts(action.service)
 
     def _undo_starts(self, service: str) -> None:
-        """Remove the containers this run started for ``service``: the old release keeps
-        serving. Their servers are taken out of the next config too."""
+        """Remove the containers this run started for ``service`` (on every host): the old
+        release keeps serving. Their servers are taken out of the next config too."""
         for host, started in self.started.pop(service, []):
-            stop_and_remove(self.client, started.name, grace_s=1)
+            stop_and_remove(self.client(host), started.name, grace_s=1)
             server = identity.server_name(host, started.name)
             for table in self.table.values():
                 for key in [k for k in table if k[1] == server]:
@@ -179,8 +270,8 @@ class Executor:
 
     def _do(self, action: Action) -> str | None:
         if isinstance(action, PullImage):
-            self.client.images.pull(action.image)
-            return None
+            host = self.hosts[action.host]
+            return ensure_image(host, self.client(host.name), action.image)
         if isinstance(action, RemoveContainer):
             return self._remove_container(action)
         if isinstance(action, StartContainer):
@@ -214,17 +305,23 @@ class Executor:
             a.image_id,
         )
         started = create_and_start(
-            self.client,
+            self.client(a.host),
             name=a.name,
             labels=labels,
             spec=a.spec,
             image_id=a.image_id,
             address=self.address[a.host],
             host=a.host,
+            transport=self.conns.get(a.host),
+            pick_port=self._port_picker(a.host),
         )
-        self.started.setdefault(a.service, []).append((a.host, started))
-        self.ports[(a.host, a.name)] = (started.address, started.port)
-        self.pending.append((a, started))
+        with self.lock:
+            if a.service in self.result.failures:  # failed on another host meanwhile
+                stop_and_remove(self.client(a.host), started.name, grace_s=1)
+                return "removed again: the service failed on another host"
+            self.started.setdefault(a.service, []).append((a.host, started))
+            self.ports[(a.host, a.name)] = (started.address, started.port)
+            self.pending.append((a, started))
         return f"published on {started.address}:{started.port}"
 
     def _gate(self) -> None:
@@ -239,18 +336,19 @@ class Executor:
             assert a.spec is not None
             try:
                 wait_healthy(
-                    self.client,
+                    self.client(a.host),
                     s.name,
                     a.spec.health,
                     s.address,
                     s.port,
                     health_deadline(a.spec.health, self.health_min_s),
+                    self.conns.get(a.host),
                 )
-            except ContainerError as exc:
-                return str(exc)
+            except ReconcilerError as exc:
+                return f"host {a.host}: {exc}"
             return None
 
-        with ThreadPoolExecutor(max_workers=min(8, len(pending))) as pool:
+        with ThreadPoolExecutor(max_workers=min(32, len(pending))) as pool:
             outcomes = list(pool.map(wait, pending))
         for (a, s), error in zip(pending, outcomes, strict=True):
             if error is None:
@@ -270,16 +368,17 @@ class Executor:
             health = self.health.get(a.service or "", HealthCheck(kind="none"))
             try:
                 wait_healthy(
-                    self.client,
+                    self.client(a.app_host),
                     a.container,
                     health,
                     where[0],
                     where[1],
                     health_deadline(health, self.health_min_s),
+                    self.conns.get(a.app_host),
                 )
             except ContainerError:
                 # Not healthy and not in HAProxy: removed like a container of this pass.
-                stop_and_remove(self.client, a.container, grace_s=1)
+                stop_and_remove(self.client(a.app_host), a.container, grace_s=1)
                 raise
             self.gated.add((a.app_host, a.container))
         self.table.setdefault(a.host, {})[(a.backend, a.server)] = RenderServer(
@@ -290,7 +389,7 @@ class Executor:
 
     def _remove_container(self, a: RemoveContainer) -> str | None:
         detail = self._wait_old_sessions(a)
-        gone = stop_and_remove(self.client, a.name, a.grace_s)
+        gone = stop_and_remove(self.client(a.host), a.name, a.grace_s)
         return detail or (None if gone else "already gone")
 
     def _wait_old_sessions(self, a: RemoveContainer) -> str | None:
@@ -345,11 +444,22 @@ class Executor:
             return f"sessions still open after {a.timeout_s}s; removed anyway"
         return None
 
+    def _render(self, lb_host: str) -> str:
+        lbdef = next(x for x in self.desired.loadbalancers if lb_host in x.hosts)
+        return render(
+            self.desired, lbdef, self.table.get(lb_host, {}).values(), self.haproxies[lb_host].paths
+        )
+
     def _configure(self, a: ConfigureHAProxy) -> str:
         lb = self.haproxies[a.host]
-        lbdef = next(x for x in self.desired.loadbalancers if a.host in x.hosts)
-        text = render(self.desired, lbdef, self.table.get(a.host, {}).values(), lb.paths)
-        changed = lb.install(text)  # raises, installing nothing, if haproxy -c refuses
+        # Raises, installing nothing, if haproxy -c refuses (a config verified together
+        # with the other LB hosts' is not checked twice).
+        text = self._render(a.host)
+        verified, path = self.checked.pop(a.host, (None, None))
+        if path is not None and verified != text:
+            lb.transport.unlink(str(path))
+            path = None
+        changed = lb.install(text, path)
         if not lb.running():
             lb.start()
             what = "started HAProxy"

@@ -193,12 +193,14 @@ def _run_plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths 
         from reconciler.observe.live import observe
         from reconciler.output import plan_json, plan_text
         from reconciler.plan import plan
+        from reconciler.run import retired_hosts
         from reconciler.store import Store
 
         loaded, desired = _desired(src)
         store = Store(state_dir / "history.sqlite") if state_dir.exists() else None
         held = store.failed_services(desired.environment, desired.commit) if store else {}
-        result = plan(desired, observe(desired, state_dir, external), held)
+        retired = retired_hosts(desired, store) if store else []
+        result = plan(desired, observe(desired, state_dir, external, retired=retired), held)
     except ReconcilerError as exc:
         _fail(exc)
     render = plan_json if output == "json" else plan_text
@@ -261,7 +263,7 @@ def _run_apply(
                     "run": done.run_id,
                     "ok": res.ok,
                     "failures": res.failures,
-                    "notes": list(done.plan.notes),
+                    "notes": list(done.plan.notes) + res.notes,
                     "steps": [
                         {
                             "step": s.step,
@@ -279,6 +281,8 @@ def _run_apply(
     elif not done.plan.empty:
         for service, why in res.failures.items():
             click.echo(f"\nerror: {service}: {why}", err=True)
+        for note in res.notes:
+            click.echo(f"\nnote: {note}", err=True)
         verdict = "applied" if res.ok else "FAILED (the services above keep their old release)"
         click.echo(f"\nrun {done.run_id}: {verdict}; see `reconcile history`.")
     sys.exit(0 if res.ok else 1)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.model import ContainerSpec, HealthCheck, SecretRef
+from reconciler.transport.base import Transport, TransportError
+from reconciler.transport.local import LocalTransport
 
 if TYPE_CHECKING:
     import docker
@@ -38,30 +40,61 @@ class Started:
     port: int
 
 
-def read_secret(ref: SecretRef, host: str) -> str:
-    """The value of a secret on the local host. The message never contains the value."""
+def read_secret(ref: SecretRef, host: str, transport: Transport | None = None) -> str:
+    """The value of a secret: a ``file`` is read on the target host (over SFTP for an SSH
+    host), an ``env`` variable from the reconciler's own environment. The message never
+    contains the value."""
     if ref.source == "env":
         value = os.environ.get(ref.location)
         if value is None:
             raise ContainerError(
                 f"secret {ref.name}: variable {ref.location} is not set in "
-                f"the reconciler's environment on host {host}"
+                f"the reconciler's environment (for host {host})"
             )
         return value
     try:
-        with open(ref.location, encoding="utf-8") as f:
-            return f.read().rstrip("\n")
-    except OSError as exc:
+        text = (transport or LocalTransport(host)).read_text(ref.location)
+    except TransportError as exc:
         raise ContainerError(
-            f"secret {ref.name}: cannot read {ref.location} on host {host}: {exc.strerror}"
+            f"secret {ref.name}: cannot read {ref.location} on host {host}: {exc}"
         ) from None
+    if text is None:
+        raise ContainerError(
+            f"secret {ref.name}: cannot read {ref.location} on host {host}: no such file"
+        )
+    return text.rstrip("\n")
 
 
 def free_port(address: str) -> int:
-    """A port free on ``address`` now. Published explicitly, so a restart keeps it."""
+    """A port free on ``address`` (of this machine) now. Published explicitly, so a
+    restart keeps it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((address, 0))
         return int(s.getsockname()[1])
+
+
+# Ports picked for remote hosts: below Linux's ephemeral range (32768-60999), so an
+# outgoing connection of the host never holds one.
+REMOTE_PORTS = range(20000, 32768)
+
+
+def remote_port_picker(used: Collection[int]) -> Callable[[str], int]:
+    """Pick ports for a host we cannot bind on: random in REMOTE_PORTS, never one that a
+    known container publishes. A clash with something else is caught at start and
+    retried with another port (``create_and_start``)."""
+    taken = set(used)
+
+    def pick(_address: str) -> int:
+        while True:
+            port = random.choice(REMOTE_PORTS)  # noqa: S311 - not a secret
+            if port not in taken:
+                taken.add(port)
+                return port
+
+    return pick
+
+
+_PORT_CLASH = ("port is already allocated", "address already in use")
 
 
 def _restart_policy(text: str) -> dict[str, Any]:
@@ -93,14 +126,41 @@ def create_and_start(
     image_id: str,
     address: str,
     host: str,
+    transport: Transport | None = None,
+    pick_port: Callable[[str], int] = free_port,
 ) -> Started:
-    """Create and start one container; its port is published on ``address``."""
+    """Create and start one container; its port is published on ``address`` (a port
+    from ``pick_port``; one that turns out taken is retried with another, 5 times)."""
+    env = dict(spec.env)
+    env.update({ref.name: read_secret(ref, host, transport) for ref in spec.secrets})
+    for attempt in range(5):
+        try:
+            return _create_and_start(
+                client, name, labels, spec, image_id, address, env, pick_port(address)
+            )
+        except _PortTaken:
+            if attempt == 4:
+                raise ContainerError(f"container {name}: no free port found on {address}") from None
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _create_and_start(
+    client: docker.DockerClient,
+    name: str,
+    labels: dict[str, str],
+    spec: ContainerSpec,
+    image_id: str,
+    address: str,
+    env: dict[str, str],
+    port: int,
+) -> Started:
     import docker.errors
     from docker.types import LogConfig, Mount
 
-    env = dict(spec.env)
-    env.update({ref.name: read_secret(ref, host) for ref in spec.secrets})
-    port = free_port(address)
     api = client.api
     host_config = api.create_host_config(
         port_bindings={spec.port: (address, port)},
@@ -132,7 +192,10 @@ def create_and_start(
     except docker.errors.APIError as exc:
         # A container half-created by this call is removed: nothing is left behind.
         _remove_quietly(client, name)
-        raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+        why = str(exc.explanation or exc)
+        if any(text in why.lower() for text in _PORT_CLASH):
+            raise _PortTaken from None
+        raise ContainerError(f"container {name}: {why}") from None
     return Started(name=name, id=str(created["Id"]), address=address, port=port)
 
 
@@ -150,9 +213,12 @@ def wait_healthy(
     address: str,
     port: int,
     deadline_s: float,
+    transport: Transport | None = None,
 ) -> None:
     """Return when the container is healthy; raise ContainerError with the last health
-    output and the log tail when it exits, turns unhealthy or the deadline passes."""
+    output and the log tail when it exits, turns unhealthy or the deadline passes.
+    HTTP and TCP probes are made from the container's host (``transport``)."""
+    transport = transport or LocalTransport()
     deadline = time.monotonic() + deadline_s
     last = "no health result yet"
     container = client.containers.get(name)
@@ -172,7 +238,7 @@ def wait_healthy(
             if h.get("Status") == "unhealthy":
                 break
         else:
-            ok, last = _probe(health, address, port)
+            ok, last = _probe(health, address, port, transport)
             if ok:
                 return
         if time.monotonic() > deadline:
@@ -184,23 +250,33 @@ def wait_healthy(
     )
 
 
-def _probe(health: HealthCheck, address: str, port: int) -> tuple[bool, str]:
+def _probe(health: HealthCheck, address: str, port: int, transport: Transport) -> tuple[bool, str]:
+    """One probe: TCP connect (``none``) or ``GET path`` over HTTP/1.0 (2xx/3xx is good)."""
     timeout = max(health.timeout_ms / 1000, 0.2)
-    if health.kind == "none":
-        try:
-            with socket.create_connection((address, port), timeout=timeout):
-                return True, "port accepts connections"
-        except OSError as exc:
-            return False, f"port {port}: {exc.strerror or exc}"
-    url = f"http://{address}:{port}{health.path}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= resp.status < 400, f"GET {health.path}: HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:
-        return False, f"GET {health.path}: HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"GET {health.path}: {reason}"
+        sock = transport.open_tcp(address, port, timeout)
+    except TransportError as exc:
+        return False, f"port {port}: {exc}"
+    try:
+        if health.kind == "none":
+            return True, "port accepts connections"
+        request = f"GET {health.path} HTTP/1.0\r\nHost: {address}:{port}\r\n\r\n"
+        sock.sendall(request.encode())
+        data = b""
+        while b"\r\n" not in data and len(data) < 8192:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:  # TimeoutError included
+        return False, f"GET {health.path}: {exc.strerror or exc or 'timed out'}"
+    finally:
+        sock.close()
+    parts = data.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return False, f"GET {health.path}: no HTTP answer"
+    status = int(parts[1])
+    return 200 <= status < 400, f"GET {health.path}: HTTP {status}"
 
 
 def _log_tail(container: Container, lines: int = 20) -> str:

@@ -25,6 +25,7 @@ from reconciler.model import (
     LoadBalancer,
     Logging,
     Release,
+    Rollout,
     Route,
     SecretRef,
     Service,
@@ -375,6 +376,16 @@ def _resolve(
         hosts=tuple(hosts[h] for h in sorted(used) if h in hosts),
         services=tuple(services.values()),
         loadbalancers=tuple(lb[0] for lb in lbs if lb),
+        rollout=_rollout(env_data.get("rollout", {})),
+    )
+
+
+def _rollout(data: dict[str, Any]) -> Rollout:
+    return Rollout(
+        limit=data.get("limit"),
+        wait_ms=duration_ms(data.get("wait", "0s")),
+        concurrency=data.get("concurrency", 8),
+        on_failure=data.get("on_failure", "stop"),
     )
 
 
@@ -390,6 +401,8 @@ def _host(at: At) -> Host:
             key=s.get("key"),
             known_hosts=s.get("known_hosts"),
             host_key_checking=s.get("host_key_checking", "strict"),
+            docker_socket=s.get("docker_socket"),
+            state_dir=s.get("state_dir", "/var/lib/reconciler"),
         )
     return Host(name=data["name"], address=data["address"], roles=tuple(data["roles"]), ssh=ssh)
 

@@ -24,6 +24,8 @@ class SshConnection:
     key: str | None = None
     known_hosts: str | None = None
     host_key_checking: Literal["strict", "accept-new"] = "strict"
+    docker_socket: str | None = None  # None: /var/run/docker.sock
+    state_dir: str = "/var/lib/reconciler"  # where an LB host's embedded HAProxy lives
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,17 @@ class LoadBalancer:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """How a change moves across app hosts: ``limit`` hosts per batch (None: all),
+    ``wait_ms`` between batches, ``concurrency`` hosts at a time within a batch."""
+
+    limit: int | None = None
+    wait_ms: int = 0
+    concurrency: int = 8
+    on_failure: Literal["stop", "continue"] = "stop"
+
+
+@dataclass(frozen=True)
 class DesiredState:
     """The desired state of one environment at one commit."""
 
@@ -159,6 +172,7 @@ class DesiredState:
     hosts: tuple[Host, ...]
     services: tuple[Service, ...]
     loadbalancers: tuple[LoadBalancer, ...]
+    rollout: Rollout = Rollout()
 
     def host(self, name: str) -> Host:
         for h in self.hosts:

@@ -6,20 +6,27 @@ server and one removes every retired one):
 1. pull missing images;
 2. remove dead containers whose deterministic name a new container needs;
 3. start new containers (each waits for its health gate);
-4. add the new servers to HAProxy (one reload, only when structure changed), then set
-   weights through the runtime API (no reload) and write them into the config;
+4. add the new servers to HAProxy (one reload per LB host, only when structure changed;
+   every LB host's new servers first, then their configs, so the executor can verify
+   each LB host's config before it switches any), then set weights through the runtime
+   API (no reload) and write them into the config;
 5. drain retired servers and remove them through the runtime API (no reload);
 6. stop and remove retired containers.
 
 A change to anything that defines a container gives a new container (new config hash,
 new name) next to the old one; nothing is updated in place.
+
+Rollouts across hosts come from calling ``plan`` once per batch with the app hosts of
+later batches ``frozen``: their containers and their servers in HAProxy are left exactly
+as they are. An observed app host that is not in the desired state (removed from the
+inventory or from every service) has all of the environment's containers retired.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -80,6 +87,7 @@ class _Phases:
     early_removals: list[Action] = field(default_factory=list)
     starts: list[Action] = field(default_factory=list)
     lb_adds: list[Action] = field(default_factory=list)
+    lb_configs: list[Action] = field(default_factory=list)
     weights: list[Action] = field(default_factory=list)
     drains: list[Action] = field(default_factory=list)
     lb_removals: list[Action] = field(default_factory=list)
@@ -90,12 +98,16 @@ class _Phases:
 
 
 def plan(
-    desired: DesiredState, observed: ObservedState, held: Mapping[str, str] | None = None
+    desired: DesiredState,
+    observed: ObservedState,
+    held: Mapping[str, str] | None = None,
+    frozen: Collection[str] = (),
 ) -> Plan:
     """The ordered actions that take ``observed`` to ``desired``. Same inputs, same plan.
 
     ``held``: services left exactly as they run (service -> why), e.g. because their
     apply already failed at this commit; they get no action, only a note.
+    ``frozen``: app hosts left exactly as they run (containers and HAProxy servers).
     """
     ph = _Phases()
     env = desired.environment
@@ -104,8 +116,16 @@ def plan(
     # A server HAProxy's own checks hold DOWN counts as an unhealthy container (an HTTP
     # health check has no Docker health status to say so).
     down = {s.server for lb in observed.haproxy for s in lb.stats if s.status.startswith("DOWN")}
+    desired_hosts = {h.name for h in desired.hosts}
+    for obs_host in observed.hosts:
+        if obs_host.name in desired_hosts or obs_host.name in frozen:
+            continue
+        why = f"host {obs_host.name} is no longer used by environment {env}"
+        for c in sorted(obs_host.containers, key=lambda c: c.name):
+            if c.label(identity.ENVIRONMENT) == env:
+                _retire(ph, obs_host.name, c.label(identity.SERVICE), c, why, None)
     for host in desired.hosts:
-        if "app" not in host.roles:
+        if "app" not in host.roles or host.name in frozen:
             continue
         containers = [
             replace(c, health="unhealthy")
@@ -136,13 +156,14 @@ def plan(
     held_backends = {identity.backend_name(name) for name in held}
     for lb in desired.loadbalancers:
         for lb_host in lb.hosts:
-            _plan_lb(ph, desired, lb, observed.lb(lb_host), held_backends)
+            _plan_lb(ph, desired, lb, observed.lb(lb_host), held_backends, set(frozen))
     notes = tuple(f"service {name} held: {why}" for name, why in sorted(held.items()))
     actions = (
         ph.pulls
         + ph.early_removals
         + ph.starts
         + ph.lb_adds
+        + ph.lb_configs
         + ph.weights
         + ph.drains
         + ph.lb_removals
@@ -343,8 +364,18 @@ def _retire(
 # --------------------------------------------------------------------------- HAProxy
 
 
+def _frozen_server(server: str, frozen: set[str]) -> bool:
+    # Server names are "<app host>.<container>"; host names have no dots.
+    return server.partition(".")[0] in frozen
+
+
 def _plan_lb(
-    ph: _Phases, desired: DesiredState, lb: LoadBalancer, obs: ObservedHAProxy, held: set[str]
+    ph: _Phases,
+    desired: DesiredState,
+    lb: LoadBalancer,
+    obs: ObservedHAProxy,
+    held: set[str],
+    frozen: set[str],
 ) -> None:
     lb_host = obs.host
     structure: list[str] = []
@@ -352,7 +383,11 @@ def _plan_lb(
         structure.append("HAProxy is not running")
     else:
         structure += _section_changes(dict(obs.config_sections), dict(section_digests(desired, lb)))
-    live = {(s.backend, s.server): s for s in obs.servers if s.backend not in held}
+    live = {
+        (s.backend, s.server): s
+        for s in obs.servers
+        if s.backend not in held and not _frozen_server(s.server, frozen)
+    }
     wanted = {(s.backend, s.name): s for s in ph.servers}
     drain_timeout = {identity.backend_name(s.name): s.drain_timeout_s for s in desired.services}
     for key in sorted(wanted):
@@ -392,7 +427,7 @@ def _plan_lb(
     if ph_adds := [a for a in ph.lb_adds if a.host == lb_host]:
         structure.append(f"{len(ph_adds)} server(s) added")
     if structure:
-        ph.lb_adds.append(
+        ph.lb_configs.append(
             ConfigureHAProxy(
                 host=lb_host,
                 service=None,
@@ -427,7 +462,9 @@ def _plan_lb(
                 if s.port is not None
             )
         )
-        in_file = tuple(x for x in obs.config_servers if x[0] not in held)
+        in_file = tuple(
+            x for x in obs.config_servers if x[0] not in held and not _frozen_server(x[1], frozen)
+        )
         if in_file != expected:
             ph.weights.append(
                 ConfigureHAProxy(

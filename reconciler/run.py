@@ -12,7 +12,8 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.actions import PullImage
@@ -20,12 +21,13 @@ from reconciler.apply import ApplyResult, Executor, StepResult
 from reconciler.errors import ReconcilerError
 from reconciler.haproxy.control import HAProxy
 from reconciler.haproxy.paths import HAProxyPaths
-from reconciler.model import DesiredState
-from reconciler.observe.docker import local_client
+from reconciler.images import ensure_image
+from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.output import plan_json
 from reconciler.plan import Plan, plan
 from reconciler.store import Store
+from reconciler.transport.pool import Connections
 
 
 class LockTimeout(ReconcilerError):
@@ -72,8 +74,55 @@ class PassResult:
     run_id: int
 
 
-def haproxies(desired: DesiredState, paths: HAProxyPaths) -> dict[str, HAProxy]:
-    return {h: HAProxy(paths) for lb in desired.loadbalancers for h in lb.hosts}
+def haproxies(
+    desired: DesiredState, state_dir: Path, external: HAProxyPaths | None, conns: Connections
+) -> dict[str, HAProxy]:
+    """The HAProxy controller of each LB host, on that host's transport."""
+    return {
+        h: HAProxy(lb_paths(desired, state_dir, external, desired.host(h)), transport=conns.get(h))
+        for lb in desired.loadbalancers
+        for h in lb.hosts
+    }
+
+
+def batches(desired: DesiredState, observed: ObservedState) -> list[list[str]]:
+    """App hosts in rollout batches: ``rollout.limit`` at a time in inventory order
+    (sorted names); hosts being retired come last, in a batch of their own."""
+    apps = sorted({h for s in desired.services for h in s.hosts})
+    limit = desired.rollout.limit or max(1, len(apps))
+    out = [apps[i : i + limit] for i in range(0, len(apps), limit)] or [[]]
+    retired = sorted({h.name for h in observed.hosts} - set(apps))
+    if retired:
+        out.append(retired)
+    return out
+
+
+def ensure_images(plan_: Plan, conns: Connections, concurrency: int) -> dict[str, str]:
+    """Pull or copy every image the plan needs, hosts in parallel; service -> why failed."""
+    pulls = [a for a in plan_.actions if isinstance(a, PullImage)]
+
+    def one(a: PullImage) -> tuple[str, str | None]:
+        try:
+            ensure_image(conns.hosts[a.host], conns.get(a.host).docker(), a.image)
+        except ReconcilerError as exc:
+            return a.service or "", str(exc)
+        return a.service or "", None
+
+    if not pulls:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        outcomes = list(pool.map(one, pulls))
+    failures: dict[str, str] = {}
+    for service, why in outcomes:
+        if why is not None:
+            failures.setdefault(service, why)
+    return failures
+
+
+def retired_hosts(desired: DesiredState, store: Store) -> list[Host]:
+    """App hosts the environment used in an earlier pass and does not use now."""
+    now = {h for s in desired.services for h in s.hosts}
+    return [h for h in store.app_hosts(desired.environment) if h.name not in now]
 
 
 def apply_pass(
@@ -90,51 +139,92 @@ def apply_pass(
     """Observe, plan and execute one pass for ``desired``; record it in the history.
 
     Services whose apply failed at this commit are held (left as they run) until a newer
-    commit or ``reconcile retry``. Raises ReconcilerError when live state cannot be read.
+    commit or ``reconcile retry``. App hosts change in rollout batches (see ``batches``):
+    each batch is observed, planned with the later batches' hosts frozen, and executed;
+    a batch with a failure ends the rollout unless ``rollout.on_failure`` is continue
+    (the failed batch's hosts then stay frozen on their old release). Raises
+    ReconcilerError when live state cannot be read.
     """
     env = desired.environment
+    rollout = desired.rollout
     store = Store(state_dir / "history.sqlite")
-    client = local_client()
+    conns = Connections(desired.hosts)
     try:
         held = store.failed_services(env, desired.commit)
-        observed = observe(desired, state_dir, external)
+        now = {h for s in desired.services for h in s.hosts}
+        retired = retired_hosts(desired, store)
+
+        def look() -> ObservedState:
+            return observe(desired, state_dir, external, conns, retired)
+
+        observed = look()
         current = plan(desired, observed, held)
-        pulls = [a for a in current.actions if isinstance(a, PullImage)]
-        pull_failures: dict[str, str] = {}
-        if pulls:
-            # Pull first, then plan again: container names depend on the resolved image ids.
-            for action in pulls:
-                try:
-                    client.images.pull(action.image)
-                except Exception as exc:  # docker raises many kinds of errors here
-                    pull_failures[action.service or ""] = f"cannot pull {action.image}: {exc}"
+        pull_failures = ensure_images(current, conns, rollout.concurrency)
+        if any(isinstance(a, PullImage) for a in current.actions):
+            # Container names depend on the image ids: plan again once they are there.
             held = {**held, **pull_failures}
-            observed = observe(desired, state_dir, external)
+            observed = look()
             current = plan(desired, observed, held)
         on_plan(current)
         run_id = store.start_run(env, desired.commit, plan_json(current, source))
-        executor = Executor(
-            desired,
-            observed,
-            client,
-            haproxies(desired, lb_paths(desired, state_dir, external)),
-            on_step=on_step,
-            health_min_s=health_min_s,
-            should_stop=should_stop,
-        )
+        result = ApplyResult()
+        offset = 0
 
         def record(step: StepResult) -> None:
+            step = replace(step, step=step.step + offset)
             store.record_step(
                 run_id, step.step, step.action.to_json(), step.status, step.detail, step.duration_s
             )
             on_step(step)
 
-        executor.on_step = record
-        result = executor.run(current)
+        groups = batches(desired, observed)
+        failed_hosts: set[str] = set()
+        for index, group in enumerate(groups):
+            later = {h for g in groups[index + 1 :] for h in g}
+            if index > 0:
+                if rollout.wait_ms and not _pause(rollout.wait_ms / 1000, should_stop):
+                    result.stopped = True
+                    break
+                observed = look()
+            step_plan = (
+                current
+                if len(groups) == 1
+                else plan(desired, observed, held, frozen=later | failed_hosts)
+            )
+            executor = Executor(
+                desired,
+                observed,
+                conns,
+                haproxies(desired, state_dir, external, conns),
+                on_step=record,
+                health_min_s=health_min_s,
+                should_stop=should_stop,
+                concurrency=rollout.concurrency,
+            )
+            done = executor.run(step_plan)
+            offset += len(step_plan.actions)
+            result.steps += done.steps
+            for service, why in done.failures.items():
+                result.failures.setdefault(service, why)
+            result.aborted |= done.aborted
+            result.stopped |= done.stopped
+            if done.aborted or done.stopped:
+                break
+            if done.failures:
+                failed_hosts |= set(group)
+                if rollout.on_failure == "stop" and index + 1 < len(groups):
+                    rest = ", ".join(h for g in groups[index + 1 :] for h in g)
+                    result.notes.append(
+                        f"rollout stopped after batch {index + 1}/{len(groups)} "
+                        f"({', '.join(group)}) failed; not rolled: {rest}"
+                    )
+                    break
         result.failures = {**pull_failures, **result.failures}
         for service, why in result.failures.items():
             if service != "haproxy":
                 store.record_failure(env, desired.commit, service, why)
+        if result.ok and not result.stopped:
+            store.set_app_hosts(env, [desired.host(h) for h in sorted(now)])
         status = (
             "failed"
             if not result.ok
@@ -149,10 +239,21 @@ def apply_pass(
             run_id,
             status,
             result.failures,
-            f"{ok_steps}/{len(current.actions)} steps ok"
-            + "".join(f"; {k} failed" for k in result.failures),
+            f"{ok_steps}/{len(result.steps)} steps ok"
+            + "".join(f"; {k} failed" for k in result.failures)
+            + "".join(f"; {n}" for n in result.notes),
         )
         return PassResult(current, result, run_id)
     finally:
-        client.close()
+        conns.close()
         store.close()
+
+
+def _pause(seconds: float, should_stop: Callable[[], bool]) -> bool:
+    """Sleep between batches; False when asked to stop meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if should_stop():
+            return False
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    return True

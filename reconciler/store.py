@@ -8,12 +8,16 @@ Nothing stored contains a secret value (plans and messages never hold one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from reconciler.model import Host, SshConnection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,6 +52,12 @@ CREATE TABLE IF NOT EXISTS failures (
     at REAL NOT NULL,
     PRIMARY KEY (environment, commit_id, service)
 );
+CREATE TABLE IF NOT EXISTS app_hosts (
+    environment TEXT NOT NULL,
+    name TEXT NOT NULL,
+    host_json TEXT NOT NULL,
+    PRIMARY KEY (environment, name)
+);
 """
 
 
@@ -70,8 +80,7 @@ class Store:
         self.db.executescript(SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
         if "failures_json" not in columns:  # a database made by an earlier version
-            self.db.execute("ALTER TABLE runs ADD COLUMN failures_json TEXT NOT NULL "
-                            "DEFAULT '{}'")
+            self.db.execute("ALTER TABLE runs ADD COLUMN failures_json TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         self.db.close()
@@ -140,6 +149,24 @@ class Store:
             )
         return cur.rowcount
 
+    def app_hosts(self, environment: str) -> list[Host]:
+        """The app hosts this environment ran containers on (as of the last pass that
+        recorded them), with how to reach them: a host later removed from the inventory
+        can still be cleaned up."""
+        rows = self.db.execute(
+            "SELECT host_json FROM app_hosts WHERE environment = ? ORDER BY name", (environment,)
+        )
+        return [host_from_json(row[0]) for row in rows.fetchall()]
+
+    def set_app_hosts(self, environment: str, hosts: Iterable[Host]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("DELETE FROM app_hosts WHERE environment = ?", (environment,))
+        self.db.executemany(
+            "INSERT INTO app_hosts VALUES (?, ?, ?)",
+            [(environment, h.name, json.dumps(dataclasses.asdict(h))) for h in hosts],
+        )
+        self.db.execute("COMMIT")
+
     def runs(self, environment: str | None = None, limit: int = 20) -> list[Run]:
         sql = (
             "SELECT id, environment, commit_id, started_at, finished_at, status, summary FROM runs"
@@ -167,3 +194,14 @@ class Store:
     def plan_of(self, run_id: int) -> dict[str, Any]:
         row = self.db.execute("SELECT plan_json FROM runs WHERE id = ?", (run_id,)).fetchone()
         return json.loads(row[0]) if row else {}
+
+
+def host_from_json(text: str) -> Host:
+    data = json.loads(text)
+    ssh = data.get("ssh")
+    return Host(
+        name=data["name"],
+        address=data["address"],
+        roles=tuple(data["roles"]),
+        ssh=SshConnection(**ssh) if ssh else None,
+    )

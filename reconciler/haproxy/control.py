@@ -1,4 +1,8 @@
-"""Control of one local HAProxy: verify, install, start, reload-and-confirm, runtime API.
+"""Control of one HAProxy: verify, install, start, reload-and-confirm, runtime API.
+
+The HAProxy runs on the host of a transport: this machine, or an LB host over SSH (the
+config is uploaded by SFTP, checked there with that host's ``haproxy -c``, renamed into
+place there, and the sockets are reached through the SSH connection).
 
 Verify, then switch: a config is written to a temporary file beside the live one, checked
 with ``haproxy -c``, and only then renamed over it (the previous one is kept as
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +30,8 @@ from reconciler.haproxy.runtime import (
     parse_stat_csv,
 )
 from reconciler.model import ServerStats
+from reconciler.transport.base import Transport, TransportError
+from reconciler.transport.local import LocalTransport
 
 
 class HAProxyError(ReconcilerError):
@@ -37,13 +42,20 @@ class HAProxy:
     """One HAProxy in master-worker mode, its files under ``paths``."""
 
     def __init__(
-        self, paths: HAProxyPaths, binary: str | None = None, timeout: float = 15.0
+        self,
+        paths: HAProxyPaths,
+        binary: str | None = None,
+        timeout: float = 15.0,
+        transport: Transport | None = None,
     ) -> None:
         self.paths = paths
-        self.binary = binary or shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.transport = transport or LocalTransport()
+        local = isinstance(self.transport, LocalTransport)
+        self.binary = binary or (shutil.which("haproxy") if local else None) or "haproxy"
         self.timeout = timeout
-        self.stats = RuntimeSocket(str(paths.stats_socket))
-        self.master = RuntimeSocket(str(paths.master_socket))
+        self.stats = RuntimeSocket(str(paths.stats_socket), transport=self.transport)
+        self.master = RuntimeSocket(str(paths.master_socket), transport=self.transport)
+        self.host = self.transport.name
 
     # ------------------------------------------------------------------ config files
 
@@ -53,31 +65,42 @@ class HAProxy:
         Raises HAProxyError with HAProxy's own message when ``haproxy -c`` refuses it
         (the temporary file is removed: nothing is installed).
         """
-        self.paths.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        t = self.transport
         tmp = self.paths.config.with_name(f".{self.paths.config.name}.{os.getpid()}.new")
-        tmp.write_text(text)
-        proc = subprocess.run(
-            [self.binary, "-c", "-f", str(tmp)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        try:
+            t.write_text(str(tmp), text)
+            proc = t.run([self.binary, "-c", "-f", str(tmp)], timeout=60)
+        except TransportError as exc:
+            raise HAProxyError(f"{self._on}cannot check the new config: {exc}") from None
         if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
+            t.unlink(str(tmp))
             detail = _alerts(proc.stderr + proc.stdout).replace(str(tmp), "<new config>")
-            raise HAProxyError(f"haproxy -c rejected the new config; nothing installed:\n{detail}")
+            raise HAProxyError(
+                f"{self._on}haproxy -c rejected the new config; nothing installed:\n{detail}"
+            )
         return tmp
 
-    def install(self, text: str) -> bool:
-        """Verify and atomically install ``text``; False when it was already installed."""
-        current = self.paths.config
-        if current.exists() and current.read_text() == text:
-            return False
-        checked = self.check(text)
-        if current.exists():
-            shutil.copy2(current, self.paths.last_good)
-        os.replace(checked, current)
+    @property
+    def _on(self) -> str:
+        return "" if isinstance(self.transport, LocalTransport) else f"LB host {self.host}: "
+
+    def install(self, text: str, checked: Path | None = None) -> bool:
+        """Verify (unless ``checked``, a path ``check`` returned for this text) and
+        atomically install ``text``; False when it was already installed."""
+        t = self.transport
+        current = str(self.paths.config)
+        try:
+            installed = t.read_text(current)
+            if installed == text:
+                if checked is not None:
+                    t.unlink(str(checked))
+                return False
+            checked = checked or self.check(text)
+            if installed is not None:
+                t.copy(current, str(self.paths.last_good))
+            t.replace(str(checked), current)
+        except TransportError as exc:
+            raise HAProxyError(f"{self._on}cannot install the new config: {exc}") from None
         return True
 
     # ------------------------------------------------------------------ process
@@ -108,7 +131,7 @@ class HAProxy:
                 "reconciler starts only its embedded HAProxy"
             )
         for sock in (self.paths.master_socket, self.paths.stats_socket):
-            sock.unlink(missing_ok=True)  # stale sockets of a dead HAProxy
+            self.transport.unlink(str(sock))  # stale sockets of a dead HAProxy
         cmd = [
             self.binary,
             "-W",
@@ -120,23 +143,33 @@ class HAProxy:
             "-p",
             str(self.paths.pid_file),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        proc = self.transport.run(cmd, timeout=60)
         if proc.returncode != 0:
-            raise HAProxyError(f"haproxy did not start: {_alerts(proc.stderr + proc.stdout)}")
+            raise HAProxyError(
+                f"{self._on}haproxy did not start: {_alerts(proc.stderr + proc.stdout)}"
+            )
         self._wait(lambda: self._answers(self.stats), "the stats socket to answer")
         self._wait(lambda: self._answers(self.master), "the master socket to answer")
 
     def stop(self) -> None:
         """Stop HAProxy (used by tests and `reconcile` teardown); no-op when not running."""
         try:
-            pid = int(self.paths.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+            pid = int((self.transport.read_text(str(self.paths.pid_file)) or "").split()[0])
+        except (TransportError, ValueError, IndexError):
             return
-        try:
-            os.kill(pid, 15)
-        except ProcessLookupError:
+        if not self._alive(pid):
             return
-        self._wait(lambda: not _alive(pid), f"HAProxy master {pid} to exit")
+        self.transport.run(["kill", "-TERM", str(pid)])
+        self._wait(lambda: not self._alive(pid), f"HAProxy master {pid} to exit")
+
+    def _alive(self, pid: int) -> bool:
+        if isinstance(self.transport, LocalTransport):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
+        return self.transport.run(["kill", "-0", str(pid)]).returncode == 0
 
     def procs(self) -> MasterProcs:
         """The master's view of its processes. The master re-executes itself on every
@@ -155,8 +188,8 @@ class HAProxy:
         try:
             self._reload_confirmed()
         except HAProxyError as exc:
-            if self.paths.last_good.exists():
-                shutil.copy2(self.paths.last_good, self.paths.config)
+            if self.transport.read_text(str(self.paths.last_good)) is not None:
+                self.transport.copy(str(self.paths.last_good), str(self.paths.config))
                 try:
                     self._reload_confirmed()
                 except HAProxyError as again:
@@ -179,7 +212,9 @@ class HAProxy:
             if after.reloads > before.reloads:
                 break
             if time.monotonic() > deadline:
-                raise HAProxyError(f"HAProxy did not report the reload within {self.timeout:.0f}s")
+                raise HAProxyError(
+                    f"{self._on}HAProxy did not report the reload within {self.timeout:.0f}s"
+                )
             time.sleep(0.05)
         if (
             after.failed_reloads > 0
@@ -187,7 +222,7 @@ class HAProxy:
             or not after.current_pids
         ):
             raise HAProxyError(
-                f"HAProxy reload failed (failed reloads {after.failed_reloads}, "
+                f"{self._on}HAProxy reload failed (failed reloads {after.failed_reloads}, "
                 f"workers {list(before.current_pids)} -> "
                 f"{list(after.current_pids)})"
             )
@@ -197,8 +232,8 @@ class HAProxy:
         """Dump runtime server states so the next worker keeps weights and drain states."""
         text = self.stats.command("show servers state")
         tmp = self.paths.server_state.with_name(".server-state.new")
-        tmp.write_text(text)
-        os.replace(tmp, self.paths.server_state)
+        self.transport.write_text(str(tmp), text)
+        self.transport.replace(str(tmp), str(self.paths.server_state))
 
     # ------------------------------------------------------------------ runtime API
 
@@ -206,7 +241,7 @@ class HAProxy:
         """Run a runtime API command that answers nothing on success; raise otherwise."""
         answer = self.stats.command(command).strip()
         if answer:
-            raise HAProxyError(f"HAProxy refused {command!r}: {answer}")
+            raise HAProxyError(f"{self._on}HAProxy refused {command!r}: {answer}")
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         self.runtime(f"set weight {backend}/{server} {weight}")
@@ -297,11 +332,3 @@ def _is_up(s: ServerStats | None) -> bool:
     # HAProxy starts a server UP; its first check may come up to `inter` later. The
     # reconciler's own health gate has passed already, so UP in HAProxy is enough here.
     return s is not None and s.status.startswith("UP")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

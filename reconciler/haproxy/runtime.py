@@ -18,6 +18,8 @@ from typing import Literal
 
 from reconciler.errors import ObserveError
 from reconciler.model import ObservedHAProxy, Pairs, ServerState, ServerStats
+from reconciler.transport.base import StreamUnavailable, Transport, TransportError
+from reconciler.transport.local import LocalTransport
 
 OpState = Literal["stopped", "starting", "running", "stopping"]
 WorkerStatus = Literal["current", "old"]
@@ -319,12 +321,14 @@ class RuntimeSocket:
 
     Every ``command`` opens a new connection, sends the command and a newline, shuts
     down its writing side (the 2.6 master CLI only answers and closes after that) and
-    reads until HAProxy closes. ``timeout`` bounds the whole exchange.
+    reads until HAProxy closes. ``timeout`` bounds the whole exchange. The socket is on
+    the host of ``transport`` (this machine when None), e.g. an LB host over SSH.
     """
 
-    def __init__(self, path: str, timeout: float = 5.0) -> None:
+    def __init__(self, path: str, timeout: float = 5.0, transport: Transport | None = None) -> None:
         self.path = path
         self.timeout = timeout
+        self.transport = transport or LocalTransport()
 
     def command(self, cmd: str) -> str:
         """The full answer to ``cmd``, decoded as UTF-8 (undecodable bytes replaced).
@@ -338,32 +342,33 @@ class RuntimeSocket:
             raise ValueError(f"refusing runtime API command {cmd!r}")
         deadline = time.monotonic() + self.timeout
         chunks: list[bytes] = []
+        where = f"HAProxy socket {self.path}"
+        if self.transport.name != "local":
+            where += f" on {self.transport.name}"
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                try:
-                    sock.connect(self.path)
-                except (FileNotFoundError, ConnectionRefusedError) as e:
-                    raise SocketUnavailable(
-                        f"HAProxy socket {self.path}: {e.strerror or e}"
-                    ) from None
-                sock.sendall(cmd.encode() + b"\n")
-                sock.shutdown(socket.SHUT_WR)
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError
-                    sock.settimeout(remaining)
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
+            sock = self.transport.open_unix(self.path, self.timeout)
+        except StreamUnavailable as e:
+            raise SocketUnavailable(f"{where}: {e}") from None
+        except TransportError as e:
+            raise ObserveError(f"{where}: {e}") from None
+        try:
+            sock.sendall(cmd.encode() + b"\n")
+            sock.shutdown(socket.SHUT_WR)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
         except TimeoutError:
-            raise ObserveError(
-                f"HAProxy socket {self.path}: no complete answer within {self.timeout}s"
-            ) from None
+            raise ObserveError(f"{where}: no complete answer within {self.timeout}s") from None
         except OSError as e:
-            raise ObserveError(f"HAProxy socket {self.path}: {e.strerror or e}") from None
+            raise ObserveError(f"{where}: {e.strerror or e}") from None
+        finally:
+            sock.close()
         return b"".join(chunks).decode("utf-8", errors="replace")
 
 
@@ -390,33 +395,37 @@ def parse_config_servers(text: str) -> tuple[ConfigServer, ...]:
     return tuple(sorted(found))
 
 
-def read_config(config_path: str | None) -> tuple[Pairs, tuple[ConfigServer, ...]]:
+def read_config(
+    config_path: str | None, transport: Transport | None = None
+) -> tuple[Pairs, tuple[ConfigServer, ...]]:
     """Section digests and server lines of the installed config; empty when there is no
     file. ``ObserveError`` naming the path when it cannot be read or its header is bad."""
     if config_path is None:
         return (), ()
     try:
-        with open(config_path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return (), ()
-    except (OSError, UnicodeDecodeError) as e:
+        text = (transport or LocalTransport()).read_text(config_path)
+    except TransportError as e:
         raise ObserveError(f"HAProxy config {config_path}: {e}") from None
+    if text is None:
+        return (), ()
     try:
         return parse_config_header(text), parse_config_servers(text)
     except ValueError as e:
         raise ObserveError(f"HAProxy config {config_path}: {e}") from None
 
 
-def observe_haproxy(host: str, stats_socket: str, config_path: str | None) -> ObservedHAProxy:
-    """Snapshot of HAProxy on this machine through its stats socket and config file.
+def observe_haproxy(
+    host: str, stats_socket: str, config_path: str | None, transport: Transport | None = None
+) -> ObservedHAProxy:
+    """Snapshot of one HAProxy through its stats socket and config file (on the host of
+    ``transport``; this machine when None).
 
     ``running`` is False (and servers/stats empty) when the socket file is missing or
     refuses connections; ``config_sections`` describes the installed config either way.
     ``ObserveError`` naming the socket when it answers late, wrongly or not at all.
     """
-    sections, config_servers = read_config(config_path)
-    sock = RuntimeSocket(stats_socket)
+    sections, config_servers = read_config(config_path, transport)
+    sock = RuntimeSocket(stats_socket, transport=transport)
     try:
         state_text = sock.command("show servers state")
     except SocketUnavailable:

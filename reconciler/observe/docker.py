@@ -101,7 +101,7 @@ def observe_host(
     )
 
 
-def _import_docker_sdk() -> None:
+def import_docker_sdk() -> None:
     """Import the Docker SDK without its optional SSH transport, which imports paramiko
     (a fifth of a second of start-up on every command) for Docker-over-SSH, which the
     reconciler does not use: a ``None`` in sys.modules makes that optional import fail
@@ -117,7 +117,7 @@ def _import_docker_sdk() -> None:
 
 def local_client(timeout: float = 10.0) -> docker.DockerClient:
     """A client for the local engine (DOCKER_HOST or the default socket)."""
-    _import_docker_sdk()
+    import_docker_sdk()
     import docker
 
     try:

@@ -1,47 +1,84 @@
-"""Observe everything a desired state touches: Docker on app hosts, HAProxy on LB hosts."""
+"""Observe everything a desired state touches: Docker on app hosts, HAProxy on LB hosts.
+
+Hosts are read in parallel (each over its own connection); the first host that cannot
+be read fails the observation with an ObserveError naming it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reconciler.errors import ObserveError
 from reconciler.haproxy.paths import HAProxyPaths
 from reconciler.haproxy.runtime import observe_haproxy
-from reconciler.model import DesiredState, ObservedHAProxy, ObservedHost, ObservedState
-from reconciler.observe.docker import local_client, observe_host
+from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
+from reconciler.observe.docker import observe_host
+from reconciler.transport.base import TransportError
+from reconciler.transport.pool import Connections
+
+MAX_PARALLEL = 16
 
 
 def lb_paths(
-    desired: DesiredState, state_dir: Path, external: HAProxyPaths | None = None
+    desired: DesiredState,
+    state_dir: Path,
+    external: HAProxyPaths | None = None,
+    host: Host | None = None,
 ) -> HAProxyPaths:
-    """The HAProxy files of the environment: ``external`` if given, else the embedded."""
-    return external or HAProxyPaths.embedded(state_dir, desired.environment)
+    """The HAProxy files of the environment on an LB host: ``external`` if given, else
+    the embedded one (under the state dir here, or under the SSH host's ``state_dir``)."""
+    if external is not None:
+        return external
+    if host is not None and host.ssh is not None:
+        return HAProxyPaths.embedded(Path(host.ssh.state_dir), desired.environment)
+    return HAProxyPaths.embedded(state_dir, desired.environment)
 
 
 def observe(
-    desired: DesiredState, state_dir: Path, external: HAProxyPaths | None = None
+    desired: DesiredState,
+    state_dir: Path,
+    external: HAProxyPaths | None = None,
+    conns: Connections | None = None,
+    retired: Iterable[Host] = (),
 ) -> ObservedState:
-    """Read live state afresh. Raises ObserveError naming the host that cannot be read."""
-    hosts: list[ObservedHost] = []
-    lbs: list[ObservedHAProxy] = []
+    """Read live state afresh. Raises ObserveError naming the host that cannot be read.
+
+    ``retired``: app hosts this environment used before that are no longer in its
+    desired state; their containers are read so that the planner removes them."""
+    own = conns is None
+    conns = conns or Connections(desired.hosts)
+    for h in (*desired.hosts, *retired):
+        conns.add(h)
     app_hosts = {h for s in desired.services for h in s.hosts}
-    for host in desired.hosts:
-        if not host.is_local:
-            raise ObserveError(
-                f"host {host.name}: SSH hosts are not supported by this "
-                "version yet; only 'connection: local' hosts can be observed"
+    apps = [h for h in desired.hosts if h.name in app_hosts] + list(retired)
+
+    def read_app(host: Host) -> ObservedHost:
+        wanted = {
+            r.spec.image for s in desired.services if host.name in s.hosts for r in s.releases
+        }
+        try:
+            return observe_host(host.name, conns.get(host.name).docker(), wanted)
+        except TransportError as exc:
+            raise ObserveError(f"host {host.name}: {exc}") from None
+
+    def read_lb(name: str) -> ObservedHAProxy:
+        host = desired.host(name)
+        paths = lb_paths(desired, state_dir, external, host)
+        try:
+            return observe_haproxy(
+                name, str(paths.stats_socket), str(paths.config), conns.get(name)
             )
-        if host.name in app_hosts:
-            wanted = {
-                r.spec.image for s in desired.services if host.name in s.hosts for r in s.releases
-            }
-            client = local_client()
-            try:
-                hosts.append(observe_host(host.name, client, wanted))
-            finally:
-                client.close()
-    for lb in desired.loadbalancers:
-        for name in lb.hosts:
-            paths = lb_paths(desired, state_dir, external)
-            lbs.append(observe_haproxy(name, str(paths.stats_socket), str(paths.config)))
+        except TransportError as exc:
+            raise ObserveError(f"LB host {name}: {exc}") from None
+
+    lb_names = [name for lb in desired.loadbalancers for name in lb.hosts]
+    try:
+        with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
+            hosts = list(pool.map(read_app, apps))
+            lbs = list(pool.map(read_lb, lb_names))
+    finally:
+        if own:
+            conns.close()
     return ObservedState(hosts=tuple(hosts), haproxy=tuple(lbs))

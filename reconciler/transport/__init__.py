@@ -1,0 +1,1 @@
+"""Transports hide where a host is: this machine (local) or another one over SSH."""

@@ -1,0 +1,391 @@
+"""A host reached over SSH (paramiko): commands, SFTP, and streams to its sockets.
+
+One SSH connection per host and pass, opened on first use and shared by every
+operation (Docker API calls, SFTP, HAProxy's CLI sockets, health probes), each over
+its own channel. Host keys are always verified: ``strict`` refuses a host that is not
+in the known_hosts file, ``accept-new`` records a new host's key there; a *changed*
+key is refused either way, before anything is sent to the host.
+
+Unix sockets on the host (the Docker engine, HAProxy's sockets) are reached through
+OpenSSH's ``direct-streamlocal@openssh.com`` channels and TCP ports through
+``direct-tcpip``, so the host needs nothing but sshd (``AllowStreamLocalForwarding``
+and ``AllowTcpForwarding``, both on by default): no docker CLI, no socat.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import shlex
+import stat
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from reconciler.model import Host
+from reconciler.transport.base import Completed, Stream, StreamUnavailable, TransportError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import docker
+    import paramiko
+
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class HostKeyRefused(TransportError):
+    """The host's key is unknown (strict checking) or differs from the known one."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint of a host key, e.g. ``ssh-ed25519 SHA256:abc...``."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+def open_streamlocal(transport: paramiko.Transport, path: str, timeout: float) -> paramiko.Channel:
+    """Open a ``direct-streamlocal@openssh.com`` channel to the Unix socket ``path``.
+
+    paramiko's ``open_channel`` only knows the TCP channel kinds; this is the same
+    request with the payload RFC-style OpenSSH defines for Unix sockets (string path,
+    string reserved, uint32 reserved). Raises StreamUnavailable when the server cannot
+    connect to the socket (missing, refused, or forwarding disabled).
+    """
+    import paramiko
+    from paramiko.common import cMSG_CHANNEL_OPEN
+
+    # paramiko's private channel bookkeeping, as open_channel itself uses it (checked
+    # against paramiko 3.4-5.x; the integration tests exercise it on every run).
+    t: Any = transport
+    if not t.is_active():
+        raise TransportError("SSH session not active")
+    with t.lock:
+        window = t._sanitize_window_size(None)
+        packet = t._sanitize_packet_size(None)
+        chanid = t._next_channel()
+        m = paramiko.Message()
+        m.add_byte(cMSG_CHANNEL_OPEN)
+        m.add_string("direct-streamlocal@openssh.com")
+        m.add_int(chanid)
+        m.add_int(window)
+        m.add_int(packet)
+        m.add_string(path)
+        m.add_string("")
+        m.add_int(0)
+        chan: Any = paramiko.Channel(chanid)
+        t._channels.put(chanid, chan)
+        event = threading.Event()
+        t.channel_events[chanid] = event
+        t.channels_seen[chanid] = True
+        chan._set_transport(t)
+        chan._set_window(window, packet)
+    t._send_user_message(m)
+    deadline = time.monotonic() + timeout
+    while not event.wait(0.05):
+        if not t.is_active():
+            raise TransportError("SSH connection closed while opening a channel")
+        if time.monotonic() > deadline:
+            raise TransportError(f"{path}: no answer to the channel request within {timeout}s")
+    opened: paramiko.Channel | None = t._channels.get(chanid)
+    if opened is None:
+        raise StreamUnavailable(f"{path}: the host could not connect to the socket")
+    return opened
+
+
+class _Policy:
+    """Missing-host-key policy: refuse (strict) or record the key (accept-new)."""
+
+    def __init__(self, host: Host, known_hosts: str, accept_new: bool) -> None:
+        self.host = host
+        self.known_hosts = known_hosts
+        self.accept_new = accept_new
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        if not self.accept_new:
+            raise HostKeyRefused(
+                f"host {self.host.name} ({hostname}): its host key {fingerprint(key)} is not "
+                f"in {self.known_hosts}; refusing to connect (host_key_checking: strict). "
+                "Add the key after checking it out of band (e.g. ssh-keyscan on the host "
+                "itself), or set host_key_checking: accept-new"
+            )
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        client.save_host_keys(self.known_hosts)
+
+
+class SshTransport:
+    """One host over one SSH connection; thread-safe (each operation its own channel)."""
+
+    def __init__(self, host: Host, timeout: float = 10.0) -> None:
+        if host.ssh is None:
+            raise ValueError(f"host {host.name} has no SSH connection")
+        self.name = host.name
+        self.host = host
+        self.ssh = host.ssh
+        self.timeout = timeout
+        self.docker_socket = host.ssh.docker_socket or DEFAULT_DOCKER_SOCKET
+        self._lock = threading.Lock()
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._docker: docker.DockerClient | None = None
+
+    @property
+    def where(self) -> str:
+        return f"host {self.name} ({self.ssh.user}@{self.host.address}:{self.ssh.port})"
+
+    # ------------------------------------------------------------------ connection
+
+    def connect(self) -> paramiko.Transport:
+        """The SSH transport, connecting (and verifying the host key) on first use."""
+        import paramiko
+
+        with self._lock:
+            if self._client is not None:
+                t = self._client.get_transport()
+                if t is not None and t.is_active():
+                    return t
+                self._client.close()
+                self._client = None
+            known = os.path.expanduser(self.ssh.known_hosts or "~/.ssh/known_hosts")
+            client = paramiko.SSHClient()
+            accept_new = self.ssh.host_key_checking == "accept-new"
+            try:
+                if accept_new and not os.path.exists(known):
+                    os.makedirs(os.path.dirname(known) or ".", mode=0o700, exist_ok=True)
+                    with open(known, "a"):
+                        pass
+                client.load_host_keys(known)
+            except OSError as exc:
+                raise HostKeyRefused(
+                    f"{self.where}: cannot read known_hosts {known}: {exc.strerror or exc}; "
+                    "refusing to connect without a host key to check"
+                ) from None
+            client.set_missing_host_key_policy(_Policy(self.host, known, accept_new))  # type: ignore[arg-type]
+            key = os.path.expanduser(self.ssh.key) if self.ssh.key else None
+            try:
+                client.connect(
+                    self.host.address,
+                    port=self.ssh.port,
+                    username=self.ssh.user,
+                    key_filename=key,
+                    look_for_keys=key is None,
+                    timeout=self.timeout,
+                    banner_timeout=self.timeout,
+                    auth_timeout=self.timeout,
+                )
+            except HostKeyRefused:
+                client.close()
+                raise
+            except paramiko.BadHostKeyException as exc:
+                client.close()
+                raise HostKeyRefused(
+                    f"{self.where}: HOST KEY MISMATCH: {known} has {fingerprint(exc.expected_key)}"
+                    f" but the host offered {fingerprint(exc.key)}; refusing to connect "
+                    "(someone may be intercepting the connection). If the host's key was "
+                    f"changed on purpose, replace its line in {known}"
+                ) from None
+            except paramiko.AuthenticationException as exc:
+                client.close()
+                raise TransportError(f"{self.where}: authentication failed: {exc}") from None
+            except (paramiko.SSHException, OSError) as exc:
+                client.close()
+                raise TransportError(f"{self.where}: cannot connect: {exc}") from None
+            transport = client.get_transport()
+            assert transport is not None
+            transport.set_keepalive(15)
+            self._client = client
+            return transport
+
+    def close(self) -> None:
+        with self._lock:
+            if self._docker is not None:
+                self._docker.close()
+                self._docker = None
+            if self._sftp is not None:
+                self._sftp.close()
+                self._sftp = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # ------------------------------------------------------------------ commands
+
+    def run(self, argv: Sequence[str], timeout: float = 60.0) -> Completed:
+        """Run ``argv`` on the host. The remote side gets one command line made of the
+        arguments each quoted with ``shlex.quote``: nothing in them is interpreted."""
+        import paramiko
+
+        command = shlex.join(argv)
+        transport = self.connect()
+        try:
+            chan = transport.open_session(timeout=self.timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            out = _read_all(chan.makefile("rb"))
+            err = _read_all(chan.makefile_stderr("rb"))
+            code = chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, OSError) as exc:
+            raise TransportError(f"{self.where}: cannot run {argv[0]}: {exc}") from None
+        return Completed(tuple(argv), code, out, err)
+
+    # ------------------------------------------------------------------ streams
+
+    def open_unix(self, path: str, timeout: float) -> Stream:
+        chan = open_streamlocal(self.connect(), path, timeout)
+        chan.settimeout(timeout)
+        return chan
+
+    def open_tcp(self, address: str, port: int, timeout: float) -> Stream:
+        import paramiko
+
+        try:
+            chan = self.connect().open_channel(
+                "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout
+            )
+        except paramiko.ChannelException as exc:
+            raise StreamUnavailable(f"{address}:{port} from {self.name}: {exc}") from None
+        except paramiko.SSHException as exc:
+            raise TransportError(f"{address}:{port} from {self.name}: {exc}") from None
+        chan.settimeout(timeout)
+        return chan
+
+    # ------------------------------------------------------------------ files (SFTP)
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        transport = self.connect()
+        with self._lock:
+            if self._sftp is None:
+                import paramiko
+
+                self._sftp = paramiko.SFTPClient.from_transport(transport)
+                assert self._sftp is not None
+            return self._sftp
+
+    def _files(self, what: str, path: str, op: Any) -> Any:
+        sftp = self._sftp_client()
+        try:
+            with self._lock:  # one SFTP request at a time: the client is not thread-safe
+                return op(sftp)
+        except OSError as exc:
+            raise TransportError(f"{self.where}: cannot {what} {path}: {exc}") from None
+
+    def read_text(self, path: str) -> str | None:
+        def op(sftp: paramiko.SFTPClient) -> str | None:
+            try:
+                with sftp.open(path, "r") as f:
+                    return bytes(f.read()).decode("utf-8", errors="replace")
+            except FileNotFoundError:
+                return None
+
+        result: str | None = self._files("read", path, op)
+        return result
+
+    def write_text(self, path: str, text: str, mode: int = 0o640) -> None:
+        def op(sftp: paramiko.SFTPClient) -> None:
+            _makedirs(sftp, os.path.dirname(path))
+            with sftp.open(path, "w") as f:
+                f.write(text.encode())
+            sftp.chmod(path, mode)
+
+        self._files("write", path, op)
+
+    def replace(self, src: str, dst: str) -> None:
+        self._files("rename", src, lambda sftp: sftp.posix_rename(src, dst))
+
+    def copy(self, src: str, dst: str) -> None:
+        done = self.run(["cp", "-p", "--", src, dst])
+        if done.returncode != 0:
+            raise TransportError(f"{self.where}: cannot copy {src}: {done.stderr.strip()}")
+
+    def unlink(self, path: str) -> None:
+        def op(sftp: paramiko.SFTPClient) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(path)
+
+        self._files("remove", path, op)
+
+    # ------------------------------------------------------------------ Docker
+
+    def docker(self) -> docker.DockerClient:
+        with self._lock:
+            if self._docker is not None:
+                return self._docker
+        client = docker_over(lambda: self.open_unix(self.docker_socket, self.timeout), self.where)
+        with self._lock:
+            self._docker = client
+        return client
+
+
+def _read_all(f: Any) -> str:
+    return bytes(f.read()).decode("utf-8", errors="replace")
+
+
+def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+    if not path or path == "/":
+        return
+    try:
+        if stat.S_ISDIR(sftp.stat(path).st_mode or 0):
+            return
+    except FileNotFoundError:
+        pass
+    _makedirs(sftp, os.path.dirname(path))
+    sftp.mkdir(path, mode=0o750)
+
+
+def docker_over(opener: Any, where: str, timeout: int = 60) -> docker.DockerClient:
+    """A Docker client whose every HTTP connection is a stream from ``opener()``.
+
+    Built on the SDK's Unix-socket adapter (same pooling and request handling); only
+    how a connection is opened differs. The API version is negotiated once, like
+    ``version="auto"`` does."""
+    from reconciler.observe.docker import import_docker_sdk
+
+    import_docker_sdk()
+    import docker
+    import docker.errors
+    import urllib3
+    from docker.transport.unixconn import (
+        UnixHTTPAdapter,
+        UnixHTTPConnection,
+        UnixHTTPConnectionPool,
+    )
+
+    class Connection(UnixHTTPConnection):  # type: ignore[misc]
+        def connect(self) -> None:
+            sock = opener()
+            sock.settimeout(self.timeout)
+            self.sock = sock
+
+    class Pool(UnixHTTPConnectionPool):  # type: ignore[misc]
+        def _new_conn(self) -> Connection:
+            return Connection(self.base_url, self.socket_path, self.timeout)
+
+    class Adapter(UnixHTTPAdapter):  # type: ignore[misc]
+        def get_connection(self, url: Any, proxies: Any = None) -> Pool:
+            with self.pools.lock:
+                pool = self.pools.get(url)
+                if pool:
+                    return pool  # type: ignore[no-any-return]
+                pool = Pool(url, self.socket_path, self.timeout, maxsize=self.max_pool_size)
+                self.pools[url] = pool
+            return pool
+
+    del urllib3
+    # The base URL is a placeholder: no request goes to it, the adapter replaces it.
+    client = docker.DockerClient(base_url="unix:///nonexistent", version="1.24", timeout=timeout)
+    client.api.mount("http+docker://", Adapter("http+unix:///nonexistent", timeout))
+    try:
+        server = client.api.version(api_version=False)["ApiVersion"]
+    except (docker.errors.DockerException, OSError, TransportError) as exc:
+        client.close()
+        raise TransportError(f"{where}: cannot reach the Docker engine: {exc}") from None
+    from docker.constants import DEFAULT_DOCKER_API_VERSION
+    from docker.utils import version_lt
+
+    client.api._version = (
+        server if version_lt(server, DEFAULT_DOCKER_API_VERSION) else DEFAULT_DOCKER_API_VERSION
+    )
+    return client
