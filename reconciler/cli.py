@@ -237,7 +237,7 @@ def _run_apply(
                 mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[step.status]
                 detail = f" - {step.detail}" if step.detail else ""
                 click.echo(
-                    f"  [{step.step:>3}] {mark:<7} {step.action.describe()} "
+                    f"  [{step.step:>3}] {mark:<7} {step.action.host}: {step.action.describe()} "
                     f"({step.duration_s:.1f}s){detail}"
                 )
 

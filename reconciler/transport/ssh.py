@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import shlex
 import stat
@@ -34,6 +35,17 @@ if TYPE_CHECKING:
     import paramiko
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class _QuietChannelRefusals(logging.Filter):
+    """paramiko logs every refused channel open at ERROR; a refused socket is an
+    ordinary answer here (e.g. HAProxy not running yet) and is raised as such."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED" not in record.getMessage()
+
+
+logging.getLogger("paramiko.transport").addFilter(_QuietChannelRefusals())
 
 
 class HostKeyRefused(TransportError):

@@ -1,0 +1,161 @@
+"""A manifests repository for a fleet of simulated SSH hosts (hosts_support): app hosts
+running one service `web` behind an HAProxy on its own LB host, all reached over SSH
+only. Used by tests/integration/test_ssh_hosts.py and bench/hosts_bench.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from hosts_support import SimHost, SimHosts
+from repo_support import commit, git
+
+from reconciler import identity
+from reconciler.cli import main
+
+HEADER = "apiVersion: reconciler/v1\n"
+
+
+def _ssh(sim: SimHosts, h: SimHost, known_hosts: Path | None = None) -> dict[str, Any]:
+    return {
+        "ssh": {
+            "user": "root",
+            "key": str(sim.key),
+            "known_hosts": str(known_hosts or sim.known_hosts),
+            "docker_socket": h.docker_socket,
+            "state_dir": h.state_dir,
+        }
+    }
+
+
+@dataclass
+class Fleet:
+    """One environment on simulated hosts: ``apps`` run web, ``lb`` runs HAProxy."""
+
+    root: Path
+    sim: SimHosts
+    apps: list[SimHost]
+    lb: SimHost
+    env: str = field(default_factory=lambda: f"ssh{uuid.uuid4().hex[:6]}")
+    port: int = 8080
+    revisions: list[tuple[str, int]] = field(default_factory=lambda: [("v1", 100)])
+    rollout: dict[str, Any] = field(default_factory=dict)
+    known_hosts: dict[str, Path] = field(default_factory=dict)  # host -> other file
+    inventory_extra: list[SimHost] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.repo = self.root / "manifests"
+        self.repo.mkdir(parents=True)
+        self.state = self.root / "state"
+        git(self.repo, "init", "-q", "-b", "main")
+        self.write("initial fleet")
+
+    # ---------------------------------------------------------------- manifests
+
+    def write(self, message: str) -> str:
+        hosts = {h.name: h for h in [*self.apps, *self.inventory_extra]}
+        inventory = [
+            {
+                "name": h.name,
+                "address": h.address,
+                "roles": ["app"],
+                "connection": _ssh(self.sim, h, self.known_hosts.get(h.name)),
+            }
+            for h in sorted(hosts.values(), key=lambda h: h.index)
+        ]
+        inventory.append(
+            {
+                "name": self.lb.name,
+                "address": self.lb.address,
+                "roles": ["lb"],
+                "connection": _ssh(self.sim, self.lb, self.known_hosts.get(self.lb.name)),
+            }
+        )
+        files = {
+            "inventory.yaml": {"kind": "Inventory", "hosts": inventory},
+            "loadbalancer.yaml": {
+                "kind": "LoadBalancer",
+                "name": "edge",
+                "hosts": [self.lb.name],
+                "frontends": [
+                    {
+                        "name": "http",
+                        "bind": f"{self.lb.address}:{self.port}",
+                        "default_service": "web",
+                    }
+                ],
+            },
+            "services/web.yaml": {
+                "kind": "Service",
+                "name": "web",
+                "image": "sample-app",
+                "releases": [{"revision": r, "weight": w} for r, w in self.revisions],
+                "replicas": 1,
+                "hosts": [h.name for h in self.apps],
+                "port": 8080,
+                "health": {"http": "/healthz", "interval": "500ms", "timeout": "1s", "retries": 3},
+                "env": {"GREETING": "hello from the fleet"},
+                "stop_grace_period": "2s",
+                "loadbalancing": {"drain_timeout": "5s"},
+            },
+            f"environments/{self.env}.yaml": {
+                "kind": "Environment",
+                "name": self.env,
+                **({"rollout": self.rollout} if self.rollout else {}),
+            },
+        }
+        for rel, doc in files.items():
+            path = self.repo / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # JSON is YAML: no quoting surprises in generated manifests.
+            path.write_text(HEADER + "\n".join(f"{k}: {json.dumps(v)}" for k, v in doc.items()) + "\n")
+        return commit(self.repo, message)
+
+    # ---------------------------------------------------------------- CLI
+
+    def cli(self, *args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(
+            main,
+            [*args, "--repo", str(self.repo), "--env", self.env, "--state-dir", str(self.state)],
+        )
+        if r.exception and not isinstance(r.exception, SystemExit):
+            raise r.exception
+        return r.exit_code, r.stdout + r.stderr
+
+    def apply(self, *extra: str) -> tuple[int, str]:
+        return self.cli("apply", "--health-timeout", "15", *extra)
+
+    # ---------------------------------------------------------------- world
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.lb.address}:{self.port}/"
+
+    def containers(self, host: SimHost) -> list[Any]:
+        """This environment's containers on ``host``, read from its own engine directly."""
+        return host.docker().containers.list(
+            all=True, filters={"label": f"{identity.ENVIRONMENT}={self.env}"}
+        )
+
+    def revisions_on(self, host: SimHost) -> list[str]:
+        return sorted(c.labels[identity.REVISION] for c in self.containers(host))
+
+    def haproxy_config(self) -> str:
+        path = Path(self.lb.state_dir) / self.env / "haproxy" / "haproxy.cfg"
+        return path.read_text() if path.exists() else ""
+
+    def cleanup(self) -> None:
+        """Stop the LB host's HAProxy (same PID namespace as ours) and the containers."""
+        pid_file = Path(self.lb.state_dir) / self.env / "haproxy" / "haproxy.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+                os.kill(int(pid_file.read_text().split()[0]), 15)
+        for h in {h.name: h for h in [*self.apps, *self.inventory_extra]}.values():
+            for c in self.containers(h):
+                c.remove(force=True)

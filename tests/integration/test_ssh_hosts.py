@@ -1,0 +1,215 @@
+"""Many hosts over SSH, for real: 3 app hosts and 1 LB host, each a network namespace
+with its own dockerd and its own sshd (hosts_support). The reconciler reaches every
+host only through SSH (Docker API over streamlocal channels, SFTP, remote commands);
+the images are copied to the hosts' engines over SSH (no registry in this module).
+
+The scenarios build on each other (one set of hosts for the module, ~1 min in all):
+first deploy on h1+h2; h3 added; a release rolled host by host under load; a host whose
+new release is unhealthy stops the rollout; host keys changed or unknown are refused;
+h3 removed from the inventory is drained, then its containers removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+from fleet_support import Fleet
+from hosts_support import SimHosts, main_engine, start_hosts
+from load_support import HeyLoad
+
+pytestmark = pytest.mark.integration
+
+STEP = re.compile(r"^\s+\[\s*(\d+)\] (\w+)\s+([\w-]+): (.*)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimHosts]:
+    hosts = start_hosts(4)
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(sim: SimHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    h1, h2, h3, h4 = sim.hosts
+    f = Fleet(tmp_path_factory.mktemp("fleet"), sim, apps=[h1, h2], lb=h4, inventory_extra=[h3])
+    try:
+        yield f
+    finally:
+        f.cleanup()
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def steps(output: str) -> list[tuple[int, str, str, str]]:
+    """(step, status, host, what) of each step line of `reconcile apply`."""
+    return [(int(n), status, host, text) for n, status, host, text in STEP.findall(output)]
+
+
+def test_first_deploy_over_ssh(fleet: Fleet, sim: SimHosts) -> None:
+    h1, h2, h3, _ = sim.hosts
+    code, out = fleet.cli("plan")
+    assert code == 2 and "copy" not in out, out
+    code, out = fleet.apply()
+    assert code == 0, out
+    assert fleet.revisions_on(h1) == ["v1"] and fleet.revisions_on(h2) == ["v1"]
+    assert fleet.revisions_on(h3) == []  # in the inventory, used by no service yet
+    # The image reached each host's own engine with the same id (saved here, loaded there).
+    local_id = main_engine().images.get("sample-app:v1").id
+    assert h1.docker().images.get("sample-app:v1").id == local_id
+    # 10.213.0.14 exists only in h4's namespace: HAProxy was started there, over SSH.
+    assert "revision=v1" in get(fleet.url)
+    cfg = fleet.haproxy_config()
+    assert "server h1." in cfg and f"{h1.address}:" in cfg and f"{h2.address}:" in cfg
+    code, out = fleet.apply()
+    assert code == 0 and "No changes" in out, out
+    code, out = fleet.cli("plan")
+    assert code == 0, out
+
+
+def test_new_host_is_brought_to_the_desired_state(fleet: Fleet, sim: SimHosts) -> None:
+    h1, h2, h3, _ = sim.hosts
+    fleet.apps = [h1, h2, h3]
+    fleet.write("web on h3 too")
+    code, out = fleet.apply()
+    assert code == 0, out
+    assert fleet.revisions_on(h3) == ["v1"]
+    assert "server h3." in fleet.haproxy_config()
+    assert fleet.revisions_on(h1) == ["v1"]  # untouched
+
+
+def test_release_rolls_host_by_host_under_load(fleet: Fleet, sim: SimHosts) -> None:
+    h1, h2, h3, _ = sim.hosts
+    fleet.revisions = [("v2", 100)]
+    fleet.rollout = {"limit": 1, "wait": "500ms"}
+    fleet.write("v2, one host at a time")
+    with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
+        code, out = fleet.apply()
+        report = load.stop()
+    print(report.summary())
+    assert code == 0, out
+    assert report.failed == 0 and report.non_2xx == 0, report.summary()
+    assert report.responses > 500, report.summary()
+    for h in (h1, h2, h3):
+        assert fleet.revisions_on(h) == ["v2"], h.name
+    # Batches: each host's new container starts only after the previous host switched.
+    done = [s for s in steps(out) if s[1] == "ok"]
+    starts = [(n, host) for n, _, host, text in done if text.startswith("start container")]
+    assert [host for _, host in starts] == ["h1", "h2", "h3"], out
+    reloads = [n for n, _, _, text in done if "reload" in text]
+    starts = [n for n, _ in starts]  # type: ignore[misc]
+    assert all(any(a < r < b for r in reloads) for a, b in itertools.pairwise(starts)), out
+
+
+def _bad_image_on(host_client: object) -> str:
+    """Tag, on one host only, a sample-app:v3 whose health check fails."""
+    client = host_client
+    dockerfile = b"FROM sample-app:v2\nENV FAIL_HEALTH=1\n"
+    import io
+
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag="sample-app:v3", rm=True)  # type: ignore[attr-defined]
+    return str(image.id)
+
+
+def test_unhealthy_host_stops_the_rollout(fleet: Fleet, sim: SimHosts) -> None:
+    h1, h2, h3, _ = sim.hosts
+    _bad_image_on(h2.docker())
+    fleet.revisions = [("v3", 100)]
+    fleet.rollout = {"limit": 1, "on_failure": "stop"}
+    fleet.write("v3 (h2's image is broken)")
+    with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
+        code, out = fleet.apply()
+        report = load.stop()
+    print(report.summary())
+    assert code == 1, out
+    assert "host h2" in out and "not healthy" in out and "HTTP 503" in out, out
+    assert "rollout stopped after batch 2/3" in out, out
+    assert fleet.revisions_on(h1) == ["v3"]  # batch 1 switched
+    assert fleet.revisions_on(h2) == ["v2"]  # failed: its new container removed
+    assert fleet.revisions_on(h3) == ["v2"]  # never reached
+    assert "h2." in fleet.haproxy_config() and "h3." in fleet.haproxy_config()
+    # The LB kept serving through it all; the broken container never got traffic.
+    assert report.failed == 0 and report.non_2xx == 0, report.summary()
+    assert re.search(r"revision=v[23]", get(fleet.url))
+
+
+def _wrong_key_file(tmp: Path, sim: SimHosts, address: str) -> Path:
+    other = paramiko.Ed25519Key.from_private_key_file(str(sim.key))  # a key, not h3's
+    lines = [
+        line for line in sim.known_hosts.read_text().splitlines() if not line.startswith(address + " ")
+    ]
+    lines.append(f"{address} {other.get_name()} {other.get_base64()}")
+    path = tmp / "known_hosts.wrong"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_host_key_mismatch_and_unknown_host_are_refused(
+    fleet: Fleet, sim: SimHosts, tmp_path: Path
+) -> None:
+    h1, h2, h3, _ = sim.hosts
+    before = {h.name: sorted(c.id for c in fleet.containers(h)) for h in (h1, h2, h3)}
+    fleet.known_hosts = {"h3": _wrong_key_file(tmp_path, sim, h3.address)}
+    fleet.write("h3's known key is wrong")
+    code, out = fleet.apply()
+    assert code == 1, out
+    assert "host h3" in out and "HOST KEY MISMATCH" in out and "refusing" in out, out
+    unknown = tmp_path / "known_hosts.partial"
+    unknown.write_text(
+        "".join(
+            line + "\n"
+            for line in sim.known_hosts.read_text().splitlines()
+            if not line.startswith(h3.address + " ")
+        )
+    )
+    fleet.known_hosts = {"h3": unknown}
+    fleet.write("h3 is not in known_hosts")
+    code, out = fleet.apply()
+    assert code == 1 and "host h3" in out and "is not in" in out and "strict" in out, out
+    after = {h.name: sorted(c.id for c in fleet.containers(h)) for h in (h1, h2, h3)}
+    assert after == before  # nothing changed on any host
+
+
+def test_removed_host_is_drained_then_cleaned(fleet: Fleet, sim: SimHosts) -> None:
+    h1, h2, h3, _ = sim.hosts
+    fleet.known_hosts = {}
+    fleet.apps = [h1, h2]
+    fleet.inventory_extra = []  # h3 leaves the inventory altogether
+    fleet.revisions = [("v2", 100)]
+    fleet.write("h3 retired; back to v2")
+    with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
+        code, out = fleet.apply()
+        report = load.stop()
+    print(report.summary())
+    assert code == 0, out
+    assert report.failed == 0 and report.non_2xx == 0, report.summary()
+    assert fleet.revisions_on(h3) == []
+    assert "h3." not in fleet.haproxy_config()
+    assert fleet.revisions_on(h1) == ["v2"] and fleet.revisions_on(h2) == ["v2"]
+    drains = [n for n, _, _, text in steps(out) if text.startswith("drain be_web/h3.")]
+    removals = [n for n, _, host, text in steps(out) if host == "h3" and "remove" in text]
+    assert drains and removals and max(drains) < min(removals), out
+    code, out = fleet.apply()
+    assert code == 0 and "No changes" in out, out
+
+
+def test_no_process_left_in_the_lb_namespace_but_haproxy(sim: SimHosts) -> None:
+    lb = sim.hosts[3]
+    pids = subprocess.run(
+        ["ip", "netns", "pids", lb.netns], capture_output=True, text=True, check=True
+    ).stdout.split()
+    names = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if Path(f"/proc/{p}").exists()}
+    assert "haproxy" in names, names
