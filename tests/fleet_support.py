@@ -44,6 +44,7 @@ class Fleet:
     lb: SimHost
     env: str = field(default_factory=lambda: f"ssh{uuid.uuid4().hex[:6]}")
     port: int = 8080
+    image: str = "sample-app"
     revisions: list[tuple[str, int]] = field(default_factory=lambda: [("v1", 100)])
     rollout: dict[str, Any] = field(default_factory=dict)
     known_hosts: dict[str, Path] = field(default_factory=dict)  # host -> other file
@@ -94,7 +95,7 @@ class Fleet:
             "services/web.yaml": {
                 "kind": "Service",
                 "name": "web",
-                "image": "sample-app",
+                "image": self.image,
                 "releases": [{"revision": r, "weight": w} for r, w in self.revisions],
                 "replicas": 1,
                 "hosts": [h.name for h in self.apps],

@@ -21,7 +21,7 @@ from pathlib import Path
 import paramiko
 import pytest
 from fleet_support import Fleet
-from hosts_support import SimHosts, main_engine, start_hosts
+from hosts_support import SimHosts, main_engine, push_image, start_hosts, start_registry
 from load_support import HeyLoad
 
 pytestmark = pytest.mark.integration
@@ -204,6 +204,23 @@ def test_removed_host_is_drained_then_cleaned(fleet: Fleet, sim: SimHosts) -> No
     assert drains and removals and max(drains) < min(removals), out
     code, out = fleet.apply()
     assert code == 0 and "No changes" in out, out
+
+
+def test_images_come_from_a_registry_when_named(fleet: Fleet, sim: SimHosts) -> None:
+    h1, h2, h3, _ = sim.hosts
+    start_registry(sim)
+    ref = push_image(sim, "sample-app:v3", via=h3)  # h3 is out of the fleet by now
+    fleet.image = ref.rsplit(":", 1)[0]
+    fleet.revisions = [("v3", 100)]
+    fleet.write("v3 from the registry")
+    code, out = fleet.cli("plan")
+    assert code == 2 and out.count(f"pull image {ref}") == 2, out
+    code, out = fleet.apply()
+    assert code == 0, out
+    for h in (h1, h2):
+        assert fleet.revisions_on(h) == ["v3"]
+        assert ref in h.docker().images.get(ref).tags  # pulled by the host's own engine
+    assert "revision=v3" in get(fleet.url)
 
 
 def test_no_process_left_in_the_lb_namespace_but_haproxy(sim: SimHosts) -> None:
