@@ -85,6 +85,10 @@ class ApplyResult:
         return not self.failures and not self.aborted
 
 
+# Steps that run side by side (see ``Executor._parallel``).
+_PARALLEL = (StartContainer, RemoveContainer, PullImage, DrainServer, RemoveServer)
+
+
 class _Abort(Exception):
     """Stop the run: HAProxy could not take a config; later steps would be unsafe."""
 
@@ -174,7 +178,7 @@ class Executor:
                     # (the order of the phases guarantees it); the next pass goes on.
                     self.result.stopped = True
                     break
-                if isinstance(action, StartContainer | RemoveContainer | PullImage):
+                if isinstance(action, _PARALLEL):
                     j = i
                     while j < len(actions) and type(actions[j][1]) is type(action):
                         j += 1
@@ -208,7 +212,12 @@ class Executor:
         reported in plan order once all are done."""
         by_host: dict[str, list[tuple[int, Action]]] = defaultdict(list)
         for step, action in batch:
-            by_host[action.host].append((step, action))
+            # Servers of one LB host are independent of each other: drained (and
+            # deleted) side by side, not one after the other.
+            key = action.host
+            if isinstance(action, DrainServer | RemoveServer):
+                key += "/" + action.server
+            by_host[key].append((step, action))
 
         def run_host(items: list[tuple[int, Action]]) -> list[StepResult]:
             return [self._step(step, action) for step, action in items]
@@ -414,18 +423,22 @@ class Executor:
         return None
 
     def _remove_server(self, a: RemoveServer) -> str | None:
-        self.table.get(a.host, {}).pop((a.backend, a.server), None)
+        with self.lock:
+            self.table.get(a.host, {}).pop((a.backend, a.server), None)
         lb = self.haproxies[a.host]
         try:
             lb.delete_server(a.backend, a.server, timeout=self.drain_s.get(a.service or "", 30))
         except HAProxyError as exc:
-            self.needs_reload.add(a.host)  # the config without it is loaded instead
+            with self.lock:
+                self.needs_reload.add(a.host)  # the config without it is loaded instead
             return f"{exc}; HAProxy will be reloaded instead"
         return None
 
     def _set_table_weight(self, lb_host: str, backend: str, server: str, weight: int) -> None:
-        table = self.table.setdefault(lb_host, {})
-        if (backend, server) in table:
+        with self.lock:
+            table = self.table.setdefault(lb_host, {})
+            if (backend, server) not in table:
+                return
             old = table[(backend, server)]
             table[(backend, server)] = RenderServer(
                 old.backend, old.name, old.address, old.port, weight

@@ -237,23 +237,26 @@ class HAProxy:
 
     # ------------------------------------------------------------------ runtime API
 
-    def runtime(self, command: str) -> None:
-        """Run a runtime API command that answers nothing on success; raise otherwise."""
-        answer = self.stats.command(command).strip()
+    def runtime(self, *commands: str) -> None:
+        """Run runtime API commands (in one connection) that answer nothing on success;
+        raise with HAProxy's answer otherwise."""
+        answer = self.stats.commands(list(commands)).strip()
         if answer:
-            raise HAProxyError(f"{self._on}HAProxy refused {command!r}: {answer}")
+            raise HAProxyError(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
-        self.runtime(f"set weight {backend}/{server} {weight}")
-        self.runtime(f"set server {backend}/{server} state ready")
+        self.runtime(
+            f"set weight {backend}/{server} {weight}", f"set server {backend}/{server} state ready"
+        )
 
     def delete_server(self, backend: str, server: str, timeout: float) -> None:
         """Put the server in maintenance and delete it; HAProxy refuses while it still has
         connections, so retry until ``timeout``. Raises HAProxyError if it never goes."""
-        self.runtime(f"set server {backend}/{server} state maint")
         deadline = time.monotonic() + timeout
+        first = [f"set server {backend}/{server} state maint"]
         while True:
-            answer = self.stats.command(f"del server {backend}/{server}").strip()
+            answer = self.stats.commands([*first, f"del server {backend}/{server}"]).strip()
+            first = []
             if answer.startswith("Server deleted") or "No such" in answer:
                 return
             if time.monotonic() > deadline:
@@ -275,8 +278,9 @@ class HAProxy:
         return total
 
     def drain(self, backend: str, server: str) -> None:
-        self.runtime(f"set weight {backend}/{server} 0")
-        self.runtime(f"set server {backend}/{server} state drain")
+        self.runtime(
+            f"set weight {backend}/{server} 0", f"set server {backend}/{server} state drain"
+        )
 
     def server_stats(self) -> tuple[ServerStats, ...]:
         return parse_stat_csv(self.stats.command("show stat"))
