@@ -179,10 +179,12 @@ def apply_pass(
 
         groups = batches(desired, observed)
         failed_hosts: set[str] = set()
+        changed = False
         for index, group in enumerate(groups):
             later = {h for g in groups[index + 1 :] for h in g}
             if index > 0:
-                if rollout.wait_ms and not _pause(rollout.wait_ms / 1000, should_stop):
+                pause = rollout.wait_ms / 1000 if changed else 0  # not after an idle batch
+                if pause and not _pause(pause, should_stop):
                     result.stopped = True
                     break
                 observed = look()
@@ -202,6 +204,7 @@ def apply_pass(
                 concurrency=rollout.concurrency,
             )
             done = executor.run(step_plan)
+            changed = not step_plan.empty
             offset += len(step_plan.actions)
             result.steps += done.steps
             for service, why in done.failures.items():
@@ -224,7 +227,10 @@ def apply_pass(
             if service != "haproxy":
                 store.record_failure(env, desired.commit, service, why)
         if result.ok and not result.stopped:
-            store.set_app_hosts(env, [desired.host(h) for h in sorted(now)])
+            # Retired hosts that could not be reached stay remembered for a later pass.
+            seen = {h.name for h in observed.hosts}
+            unreached = [h for h in retired if h.name not in seen]
+            store.set_app_hosts(env, [*(desired.host(h) for h in sorted(now)), *unreached])
         status = (
             "failed"
             if not result.ok

@@ -130,6 +130,16 @@ class HAProxy:
                 "running; start it in master-worker mode (-W -S <socket>): the "
                 "reconciler starts only its embedded HAProxy"
             )
+        pid = self._recorded_pid()
+        if pid is not None and self._alive(pid):
+            # Its sockets did not answer, yet it runs: a second HAProxy would bind the
+            # same ports beside it (SO_REUSEPORT). Over SSH the usual cause is sshd
+            # refusing Unix-socket forwarding.
+            raise HAProxyError(
+                f"{self._on}HAProxy (pid {pid}) is running but its master socket "
+                f"{self.paths.master_socket} does not answer; not starting another one "
+                "(over SSH: does sshd allow AllowStreamLocalForwarding?)"
+            )
         for sock in (self.paths.master_socket, self.paths.stats_socket):
             self.transport.unlink(str(sock))  # stale sockets of a dead HAProxy
         cmd = [
@@ -153,14 +163,18 @@ class HAProxy:
 
     def stop(self) -> None:
         """Stop HAProxy (used by tests and `reconcile` teardown); no-op when not running."""
-        try:
-            pid = int((self.transport.read_text(str(self.paths.pid_file)) or "").split()[0])
-        except (TransportError, ValueError, IndexError):
-            return
-        if not self._alive(pid):
+        pid = self._recorded_pid()
+        if pid is None or not self._alive(pid):
             return
         self.transport.run(["kill", "-TERM", str(pid)])
         self._wait(lambda: not self._alive(pid), f"HAProxy master {pid} to exit")
+
+    def _recorded_pid(self) -> int | None:
+        """The master's pid from the pid file; None when there is none."""
+        try:
+            return int((self.transport.read_text(str(self.paths.pid_file)) or "").split()[0])
+        except (TransportError, ValueError, IndexError):
+            return None
 
     def _alive(self, pid: int) -> bool:
         if isinstance(self.transport, LocalTransport):
