@@ -113,7 +113,7 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
         code, out = dep.cli("apply", "--health-timeout", "1")
     assert code == 1, out
     # the failure names the container, its last health output and its log tail
-    assert re.search(r"error: web: container \S+-web-v2-\S+ is not healthy: "
+    assert re.search(r"error: web: host local: container \S+-web-v2-\S+ is not healthy: "
                      r"GET /healthz: HTTP 503", out), out
     assert "last log lines:" in out and "fail_health=1" in out, out
     # the new containers are gone; the old release kept all the traffic
@@ -132,7 +132,7 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
                                   "--state-dir", str(dep.state)])
     recorded = r.output  # the steps of the failed run, and why it failed
     _, text = dep.cli("status")
-    assert "held: container" in text.lower() and "is not healthy" in text, text
+    assert "held: host local: container" in text.lower() and "is not healthy" in text, text
     r = CliRunner().invoke(main, ["history", "--env", dep.env, "--state-dir", str(dep.state)])
     assert "failed" in r.output.splitlines()[0], r.output
 

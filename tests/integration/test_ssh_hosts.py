@@ -12,6 +12,7 @@ h3 removed from the inventory is drained, then its containers removed.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import subprocess
 import urllib.request
@@ -78,6 +79,12 @@ def test_first_deploy_over_ssh(fleet: Fleet, sim: SimHosts) -> None:
     assert code == 0 and "No changes" in out, out
     code, out = fleet.cli("plan")
     assert code == 0, out
+    # status reads both engines and the LB host's HAProxy over SSH as well.
+    code, raw = fleet.cli("status", "-o", "json")
+    assert code == 0, raw
+    (web,) = json.loads(raw)["services"]
+    assert sorted(c["host"] for c in web["containers"]) == ["h1", "h2"], web
+    assert all(c["haproxy"].startswith("UP") for c in web["containers"]), web
 
 
 def test_new_host_is_brought_to_the_desired_state(fleet: Fleet, sim: SimHosts) -> None:
