@@ -131,72 +131,50 @@ def create_and_start(
 ) -> Started:
     """Create and start one container; its port is published on ``address`` (a port
     from ``pick_port``; one that turns out taken is retried with another, 5 times)."""
-    env = dict(spec.env)
-    env.update({ref.name: read_secret(ref, host, transport) for ref in spec.secrets})
-    for attempt in range(5):
-        try:
-            return _create_and_start(
-                client, name, labels, spec, image_id, address, env, pick_port(address)
-            )
-        except _PortTaken:
-            if attempt == 4:
-                raise ContainerError(f"container {name}: no free port found on {address}") from None
-    raise AssertionError("unreachable")
-
-
-class _PortTaken(Exception):
-    pass
-
-
-def _create_and_start(
-    client: docker.DockerClient,
-    name: str,
-    labels: dict[str, str],
-    spec: ContainerSpec,
-    image_id: str,
-    address: str,
-    env: dict[str, str],
-    port: int,
-) -> Started:
     import docker.errors
     from docker.types import LogConfig, Mount
 
+    env = dict(spec.env)
+    env.update({ref.name: read_secret(ref, host, transport) for ref in spec.secrets})
     api = client.api
-    host_config = api.create_host_config(
-        port_bindings={spec.port: (address, port)},
-        restart_policy=_restart_policy(spec.restart),
-        mounts=[
-            Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
-            for v in spec.volumes
-        ],
-        mem_limit=spec.memory_bytes,
-        nano_cpus=spec.nano_cpus,
-        log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
-        if spec.logging
-        else None,
-    )
-    try:
-        created = api.create_container(
-            image_id,
-            name=name,
-            labels=labels,
-            environment=env,
-            ports=[spec.port],
-            host_config=host_config,
-            entrypoint=list(spec.command) if spec.command is not None else None,
-            command=list(spec.args) if spec.args is not None else None,
-            healthcheck=_healthcheck(spec.health),
-            stop_timeout=spec.stop_grace_s,
+    for attempt in range(5):
+        port = pick_port(address)
+        host_config = api.create_host_config(
+            port_bindings={spec.port: (address, port)},
+            restart_policy=_restart_policy(spec.restart),
+            mounts=[
+                Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
+                for v in spec.volumes
+            ],
+            mem_limit=spec.memory_bytes,
+            nano_cpus=spec.nano_cpus,
+            log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
+            if spec.logging
+            else None,
         )
-        api.start(created["Id"])
-    except docker.errors.APIError as exc:
-        # A container half-created by this call is removed: nothing is left behind.
-        _remove_quietly(client, name)
-        why = str(exc.explanation or exc)
-        if any(text in why.lower() for text in _PORT_CLASH):
-            raise _PortTaken from None
-        raise ContainerError(f"container {name}: {why}") from None
-    return Started(name=name, id=str(created["Id"]), address=address, port=port)
+        try:
+            created = api.create_container(
+                image_id,
+                name=name,
+                labels=labels,
+                environment=env,
+                ports=[spec.port],
+                host_config=host_config,
+                entrypoint=list(spec.command) if spec.command is not None else None,
+                command=list(spec.args) if spec.args is not None else None,
+                healthcheck=_healthcheck(spec.health),
+                stop_timeout=spec.stop_grace_s,
+            )
+            api.start(created["Id"])
+        except docker.errors.APIError as exc:
+            # A container half-created by this call is removed: nothing is left behind.
+            _remove_quietly(client, name)
+            why = str(exc.explanation or exc)
+            if attempt < 4 and any(text in why.lower() for text in _PORT_CLASH):
+                continue
+            raise ContainerError(f"container {name}: {why}") from None
+        return Started(name=name, id=str(created["Id"]), address=address, port=port)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _remove_quietly(client: docker.DockerClient, name: str) -> None:

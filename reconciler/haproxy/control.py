@@ -177,12 +177,6 @@ class HAProxy:
             return None
 
     def _alive(self, pid: int) -> bool:
-        if isinstance(self.transport, LocalTransport):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            return True
         return self.transport.run(["kill", "-0", str(pid)]).returncode == 0
 
     def procs(self) -> MasterProcs:

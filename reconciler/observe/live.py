@@ -46,7 +46,8 @@ def observe(
     """Read live state afresh. Raises ObserveError naming the host that cannot be read.
 
     ``retired``: app hosts this environment used before that are no longer in its
-    desired state; their containers are read so that the planner removes them."""
+    desired state; their containers are read so that the planner removes them (one
+    that cannot be reached is left out, not an error)."""
     own = conns is None
     conns = conns or Connections(desired.hosts)
     for h in (*desired.hosts, *retired):
@@ -54,13 +55,21 @@ def observe(
     app_hosts = {h for s in desired.services for h in s.hosts}
     apps = [h for h in desired.hosts if h.name in app_hosts] + list(retired)
 
-    def read_app(host: Host) -> ObservedHost:
+    gone = {h.name for h in retired}
+
+    def read_app(host: Host) -> ObservedHost | None:
         wanted = {
             r.spec.image for s in desired.services if host.name in s.hosts for r in s.releases
         }
         try:
             return observe_host(host.name, conns.get(host.name).docker(), wanted)
-        except TransportError as exc:
+        except (TransportError, ObserveError) as exc:
+            if host.name in gone:
+                # A retired host that cannot be reached must not block the environment:
+                # its servers still leave HAProxy; its containers wait for a later pass.
+                return None
+            if isinstance(exc, ObserveError):
+                raise
             raise ObserveError(f"host {host.name}: {exc}") from None
 
     def read_lb(name: str) -> ObservedHAProxy:
@@ -76,7 +85,7 @@ def observe(
     lb_names = [name for lb in desired.loadbalancers for name in lb.hosts]
     try:
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
-            hosts = list(pool.map(read_app, apps))
+            hosts = [h for h in pool.map(read_app, apps) if h is not None]
             lbs = list(pool.map(read_lb, lb_names))
     finally:
         if own:

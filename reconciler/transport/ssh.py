@@ -358,7 +358,6 @@ def docker_over(opener: Any, where: str, timeout: int = 60) -> docker.DockerClie
     import_docker_sdk()
     import docker
     import docker.errors
-    import urllib3
     from docker.transport.unixconn import (
         UnixHTTPAdapter,
         UnixHTTPConnection,
@@ -385,7 +384,6 @@ def docker_over(opener: Any, where: str, timeout: int = 60) -> docker.DockerClie
                 self.pools[url] = pool
             return pool
 
-    del urllib3
     # The base URL is a placeholder: no request goes to it, the adapter replaces it.
     client = docker.DockerClient(base_url="unix:///nonexistent", version="1.24", timeout=timeout)
     client.api.mount("http+docker://", Adapter("http+unix:///nonexistent", timeout))

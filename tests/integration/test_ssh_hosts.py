@@ -11,6 +11,7 @@ h3 removed from the inventory is drained, then its containers removed.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
@@ -22,8 +23,8 @@ from pathlib import Path
 import paramiko
 import pytest
 from fleet_support import Fleet
-from hosts_support import SimHosts, main_engine, push_image, start_hosts, start_registry
-from load_support import HeyLoad
+from hosts_support import SimHost, SimHosts, main_engine, push_image, start_hosts, start_registry
+from load_support import HeyLoad, HeyReport
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,15 @@ def get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.status == 200
         return resp.read().decode()
+
+
+def apply_under_load(fleet: Fleet) -> tuple[int, str, HeyReport]:
+    """`reconcile apply` while hey sends ~320 req/s through the LB; prints hey's report."""
+    with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
+        code, out = fleet.apply()
+        report = load.stop()
+    print(report.summary())
+    return code, out, report
 
 
 def steps(output: str) -> list[tuple[int, str, str, str]]:
@@ -103,10 +113,7 @@ def test_release_rolls_host_by_host_under_load(fleet: Fleet, sim: SimHosts) -> N
     fleet.revisions = [("v2", 100)]
     fleet.rollout = {"limit": 1, "wait": "500ms"}
     fleet.write("v2, one host at a time")
-    with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
-        code, out = fleet.apply()
-        report = load.stop()
-    print(report.summary())
+    code, out, report = apply_under_load(fleet)
     assert code == 0, out
     assert report.failed == 0 and report.non_2xx == 0, report.summary()
     assert report.responses > 500, report.summary()
@@ -117,30 +124,23 @@ def test_release_rolls_host_by_host_under_load(fleet: Fleet, sim: SimHosts) -> N
     starts = [(n, host) for n, _, host, text in done if text.startswith("start container")]
     assert [host for _, host in starts] == ["h1", "h2", "h3"], out
     reloads = [n for n, _, _, text in done if "reload" in text]
-    starts = [n for n, _ in starts]  # type: ignore[misc]
-    assert all(any(a < r < b for r in reloads) for a, b in itertools.pairwise(starts)), out
+    pairs = itertools.pairwise(n for n, _ in starts)
+    assert all(any(a < r < b for r in reloads) for a, b in pairs), out
 
 
-def _bad_image_on(host_client: object) -> str:
-    """Tag, on one host only, a sample-app:v3 whose health check fails."""
-    client = host_client
-    dockerfile = b"FROM sample-app:v2\nENV FAIL_HEALTH=1\n"
-    import io
-
-    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag="sample-app:v3", rm=True)  # type: ignore[attr-defined]
-    return str(image.id)
+def break_image_on(host: SimHost) -> None:
+    """Tag, on ``host`` only, a sample-app:v3 whose health check fails."""
+    dockerfile = io.BytesIO(b"FROM sample-app:v2\nENV FAIL_HEALTH=1\n")
+    host.docker().images.build(fileobj=dockerfile, tag="sample-app:v3", rm=True)
 
 
 def test_unhealthy_host_stops_the_rollout(fleet: Fleet, sim: SimHosts) -> None:
     h1, h2, h3, _ = sim.hosts
-    _bad_image_on(h2.docker())
+    break_image_on(h2)
     fleet.revisions = [("v3", 100)]
     fleet.rollout = {"limit": 1, "on_failure": "stop"}
     fleet.write("v3 (h2's image is broken)")
-    with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
-        code, out = fleet.apply()
-        report = load.stop()
-    print(report.summary())
+    code, out, report = apply_under_load(fleet)
     assert code == 1, out
     assert "host h2" in out and "not healthy" in out and "HTTP 503" in out, out
     assert "rollout stopped after batch 2/3" in out, out
@@ -197,10 +197,7 @@ def test_removed_host_is_drained_then_cleaned(fleet: Fleet, sim: SimHosts) -> No
     fleet.inventory_extra = []  # h3 leaves the inventory altogether
     fleet.revisions = [("v2", 100)]
     fleet.write("h3 retired; back to v2")
-    with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
-        code, out = fleet.apply()
-        report = load.stop()
-    print(report.summary())
+    code, out, report = apply_under_load(fleet)
     assert code == 0, out
     assert report.failed == 0 and report.non_2xx == 0, report.summary()
     assert fleet.revisions_on(h3) == []
@@ -227,6 +224,26 @@ def test_images_come_from_a_registry_when_named(fleet: Fleet, sim: SimHosts) -> 
     for h in (h1, h2):
         assert fleet.revisions_on(h) == ["v3"]
         assert ref in h.docker().images.get(ref).tags  # pulled by the host's own engine
+    assert "revision=v3" in get(fleet.url)
+
+
+def test_unreachable_retired_host_does_not_block(fleet: Fleet, sim: SimHosts) -> None:
+    h1, h2, _, _ = sim.hosts
+    before = [c.id for c in fleet.containers(h2)]
+    assert before
+    fleet.apps = [h1]
+    fleet.write("h2 retired")
+    h2.stop_sshd()
+    try:
+        code, out = fleet.apply()
+        assert code == 0, out
+        assert "h2." not in fleet.haproxy_config()  # its servers left HAProxy anyway
+        assert [c.id for c in fleet.containers(h2)] == before  # could not be reached
+    finally:
+        h2.start_sshd()
+    code, out = fleet.apply()  # reachable again: remembered, so cleaned now
+    assert code == 0, out
+    assert fleet.containers(h2) == []
     assert "revision=v3" in get(fleet.url)
 
 
