@@ -174,6 +174,11 @@ class DesiredState:
     loadbalancers: tuple[LoadBalancer, ...]
     rollout: Rollout = Rollout()
 
+    @property
+    def app_host_names(self) -> frozenset[str]:
+        """The hosts some service of this environment runs on."""
+        return frozenset(h for s in self.services for h in s.hosts)
+
     def host(self, name: str) -> Host:
         for h in self.hosts:
             if h.name == name:

@@ -88,7 +88,7 @@ def haproxies(
 def batches(desired: DesiredState, observed: ObservedState) -> list[list[str]]:
     """App hosts in rollout batches: ``rollout.limit`` at a time in inventory order
     (sorted names); hosts being retired come last, in a batch of their own."""
-    apps = sorted({h for s in desired.services for h in s.hosts})
+    apps = sorted(desired.app_host_names)
     limit = desired.rollout.limit or max(1, len(apps))
     out = [apps[i : i + limit] for i in range(0, len(apps), limit)] or [[]]
     retired = sorted({h.name for h in observed.hosts} - set(apps))
@@ -121,7 +121,7 @@ def ensure_images(plan_: Plan, conns: Connections, concurrency: int) -> dict[str
 
 def retired_hosts(desired: DesiredState, store: Store) -> list[Host]:
     """App hosts the environment used in an earlier pass and does not use now."""
-    now = {h for s in desired.services for h in s.hosts}
+    now = desired.app_host_names
     return [h for h in store.app_hosts(desired.environment) if h.name not in now]
 
 
@@ -151,7 +151,7 @@ def apply_pass(
     conns = Connections(desired.hosts)
     try:
         held = store.failed_services(env, desired.commit)
-        now = {h for s in desired.services for h in s.hosts}
+        now = desired.app_host_names
         retired = retired_hosts(desired, store)
 
         def look() -> ObservedState:

@@ -52,7 +52,7 @@ def observe(
     conns = conns or Connections(desired.hosts)
     for h in (*desired.hosts, *retired):
         conns.add(h)
-    app_hosts = {h for s in desired.services for h in s.hosts}
+    app_hosts = desired.app_host_names
     apps = [h for h in desired.hosts if h.name in app_hosts] + list(retired)
 
     gone = {h.name for h in retired}
