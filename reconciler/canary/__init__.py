@@ -1,0 +1,1 @@
+"""Canary analysis: measurements per revision and the decision to advance or abort."""
