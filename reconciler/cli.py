@@ -193,14 +193,15 @@ def _run_plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths 
         from reconciler.observe.live import observe
         from reconciler.output import plan_json, plan_text
         from reconciler.plan import plan
-        from reconciler.run import retired_hosts
+        from reconciler.run import retired_hosts, with_canaries
         from reconciler.store import Store
 
         loaded, desired = _desired(src)
         store = Store(state_dir / "history.sqlite") if state_dir.exists() else None
         held = store.failed_services(desired.environment, desired.commit) if store else {}
         retired = retired_hosts(desired, store) if store else []
-        result = plan(desired, observe(desired, state_dir, external, retired=retired), held)
+        observed = observe(desired, state_dir, external, retired=retired)
+        result = plan(with_canaries(desired, store), observed, held)
     except ReconcilerError as exc:
         _fail(exc)
     render = plan_json if output == "json" else plan_text
@@ -424,6 +425,32 @@ def apply(
 
 
 @main.command()
+@click.argument("service")
+@source_options
+@state_options
+@haproxy_options
+def promote(
+    service: str, src: Source, state_dir: Path, output: str, external: HAProxyPaths | None
+) -> None:
+    """Promote SERVICE's canary now: all traffic to it (then make it the only release in
+    git). Recorded in the history; applied at once through HAProxy's runtime API."""
+    _decide_canary(src, state_dir, output, external, service, "promoted")
+
+
+@main.command()
+@click.argument("service")
+@source_options
+@state_options
+@haproxy_options
+def abort(
+    service: str, src: Source, state_dir: Path, output: str, external: HAProxyPaths | None
+) -> None:
+    """Abort SERVICE's canary now: its weight goes to 0 (the baseline takes all traffic);
+    its containers stay for inspection until git changes. Recorded in the history."""
+    _decide_canary(src, state_dir, output, external, service, "aborted")
+
+
+@main.command()
 @source_options
 @state_options
 @haproxy_options
@@ -432,6 +459,7 @@ def status(src: Source, state_dir: Path, output: str, external: HAProxyPaths | N
     and per-revision requests, 5xx and response times from HAProxy's counters."""
     try:
         from reconciler.observe.live import observe
+        from reconciler.run import stored_canaries, with_canaries
         from reconciler.status import status_json, status_text
         from reconciler.store import Store
 
@@ -440,11 +468,14 @@ def status(src: Source, state_dir: Path, output: str, external: HAProxyPaths | N
         store = Store(state_dir / "history.sqlite")
         runs = store.runs(desired.environment, limit=1)
         held = store.failed_services(desired.environment, desired.commit)
+        canaries = stored_canaries(store, desired.environment)
+        desired = with_canaries(desired, store)
         store.close()
     except ReconcilerError as exc:
         _fail(exc)
     render = status_json if output == "json" else status_text
-    click.echo(render(desired, observed, runs[0] if runs else None, held, loaded.label), nl=False)
+    last = runs[0] if runs else None
+    click.echo(render(desired, observed, last, held, loaded.label, canaries), nl=False)
 
 
 @main.command()
@@ -516,15 +547,70 @@ def history(
 @state_options
 def retry(service: str | None, environment: str, state_dir: Path, output: str) -> None:
     """Forget the recorded failures of SERVICE (default: every service) of an environment,
-    at any commit, so the next pass tries it again."""
+    at any commit, so the next pass tries it again; a canary of it (aborted or not)
+    starts its analysis again from the first step."""
     from reconciler.store import Store
 
     store = Store(state_dir / "history.sqlite")
     n = store.clear_failure(environment, service)
+    canaries = store.canaries(environment)
+    restarted = [svc for svc in canaries if service in (None, svc)]
+    for svc in restarted:
+        store.save_canary(environment, svc, None)
+    if restarted:
+        _record_manual(
+            store, environment, "retry", f"canary analysis of {', '.join(restarted)} restarted"
+        )
+    store.close()
+    canary = f" and restarted the canary analysis of {', '.join(restarted)}" if restarted else ""
     click.echo(
-        f"cleared {n} failure(s); the next pass retries "
-        f"{service or 'every service'} of {environment}"
+        f"cleared {n} failure(s){canary}; "
+        f"the next pass retries {service or 'every service'} of {environment}"
     )
+
+
+def _record_manual(store: Any, environment: str, what: str, summary: str) -> None:
+    """A manual decision, as a run of its own in the history."""
+    run_id = store.start_run(environment, "-", "{}")
+    store.finish_run(run_id, what, {}, summary)
+
+
+def _decide_canary(
+    src: Source,
+    state_dir: Path,
+    output: str,
+    external: HAProxyPaths | None,
+    service: str,
+    status: str,
+) -> None:
+    """Promote or abort SERVICE's canary by hand, record it, then apply (the weights
+    move through the runtime API, as when the analysis decides)."""
+    from reconciler.run import stored_canaries
+    from reconciler.store import Store
+
+    _, desired = _desired(src)
+    store = Store(state_dir / "history.sqlite")
+    try:
+        state = stored_canaries(store, desired.environment).get(service)
+        if state is None:
+            _fail(
+                ReconcilerError(
+                    f"service {service} has no canary under analysis in environment "
+                    f"{desired.environment} (see `reconcile status`)"
+                )
+            )
+        state.status = status
+        state.reason = (
+            f"{status} by hand (reconcile {'promote' if status == 'promoted' else 'abort'})"
+        )
+        state.history.append(state.reason)
+        store.save_canary(desired.environment, service, state.to_json())
+        _record_manual(
+            store, desired.environment, status, f"canary {state.canary} of {service} {state.reason}"
+        )
+    finally:
+        store.close()
+    _run_apply(src, state_dir, output, 30.0, 30.0, external)
 
 
 @main.command()

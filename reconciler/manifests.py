@@ -17,6 +17,8 @@ from reconciler import safety
 from reconciler.errors import ManifestError, Problem, ReconcilerError
 from reconciler.loader import Document, Path, load_yaml
 from reconciler.model import (
+    CanaryPolicy,
+    CanaryStep,
     ContainerSpec,
     DesiredState,
     Frontend,
@@ -380,6 +382,23 @@ def _resolve(
     )
 
 
+def _canary(data: dict[str, Any]) -> CanaryPolicy:
+    analysis = data.get("analysis", {})
+    return CanaryPolicy(
+        steps=tuple(
+            CanaryStep(
+                weight=s["weight"],
+                min_duration_ms=duration_ms(s.get("min_duration", "1m")),
+                min_requests=s.get("min_requests", 100),
+            )
+            for s in data["steps"]
+        ),
+        confidence=float(analysis.get("confidence", 0.99)),
+        max_error_rate=float(analysis.get("max_error_rate", 0.05)),
+        interval_ms=duration_ms(analysis.get("interval", "10s")),
+    )
+
+
 def _rollout(data: dict[str, Any]) -> Rollout:
     return Rollout(
         limit=data.get("limit"),
@@ -461,6 +480,34 @@ def _service(
             )
         )
 
+    canaries = [i for i, r in enumerate(releases_data) if "canary" in r]
+    if canaries:
+        i = canaries[0]
+        others = [r for r in releases_data if "canary" not in r]
+        steps = [s["weight"] for s in releases_data[i]["canary"]["steps"]]
+        if len(canaries) > 1 or len(others) != 1:
+            problems.append(
+                rel_at.problem(
+                    "a canary is judged against one baseline: a service with a canary "
+                    "release needs exactly one other release",
+                    i,
+                    "canary",
+                )
+            )
+        elif releases_data[i]["weight"] != 0:
+            problems.append(
+                rel_at.problem(
+                    f"a canary release starts at weight 0 (its steps move it; 0 is where "
+                    f"it returns on abort), not {releases_data[i]['weight']}",
+                    i,
+                    "weight",
+                )
+            )
+        if steps != sorted(set(steps)):
+            problems.append(
+                rel_at.problem(f"canary step weights must increase: {steps}", i, "canary")
+            )
+
     declared = env_data.get("secrets", {})
     secrets = []
     for i, secret in enumerate(data.get("secrets", [])):
@@ -492,6 +539,7 @@ def _service(
             revision=r["revision"],
             weight=r["weight"],
             spec=_spec(data, r, {**env, **r.get("env", {})}, tuple(secrets)),
+            canary=_canary(r["canary"]) if "canary" in r else None,
         )
         for r in releases_data
     )

@@ -106,6 +106,25 @@ class Release:
     revision: str
     weight: int  # percent of the service's traffic, 0-100
     spec: ContainerSpec
+    canary: CanaryPolicy | None = None
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    weight: int
+    min_duration_ms: int = 60_000
+    min_requests: int = 100
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """A release judged against the service's other release (the baseline) while its
+    weight follows ``steps``; its declared weight (0) is where it goes on abort."""
+
+    steps: tuple[CanaryStep, ...]
+    confidence: float = 0.99
+    max_error_rate: float = 0.05
+    interval_ms: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -268,6 +287,7 @@ class ObservedHAProxy:
     config_servers: tuple[tuple[str, str, str, int, int], ...] = ()
     servers: tuple[ServerState, ...] = ()
     stats: tuple[ServerStats, ...] = ()
+    worker_pid: int = 0  # the worker whose counters ``stats`` are (a new one counts from 0)
 
 
 @dataclass(frozen=True)

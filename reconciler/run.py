@@ -11,13 +11,15 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.actions import PullImage
 from reconciler.apply import ApplyResult, Executor, StepResult
+from reconciler.canary.engine import CanaryState, canary_pair, evaluate, overlay
+from reconciler.canary.logs import RING
 from reconciler.errors import ReconcilerError
 from reconciler.haproxy.control import HAProxy
 from reconciler.haproxy.paths import HAProxyPaths
@@ -119,6 +121,41 @@ def ensure_images(plan_: Plan, conns: Connections, concurrency: int) -> dict[str
     return failures
 
 
+def stored_canaries(store: Store, environment: str) -> dict[str, CanaryState]:
+    return {svc: CanaryState.from_json(t) for svc, t in store.canaries(environment).items()}
+
+
+def with_canaries(desired: DesiredState, store: Store | None) -> DesiredState:
+    """``desired`` with the weights of its canaries' current steps, as the last pass
+    left them (for plans and drift checks, which judge nothing)."""
+    if store is None or not any(canary_pair(s) for s in desired.services):
+        return desired
+    return overlay(desired, stored_canaries(store, desired.environment))
+
+
+def judge_canaries(
+    desired: DesiredState, observed: ObservedState, store: Store, lbs: Mapping[str, HAProxy]
+) -> DesiredState:
+    """One look at every canary (reconciler.canary.engine.evaluate), stored; the desired
+    state with the weights that follow from it."""
+    env = desired.environment
+    before = stored_canaries(store, env)
+    if not before and not any(canary_pair(s) for s in desired.services):
+        return desired
+    events: dict[str, str] = {}
+    for host, lb in lbs.items():
+        try:
+            events[host] = lb.stats.command(f"show events {RING}")
+        except ReconcilerError:
+            continue  # not running yet: no response times this time
+    after = evaluate(desired, observed, before, time.time(), events)
+    for service in before.keys() - after.keys():
+        store.save_canary(env, service, None)
+    for service, state in after.items():
+        store.save_canary(env, service, state.to_json())
+    return overlay(desired, after)
+
+
 def retired_hosts(desired: DesiredState, store: Store) -> list[Host]:
     """App hosts the environment used in an earlier pass and does not use now."""
     now = desired.app_host_names
@@ -158,6 +195,9 @@ def apply_pass(
             return observe(desired, state_dir, external, conns, retired)
 
         observed = look()
+        desired = judge_canaries(
+            desired, observed, store, haproxies(desired, state_dir, external, conns)
+        )
         current = plan(desired, observed, held)
         pull_failures = ensure_images(current, conns, rollout.concurrency)
         if any(isinstance(a, PullImage) for a in current.actions):

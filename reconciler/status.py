@@ -8,11 +8,13 @@ HAProxy reload (a reload resets them).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from reconciler import identity
-from reconciler.model import DesiredState, ObservedState, ServerStats
+from reconciler.canary.engine import CanaryState, canary_pair
+from reconciler.model import DesiredState, ObservedState, ServerStats, Service
 from reconciler.store import Run
 
 
@@ -55,8 +57,10 @@ def status_data(
     last: Run | None,
     held: dict[str, str],
     source: str,
+    canaries: Mapping[str, CanaryState] | None = None,
 ) -> dict[str, Any]:
     env = desired.environment
+    canaries = canaries or {}
     stats = {(s.backend, s.server): s for lb in observed.haproxy for s in lb.stats}
     states = {(s.backend, s.server): s for lb in observed.haproxy for s in lb.servers}
     services = []
@@ -107,6 +111,7 @@ def status_data(
                 "replicas": svc.replicas,
                 "hosts": list(svc.hosts),
                 "containers": sorted(containers, key=lambda c: (c["host"], c["name"])),
+                "canary": _canary(svc, canaries.get(svc.name)),
             }
         )
     return {
@@ -129,14 +134,54 @@ def status_data(
     }
 
 
+def _canary(svc: Service, state: CanaryState | None) -> dict[str, Any] | None:
+    """The canary of ``svc`` side by side with its baseline, or None."""
+    pair = canary_pair(svc)
+    if pair is None:
+        return None
+    baseline, canary = pair
+    assert canary.canary is not None
+    steps = [s.weight for s in canary.canary.steps]
+    if state is None or state.canary != canary.revision:
+        return {
+            "baseline": baseline.revision,
+            "canary": canary.revision,
+            "status": "waiting",
+            "reason": "the canary's servers are not in HAProxy yet",
+            "steps": steps,
+        }
+    advice = {
+        "aborted": "aborted: revert the commit or push a new revision",
+        "promoted": f"promoted: make {canary.revision} the only release in git",
+    }.get(state.status)
+    return {
+        "baseline": baseline.revision,
+        "canary": canary.revision,
+        "status": state.status,
+        "reason": state.reason,
+        "advice": advice,
+        "step": int(state.progress.get("step", 0)) + 1,
+        "steps": steps,
+        "evidence": state.evidence,
+        "abort_at": 1 / (1 - canary.canary.confidence),
+        "sides": {
+            "baseline": {"revision": baseline.revision, **state.summary(baseline.revision)},
+            "canary": {"revision": canary.revision, **state.summary(canary.revision)},
+        },
+        "history": state.history[-10:],
+    }
+
+
 def status_json(
     desired: DesiredState,
     observed: ObservedState,
     last: Run | None,
     held: dict[str, str],
     source: str,
+    canaries: Mapping[str, CanaryState] | None = None,
 ) -> str:
-    return json.dumps(status_data(desired, observed, last, held, source), indent=2) + "\n"
+    data = status_data(desired, observed, last, held, source, canaries)
+    return json.dumps(data, indent=2) + "\n"
 
 
 def status_text(
@@ -145,8 +190,9 @@ def status_text(
     last: Run | None,
     held: dict[str, str],
     source: str,
+    canaries: Mapping[str, CanaryState] | None = None,
 ) -> str:
-    d = status_data(desired, observed, last, held, source)
+    d = status_data(desired, observed, last, held, source, canaries)
     lines = [f"environment {d['environment']}; desired state at {d['desired']}"]
     if last:
         in_sync = "" if last.commit == desired.commit else " (not the desired commit)"
@@ -178,6 +224,7 @@ def status_text(
                 f"{t['4xx']:>6} {t['5xx']:>6} {pct:>6} {t['errors']:>6} "
                 f"{t['avg_response_ms']:>7}"
             )
+        lines += _canary_lines(svc["canary"])
         for c in svc["containers"]:
             weight = "-" if c["weight"] is None else c["weight"]
             lines.append(
@@ -190,3 +237,30 @@ def status_text(
     lines.append("")
     lines.append("Counters are HAProxy's since its last reload.")
     return "\n".join(lines) + "\n"
+
+
+def _canary_lines(c: dict[str, Any] | None) -> list[str]:
+    if c is None:
+        return []
+    head = f"  canary {c['canary']} vs baseline {c['baseline']}: {c['status'].upper()}"
+    if c["status"] == "waiting":
+        return [f"{head} ({c['reason']})"]
+    lines = [
+        f"{head} at step {c['step']}/{len(c['steps'])} (weights {c['steps']}); "
+        f"evidence {c['evidence']:.3g} (abort at {c['abort_at']:.3g})",
+        f"    {c['reason']}",
+    ]
+    if c["advice"]:
+        lines.append(f"    {c['advice']}")
+    lines.append(
+        f"    {'side':<9} {'revision':<12} {'requests':>9} {'errors':>7} {'err%':>6} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+    )
+    for side, d in c["sides"].items():
+        rate = "-" if d["error_rate"] is None else f"{100 * d['error_rate']:.2f}"
+        ms = ["-" if d[k] is None else f"{d[k]:.0f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        lines.append(
+            f"    {side:<9} {d['revision']:<12} {d['requests']:>9} {d['errors']:>7} {rate:>6} "
+            f"{ms[0]:>7} {ms[1]:>7} {ms[2]:>7}"
+        )
+    return lines

@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS failures (
     at REAL NOT NULL,
     PRIMARY KEY (environment, commit_id, service)
 );
+CREATE TABLE IF NOT EXISTS canaries (
+    environment TEXT NOT NULL,
+    service TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    PRIMARY KEY (environment, service)
+);
 CREATE TABLE IF NOT EXISTS app_hosts (
     environment TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -148,6 +154,26 @@ class Store:
                 "DELETE FROM failures WHERE environment = ? AND service = ?", (environment, service)
             )
         return cur.rowcount
+
+    def canaries(self, environment: str) -> dict[str, str]:
+        """service -> the JSON state of its canary analysis (reconciler.canary.engine)."""
+        rows = self.db.execute(
+            "SELECT service, state_json FROM canaries WHERE environment = ?", (environment,)
+        )
+        return dict(rows.fetchall())
+
+    def save_canary(self, environment: str, service: str, state_json: str | None) -> None:
+        """Store a canary's state; None forgets it (the next pass starts it afresh)."""
+        if state_json is None:
+            self.db.execute(
+                "DELETE FROM canaries WHERE environment = ? AND service = ?",
+                (environment, service),
+            )
+        else:
+            self.db.execute(
+                "INSERT OR REPLACE INTO canaries VALUES (?, ?, ?)",
+                (environment, service, state_json),
+            )
 
     def app_hosts(self, environment: str) -> list[Host]:
         """The app hosts this environment ran containers on (as of the last pass that

@@ -34,7 +34,7 @@ from reconciler.metrics import Metrics
 from reconciler.model import DesiredState
 from reconciler.observe.live import observe
 from reconciler.plan import plan
-from reconciler.run import apply_pass, target_lock
+from reconciler.run import apply_pass, stored_canaries, target_lock, with_canaries
 from reconciler.source import RepoSpec, Snapshot, open_repo, read_commit
 from reconciler.store import Store
 
@@ -65,6 +65,7 @@ class _State:
     head: str | None = None
     good: str | None = None  # the last commit that loaded (valid, signed when required)
     last_pass: float = float("-inf")
+    canary_s: float | None = None  # a canary under analysis: look again this often
     rejected: dict[str, str] = field(default_factory=dict)  # commit -> why
     failures_in_a_row: int = 0
     retry_at: float = 0.0
@@ -190,7 +191,8 @@ class Watcher:
         self.metrics.seen_at.set(time.time())
         self.state.seen_at = now
         moved = head != self.state.head
-        if not moved and now - self.state.last_pass < self.cfg.drift_s:
+        every = min(self.cfg.drift_s, self.state.canary_s or self.cfg.drift_s)
+        if not moved and now - self.state.last_pass < every:
             return
         self.state.head = head
         kind = "commit" if moved else "drift"
@@ -262,6 +264,23 @@ class Watcher:
             self._reject(sha, "\n".join(str(p) for p in exc.problems), "invalid")
             return None
 
+    def _canary_interval(self, desired: DesiredState) -> float | None:
+        """Seconds between looks while a canary is progressing or paused; else None."""
+        store = Store(self.cfg.state_dir / "history.sqlite")
+        try:
+            states = stored_canaries(store, desired.environment)
+        finally:
+            store.close()
+        intervals = [
+            r.canary.interval_ms / 1000
+            for svc in desired.services
+            for r in svc.releases
+            if r.canary
+            and svc.name in states
+            and states[svc.name].status in ("progressing", "paused")
+        ]
+        return min(intervals) if intervals else None
+
     def _pass(self, sha: str, kind: str) -> None:
         loaded = self._load(sha)
         if loaded is None:
@@ -272,13 +291,14 @@ class Watcher:
         store = Store(self.cfg.state_dir / "history.sqlite")
         try:
             held = store.failed_services(desired.environment, sha)
+            judged = with_canaries(desired, store)
         finally:
             store.close()
         if "haproxy" in held:
             return  # HAProxy refused this commit's config: a new commit or `retry`
         label = f"commit {snapshot.short}"
         if self.cfg.detect_only:
-            found = plan(desired, observe(desired, self.cfg.state_dir, self.cfg.external), held)
+            found = plan(judged, observe(desired, self.cfg.state_dir, self.cfg.external), held)
             self.metrics.drift_pending.set(0 if found.empty else 1)
             if not found.empty:
                 self.metrics.drift.inc()
@@ -301,6 +321,7 @@ class Watcher:
                 external=self.cfg.external,
                 should_stop=self.stop.is_set,
             )
+        self.state.canary_s = self._canary_interval(desired)
         res = done.result
         reloads = sum(1 for s in res.steps if "reloaded HAProxy" in s.detail)
         self.metrics.reloads.inc(reloads)

@@ -546,9 +546,12 @@ def _cleanup(prefix: str, bridge: str = "") -> None:
         pids = {p for p in pids if _alive(p)}
         if not pids or time.monotonic() > deadline:
             break
+        # Every shim's sockets first: a shim whose container was killed may exit on
+        # its own a moment later, and it leaves its socket files behind.
         for pid in pids:
             if "containerd-shim" in _cmdline(pid):
                 sockets.update(_shim_sockets(pid))
+        for pid in pids:
             _kill(pid, signal.SIGKILL)
         _wait_gone(list(pids), 5)
     for path in sockets:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_ODDS_RATIOS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -147,6 +148,39 @@ class Progress:
         self.total_canary = _add(self.total_canary, canary)
         self.total_baseline = _add(self.total_baseline, baseline)
         self.last_interval_requests = canary.requests + baseline.requests
+
+    def to_dict(self) -> dict[str, Any]:
+        """What changes as the analysis goes (steps and settings come from the manifest)."""
+        return {
+            "step": self.step,
+            "step_elapsed_s": self.step_elapsed_s,
+            "counts": [
+                [c.requests, c.errors]
+                for c in (
+                    self.step_canary,
+                    self.step_baseline,
+                    self.total_canary,
+                    self.total_baseline,
+                )
+            ],
+            "last_interval_requests": self.last_interval_requests,
+            "log_products": self.evidence.log_products,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, steps: tuple[Step, ...], analysis: Analysis, data: dict[str, Any]
+    ) -> Progress:
+        p = cls(steps, analysis)
+        p.step = min(int(data["step"]), len(steps) - 1)
+        p.step_elapsed_s = float(data["step_elapsed_s"])
+        p.step_canary, p.step_baseline, p.total_canary, p.total_baseline = (
+            Counts(int(r), int(e)) for r, e in data["counts"]
+        )
+        p.last_interval_requests = int(data["last_interval_requests"])
+        if len(data["log_products"]) == len(p.evidence.log_products):
+            p.evidence.log_products = [float(x) for x in data["log_products"]]
+        return p
 
     def advance(self) -> None:
         self.step += 1

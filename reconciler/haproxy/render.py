@@ -12,8 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from reconciler.canary.logs import LOG_FORMAT, RING
 from reconciler.haproxy.paths import HAProxyPaths
-from reconciler.haproxy.sections import section_digests
+from reconciler.haproxy.sections import request_log, section_digests
 from reconciler.identity import backend_name, frontend_name
 from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
 
@@ -55,6 +56,7 @@ def render(
         # Old workers finish their requests, but never linger forever after a reload.
         f"    hard-stop-after {drain_max + 60}s",
         "",
+        *_request_log(desired),
         "defaults",
         "    mode http",
         "    option redispatch",
@@ -68,6 +70,11 @@ def render(
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
         "    load-server-state-from-file global",
+        *(
+            [f"    log ring@{RING} local0 info", f'    log-format "{LOG_FORMAT}"']
+            if request_log(desired)
+            else []
+        ),
         "",
     ]
     for fe in lb.frontends:
@@ -77,6 +84,14 @@ def render(
             name, services.get(name), sorted(by_backend.get(name, []), key=lambda s: s.name)
         )
     return "\n".join(out) + "\n"
+
+
+def _request_log(desired: DesiredState) -> list[str]:
+    """A ring buffer for the request log (read by the canary analysis through the stats
+    socket: ``show events``); only when some service has a canary."""
+    if not request_log(desired):
+        return []
+    return [f"ring {RING}", "    format raw", "    maxlen 256", "    size 4194304", ""]
 
 
 def _frontend(fe: Frontend) -> list[str]:

@@ -422,6 +422,12 @@ def read_config(
         raise ObserveError(f"HAProxy config {config_path}: {e}") from None
 
 
+def info_pid(text: str) -> int:
+    """The ``Pid:`` of ``show info`` output (the answering worker); 0 when absent."""
+    m = re.search(r"^Pid: (\d+)$", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
 def observe_haproxy(
     host: str, stats_socket: str, config_path: str | None, transport: Transport | None = None
 ) -> ObservedHAProxy:
@@ -440,7 +446,10 @@ def observe_haproxy(
         return ObservedHAProxy(
             host=host, running=False, config_sections=sections, config_servers=config_servers
         )
-    stat_text = sock.command("show stat")
+    # One connection for both: the worker's pid says whose counters these are.
+    info_and_stat = sock.commands(["show info", "show stat"])
+    info_text, _, rest = info_and_stat.partition("# pxname,")
+    stat_text = "# pxname," + rest
     try:
         servers = parse_servers_state(state_text)
         stats = parse_stat_csv(stat_text)
@@ -453,4 +462,5 @@ def observe_haproxy(
         config_servers=config_servers,
         servers=servers,
         stats=stats,
+        worker_pid=info_pid(info_text),
     )

@@ -18,9 +18,16 @@ from reconciler.model import DesiredState, LoadBalancer, Pairs
 RENDER_VERSION = 2
 
 
+def request_log(desired: DesiredState) -> bool:
+    """Whether HAProxy logs every request into its ring (for canary response times)."""
+    return any(r.canary for s in desired.services for r in s.releases)
+
+
 def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[str, Any]]:
     """Section name ("global", "frontend fe_http", "backend be_web") -> its settings."""
-    out: dict[str, dict[str, Any]] = {"global": {"render_version": RENDER_VERSION}}
+    out: dict[str, dict[str, Any]] = {
+        "global": {"render_version": RENDER_VERSION, "request_log": request_log(desired)}
+    }
     for fe in lb.frontends:
         out[f"frontend {frontend_name(fe.name)}"] = plain(fe)
     for svc in desired.services:
