@@ -1,0 +1,100 @@
+"""The canary engine, pure: states across passes and the weights the planner sees."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from support import converge, desired, spec
+
+from reconciler.canary.engine import CanaryState, evaluate, overlay
+from reconciler.haproxy.runtime import info_pid
+from reconciler.model import (
+    CanaryPolicy,
+    CanaryStep,
+    DesiredState,
+    ObservedState,
+    Release,
+    ServerStats,
+    Service,
+)
+from reconciler.plan import plan
+
+POLICY = CanaryPolicy(
+    steps=(CanaryStep(20, 1000, 10), CanaryStep(100, 1000, 10)), confidence=0.99
+)
+
+
+def fleet(canary: str = "v2") -> DesiredState:
+    svc = Service(
+        name="web",
+        releases=(
+            Release("v1", 100, spec("app:v1")),
+            Release(canary, 0, spec(f"app:{canary}"), canary=POLICY),
+        ),
+        replicas=1,
+        hosts=("h1",),
+    )
+    return desired(svc)
+
+
+def with_counts(world: ObservedState, counts: dict[str, tuple[int, int]], pid: int = 7) -> ObservedState:
+    """HAProxy's per-server counters: revision -> (2xx, 5xx) so far."""
+    lb = world.haproxy[0]
+    stats = []
+    for s in lb.servers:
+        rev = "v1" if "-v1-" in s.server else s.server.split("-web-")[1].split("-")[0]
+        ok, bad = counts.get(rev, (0, 0))
+        stats.append(ServerStats(s.backend, s.server, "UP", s.weight, 0, ok + bad,
+                                 hrsp_2xx=ok, hrsp_5xx=bad))
+    return replace(world, haproxy=(replace(lb, stats=tuple(stats), worker_pid=pid),))
+
+
+def weights(d: DesiredState) -> dict[str, int]:
+    return {r.revision: r.weight for r in d.services[0].releases}
+
+
+def test_starts_once_deployed_then_moves_by_steps_and_is_promoted() -> None:
+    d = fleet()
+    assert evaluate(d, ObservedState(), {}, 0, {}) == {}  # not deployed: declared weights
+    world = converge(d)
+    states = evaluate(d, with_counts(world, {"v1": (100, 0), "v2": (0, 0)}), {}, 10, {})
+    assert states["web"].status == "progressing"
+    assert weights(overlay(d, states)) == {"v1": 80, "v2": 20}
+    # Traffic at the 20% step, both healthy: the step passes.
+    states = evaluate(d, with_counts(world, {"v1": (500, 1), "v2": (100, 0)}), states, 12, {})
+    assert weights(overlay(d, states)) == {"v1": 0, "v2": 100}  # step 2 is 100%
+    states = evaluate(d, with_counts(world, {"v1": (500, 1), "v2": (200, 0)}), states, 14, {})
+    assert states["web"].status == "promoted"
+    assert weights(overlay(d, states)) == {"v1": 0, "v2": 100}
+    # The planner moves weights only: no container is started or removed.
+    p = plan(overlay(d, states), world)
+    assert {a.kind for a in p.actions} <= {"set-weight", "configure-haproxy"}
+
+
+def test_bad_canary_is_aborted_and_traffic_returns_to_the_declared_weights() -> None:
+    d = fleet()
+    world = converge(d)
+    states = evaluate(d, with_counts(world, {"v1": (0, 0), "v2": (0, 0)}), {}, 0, {})
+    states = evaluate(d, with_counts(world, {"v1": (400, 0), "v2": (90, 10)}), states, 5, {})
+    assert states["web"].status == "aborted", states["web"].reason
+    assert weights(overlay(d, states)) == {"v1": 100, "v2": 0}
+    # Survives the store, and stays aborted on later looks.
+    again = {"web": CanaryState.from_json(states["web"].to_json())}
+    later = evaluate(d, with_counts(world, {"v1": (900, 0), "v2": (90, 10)}), again, 9, {})
+    assert later["web"].status == "aborted"
+
+
+def test_reload_counts_from_zero_and_a_new_canary_starts_afresh() -> None:
+    d = fleet()
+    world = converge(d)
+    states = evaluate(d, with_counts(world, {"v1": (1000, 0), "v2": (50, 0)}), {}, 0, {})
+    # A reload: a new worker whose counters are small again; nothing is negative.
+    states = evaluate(d, with_counts(world, {"v1": (40, 0), "v2": (5, 0)}, pid=8), states, 1, {})
+    assert states["web"].totals == {"v1": [40, 0], "v2": [5, 0]}
+    d3 = fleet("v3")
+    assert evaluate(d3, with_counts(converge(d3), {}), states, 2, {})["web"].canary == "v3"
+
+
+def test_info_pid_reads_the_worker() -> None:
+    assert info_pid("Name: HAProxy\nPid: 3735\nUptime_sec: 29\n") == 3735
+    assert info_pid("") == 0
