@@ -21,6 +21,8 @@ import docker
 import pytest
 from deploy_support import Deployment
 from load_support import HeyLoad
+from repo_support import edit
+from watch_support import Watch
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +149,23 @@ def test_promote_abort_and_retry_by_hand_are_recorded(dep: Deployment) -> None:
     assert re.search(r"\baborted\b.*canary v2 of web aborted by hand", out), out
     assert re.search(r"\bretry\b.*canary analysis of web restarted", out), out
     assert re.search(r"\bpromoted\b.*canary v2 of web promoted by hand", out), out
+
+
+def test_watch_judges_a_canary_on_its_own(dep: Deployment) -> None:
+    """`reconcile watch` looks at a running canary every analysis interval (1 s here),
+    far more often than its drift interval (60 s): a pushed good canary is promoted
+    with no other pass asked for."""
+    watch = Watch(dep, drift=60)
+    try:
+        edit(dep.repo, WEB, canary_releases("v2", "0"), canary_releases("v3", "0"))
+        with HeyLoad(dep.url(), concurrency=5, qps=40, max_duration_s=120) as load:
+            watch.push("canary v3, followed by watch")
+            deadline = time.monotonic() + 90
+            while canary_status(dep).get("status") != "promoted":
+                assert time.monotonic() < deadline, (canary_status(dep), watch.logs()[-5:])
+                time.sleep(1)
+            report = load.stop()
+        assert report.failed == 0 and report.non_2xx == 0, report.summary()
+    finally:
+        assert watch.stop() == 0
+    assert canary_status(dep)["canary"] == "v3"
