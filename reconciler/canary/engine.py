@@ -148,7 +148,7 @@ def evaluate(
             state = CanaryState(svc.name, key, baseline.revision, canary.revision)
             state.updated_at = now
             _measure(state, observed, revision_of, events, backend)  # starting point
-            state.history.append(f"started at step 1/{len(canary.canary.steps)}")  # type: ignore[union-attr]
+            state.history.append(f"started at step 1/{len(_steps(canary))}")
             out[svc.name] = state
             continue
         state = old
