@@ -79,10 +79,12 @@ class ApplyResult:
     aborted: bool = False
     stopped: bool = False  # asked to stop (SIGTERM): the steps so far are a safe prefix
     notes: list[str] = field(default_factory=list)  # e.g. why a rollout stopped early
+    # what the world shows that the plan did not promise (reconciler.verify), after the pass
+    mismatches: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.aborted
+        return not self.failures and not self.aborted and not self.mismatches
 
 
 # Steps that run side by side (see ``Executor._parallel``).

@@ -22,7 +22,7 @@ from reconciler import __version__
 from reconciler.errors import ManifestError, ReconcilerError
 
 if TYPE_CHECKING:
-    from reconciler.apply import StepResult
+    from reconciler.apply import ApplyResult, StepResult
     from reconciler.haproxy.paths import HAProxyPaths
     from reconciler.manifests import Manifests
     from reconciler.model import DesiredState
@@ -264,6 +264,7 @@ def _run_apply(
                     "run": done.run_id,
                     "ok": res.ok,
                     "failures": res.failures,
+                    "mismatches": res.mismatches,
                     "notes": list(done.plan.notes) + res.notes,
                     "steps": [
                         {
@@ -279,14 +280,27 @@ def _run_apply(
                 indent=2,
             )
         )
-    elif not done.plan.empty:
+    elif not done.plan.empty or res.mismatches:
         for service, why in res.failures.items():
             click.echo(f"\nerror: {service}: {why}", err=True)
+        if res.mismatches:
+            click.echo("\nerror: the outcome differs from the plan:", err=True)
+            for m in res.mismatches:
+                click.echo(f"  {m}", err=True)
         for note in res.notes:
             click.echo(f"\nnote: {note}", err=True)
-        verdict = "applied" if res.ok else "FAILED (the services above keep their old release)"
-        click.echo(f"\nrun {done.run_id}: {verdict}; see `reconcile history`.")
+        click.echo(f"\nrun {done.run_id}: {_verdict(res)}; see `reconcile history`.")
     sys.exit(0 if res.ok else 1)
+
+
+def _verdict(res: ApplyResult) -> str:
+    """The last line of an apply: what happened, naming what failed."""
+    if res.ok:
+        return "applied"
+    what = [k for k in res.failures] + (["outcome verification"] if res.mismatches else [])
+    kept = [k for k in res.failures if k != "haproxy"]
+    tail = f"; {', '.join(kept)} keep their old release" if kept else ""
+    return f"FAILED ({', '.join(what) or 'stopped'}{tail})"
 
 
 def haproxy_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -46,6 +46,12 @@ class Metrics:
         self.drift_pending = Gauge(
             "reconcile_drift_pending", "1 while detected drift is not repaired.", registry=r
         )
+        self.mismatches = Gauge(
+            "reconcile_outcome_mismatches",
+            "Differences between the world and the plan's promise found at the end of the "
+            "last pass (0: the outcome was verified).",
+            registry=r,
+        )
         self.reloads = Counter(
             "reconcile_haproxy_reloads_total", "HAProxy reloads done.", registry=r
         )

@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from reconciler.output import plan_json
 from reconciler.plan import Plan, plan
 from reconciler.store import Store
 from reconciler.transport.pool import Connections
+from reconciler.verify import Mismatch, verify
 
 
 class LockTimeout(ReconcilerError):
@@ -219,7 +220,8 @@ def apply_pass(
 
         groups = batches(desired, observed)
         failed_hosts: set[str] = set()
-        changed = False
+        rolled: set[str] = set()
+        changed = changed_any = False
         for index, group in enumerate(groups):
             later = {h for g in groups[index + 1 :] for h in g}
             if index > 0:
@@ -244,7 +246,9 @@ def apply_pass(
                 concurrency=rollout.concurrency,
             )
             done = executor.run(step_plan)
+            rolled |= set(group)
             changed = not step_plan.empty
+            changed_any |= changed
             offset += len(step_plan.actions)
             result.steps += done.steps
             for service, why in done.failures.items():
@@ -263,6 +267,17 @@ def apply_pass(
                     )
                     break
         result.failures = {**pull_failures, **result.failures}
+        if not result.stopped and not result.aborted:
+            result.mismatches = [
+                str(m)
+                for m in settled_outcome(
+                    desired,
+                    look if changed_any else lambda: observed,
+                    skip=set(held) | set(result.failures),
+                    frozen=(desired.app_host_names - rolled) | failed_hosts,
+                    settle_s=min(health_min_s, SETTLE_S) if changed_any else 0.0,
+                )
+            ]
         for service, why in result.failures.items():
             if service != "haproxy":
                 store.record_failure(env, desired.commit, service, why)
@@ -271,6 +286,9 @@ def apply_pass(
             seen = {h.name for h in observed.hosts}
             unreached = [h for h in retired if h.name not in seen]
             store.set_app_hosts(env, [*(desired.host(h) for h in sorted(now)), *unreached])
+        failures = dict(result.failures)
+        if result.mismatches:
+            failures["outcome"] = "; ".join(result.mismatches)
         status = (
             "failed"
             if not result.ok
@@ -284,15 +302,38 @@ def apply_pass(
         store.finish_run(
             run_id,
             status,
-            result.failures,
+            failures,
             f"{ok_steps}/{len(result.steps)} steps ok"
             + "".join(f"; {k} failed" for k in result.failures)
+            + (f"; outcome differs ({len(result.mismatches)})" if result.mismatches else "")
             + "".join(f"; {n}" for n in result.notes),
         )
         return PassResult(current, result, run_id)
     finally:
         conns.close()
         store.close()
+
+
+SETTLE_S = 10.0
+"""How long a pass that changed something waits for HAProxy's checks to agree with it
+before a difference counts (a server added a moment ago may need a check or two)."""
+
+
+def settled_outcome(
+    desired: DesiredState,
+    look: Callable[[], ObservedState],
+    skip: Collection[str],
+    frozen: Collection[str],
+    settle_s: float,
+) -> tuple[Mismatch, ...]:
+    """``verify`` the world as ``look`` reads it, again every half second for up to
+    ``settle_s`` while it differs; the last differences (none: the outcome holds)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = verify(desired, look(), skip, frozen)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.5)
 
 
 def _pause(seconds: float, should_stop: Callable[[], bool]) -> bool:

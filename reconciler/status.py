@@ -16,6 +16,7 @@ from reconciler import identity
 from reconciler.canary.engine import CanaryState, canary_pair
 from reconciler.model import DesiredState, ObservedState, ServerStats, Service
 from reconciler.store import Run
+from reconciler.verify import verify
 
 
 @dataclass
@@ -131,6 +132,8 @@ def status_data(
             for lb in observed.haproxy
         ],
         "services": services,
+        # what `apply` would call a mismatch now (reconciler.verify); [] when it holds
+        "outcome": [str(m) for m in verify(desired, observed, skip=held)],
     }
 
 
@@ -203,6 +206,11 @@ def status_text(
     for lb in d["haproxy"]:
         state = "running" if lb["running"] else "NOT RUNNING"
         lines.append(f"haproxy on {lb['host']}: {state}, {lb['servers']} servers")
+    if d["outcome"]:
+        lines.append(f"OUTCOME DIFFERS from the desired state ({len(d['outcome'])}):")
+        lines += [f"  {m}" for m in d["outcome"]]
+    else:
+        lines.append("outcome verified: HAProxy serves exactly the desired containers")
     for svc in d["services"]:
         lines.append("")
         lines.append(

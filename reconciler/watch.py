@@ -329,6 +329,15 @@ class Watcher:
         self.metrics.passes.labels(outcome=outcome).inc()
         if kind == "drift" and not done.plan.empty:
             self.metrics.drift.inc()
+        self.metrics.mismatches.set(len(res.mismatches))
+        if res.mismatches:
+            self.metrics.failures.labels(kind="outcome").inc()
+            log.error(
+                "the outcome at commit %s differs from the plan: %s",
+                sha[:7],
+                "; ".join(res.mismatches),
+                extra={"event": "outcome-differs", "commit": sha, "mismatches": res.mismatches},
+            )
         for service in res.failures:
             self.metrics.failures.labels(kind="apply").inc()
             log.error(

@@ -268,9 +268,30 @@ def assert_routes_only_to_healthy(dep: Deployment, client: docker.DockerClient) 
         assert _healthz(state.address, state.port) == 200, f"{c.name} fails /healthz"
 
 
-def assert_config_matches_runtime(dep: Deployment) -> None:
-    """The installed haproxy.cfg lists exactly the servers HAProxy runs with (backend,
-    name, address, port), so a reload or a restart of HAProxy brings back the same set."""
+def assert_servers_point_at_containers(dep: Deployment, client: docker.DockerClient) -> None:
+    """Every server in HAProxy, in any state (a DOWN one left on a dead port included),
+    and every server line of the installed config points at the published address and
+    port of a running container of this environment with that server's name."""
+    published: dict[str, set[tuple[str, int]]] = {}
+    for c in dep.containers():
+        if c.status == "running":
+            published[identity.server_name("local", c.name)] = {
+                (b["HostIp"], int(b["HostPort"]))
+                for binds in (c.ports or {}).values() for b in binds or ()}
+    runtime = {(s.backend, s.server, s.address, s.port)
+               for s in parse_servers_state(dep.haproxy.stats.command("show servers state"))}
+    assert runtime, "HAProxy has no server"
+    for backend, server, address, port in sorted(runtime | config_servers(dep)):
+        assert server in published, (
+            f"{backend}/{server} points at {address}:{port}; no running container of that "
+            f"name (running: {sorted(published)})")
+        assert (address, port) in published[server], (
+            f"{backend}/{server} points at {address}:{port}, its container publishes "
+            f"{sorted(published[server])}")
+
+
+def config_servers(dep: Deployment) -> set[tuple[str, str, str, int]]:
+    """(backend, server, address, port) of the installed haproxy.cfg's server lines."""
     in_file: set[tuple[str, str, str, int]] = set()
     backend = ""
     for line in dep.haproxy.paths.config.read_text().splitlines():
@@ -280,6 +301,13 @@ def assert_config_matches_runtime(dep: Deployment) -> None:
         elif words[:1] == ["server"] and backend:
             address, port = words[2].rsplit(":", 1)
             in_file.add((backend, words[1], address, int(port)))
+    return in_file
+
+
+def assert_config_matches_runtime(dep: Deployment) -> None:
+    """The installed haproxy.cfg lists exactly the servers HAProxy runs with (backend,
+    name, address, port), so a reload or a restart of HAProxy brings back the same set."""
+    in_file = config_servers(dep)
     running = {(s.backend, s.server, s.address, s.port)
                for s in parse_servers_state(dep.haproxy.stats.command("show servers state"))}
     assert in_file == running, (
