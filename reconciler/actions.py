@@ -106,6 +106,23 @@ class AddServer(Action):
 
 
 @dataclass(frozen=True)
+class RepointServer(Action):
+    """Runtime API: point a server HAProxy has at the published address and port of its
+    container, which is new (the old one was lost) or moved; wait until it is UP. No
+    reload: the config file is written afterwards."""
+
+    kind: ClassVar[str] = "repoint-server"
+    symbol: ClassVar[str] = "~"
+    backend: str = ""
+    server: str = ""
+    app_host: str = ""
+    container: str = ""
+
+    def describe(self) -> str:
+        return f"point server {self.server} of {self.backend} at its container"
+
+
+@dataclass(frozen=True)
 class SetWeight(Action):
     """Runtime API: set the weight (and state ready); no reload."""
 
@@ -167,6 +184,7 @@ ALL_ACTIONS: tuple[type[Action], ...] = (
     StartContainer,
     RemoveContainer,
     AddServer,
+    RepointServer,
     SetWeight,
     DrainServer,
     RemoveServer,

@@ -36,6 +36,7 @@ from reconciler.actions import (
     PullImage,
     RemoveContainer,
     RemoveServer,
+    RepointServer,
     SetWeight,
     StartContainer,
 )
@@ -88,7 +89,16 @@ class ApplyResult:
 
 
 # Steps that run side by side (see ``Executor._parallel``).
-_PARALLEL = (StartContainer, RemoveContainer, PullImage, DrainServer, RemoveServer)
+_PARALLEL = (
+    StartContainer,
+    RemoveContainer,
+    PullImage,
+    RepointServer,
+    DrainServer,
+    RemoveServer,
+)
+# LB steps whose servers are independent of each other: run side by side per server.
+_PER_SERVER = (RepointServer, DrainServer, RemoveServer)
 
 
 class _Abort(Exception):
@@ -217,7 +227,7 @@ class Executor:
             # Servers of one LB host are independent of each other: drained (and
             # deleted) side by side, not one after the other.
             key = action.host
-            if isinstance(action, DrainServer | RemoveServer):
+            if isinstance(action, _PER_SERVER):
                 key += "/" + action.server
             by_host[key].append((step, action))
 
@@ -289,6 +299,8 @@ class Executor:
             return self._start(action)
         if isinstance(action, AddServer):
             return self._add_server(action)
+        if isinstance(action, RepointServer):
+            return self._repoint(action)
         if isinstance(action, SetWeight):
             self.haproxies[action.host].set_weight(action.backend, action.server, action.weight)
             self._set_table_weight(action.host, action.backend, action.server, action.weight)
@@ -368,14 +380,16 @@ class Executor:
                 self.result.failures[a.service] = error
                 self._undo_starts(a.service)
 
-    def _add_server(self, a: AddServer) -> str | None:
+    def _gated_address(self, a: AddServer | RepointServer) -> tuple[str, int]:
+        """Where the server's container answers, once it passed its health gate (one
+        started by an earlier, maybe interrupted, pass is gated here before it gets
+        traffic; an unhealthy one is removed like a container of this pass)."""
         where = self.ports.get((a.app_host, a.container))
         if where is None:
             raise ContainerError(
                 f"container {a.container} on {a.app_host} has no published port; it is not running"
             )
         if (a.app_host, a.container) not in self.gated:
-            # Started by an earlier (maybe interrupted) pass: gate it before it gets traffic.
             health = self.health.get(a.service or "", HealthCheck(kind="none"))
             try:
                 wait_healthy(
@@ -388,15 +402,36 @@ class Executor:
                     self.conns.get(a.app_host),
                 )
             except ContainerError:
-                # Not healthy and not in HAProxy: removed like a container of this pass.
                 stop_and_remove(self.client(a.app_host), a.container, grace_s=1)
                 raise
-            self.gated.add((a.app_host, a.container))
+            with self.lock:
+                self.gated.add((a.app_host, a.container))
+        return where
+
+    def _add_server(self, a: AddServer) -> str | None:
+        address, port = self._gated_address(a)
         self.table.setdefault(a.host, {})[(a.backend, a.server)] = RenderServer(
-            a.backend, a.server, where[0], where[1], a.weight
+            a.backend, a.server, address, port, a.weight
         )
         self.added.setdefault(a.host, []).append((a.backend, a.server))
         return None
+
+    def _repoint(self, a: RepointServer) -> str:
+        """Point the server at its container; done when HAProxy reports it UP there."""
+        address, port = self._gated_address(a)
+        lb = self.haproxies[a.host]
+        lb.set_address(a.backend, a.server, address, port)
+        with self.lock:
+            table = self.table.setdefault(a.host, {})
+            old = table.get((a.backend, a.server))
+            weight = old.weight if old else 0
+            table[(a.backend, a.server)] = RenderServer(a.backend, a.server, address, port, weight)
+        if lb.wait_up([(a.backend, a.server)], timeout=self.health_min_s):
+            raise HAProxyError(
+                f"server {a.backend}/{a.server} did not come UP at {address}:{port} "
+                f"within {self.health_min_s:.0f}s"
+            )
+        return f"now at {address}:{port}, UP"
 
     def _remove_container(self, a: RemoveContainer) -> str | None:
         detail = self._wait_old_sessions(a)

@@ -8,8 +8,10 @@ server and one removes every retired one):
 3. start new containers (each waits for its health gate);
 4. add the new servers to HAProxy (one reload per LB host, only when structure changed;
    every LB host's new servers first, then their configs, so the executor can verify
-   each LB host's config before it switches any), then set weights through the runtime
-   API (no reload) and write them into the config;
+   each LB host's config before it switches any); point servers whose container was
+   replaced (or moved) at its published address through the runtime API; then set
+   weights through the runtime API (no reload) and write addresses and weights into the
+   config;
 5. drain retired servers and remove them through the runtime API (no reload);
 6. stop and remove retired containers.
 
@@ -39,6 +41,7 @@ from reconciler.actions import (
     PullImage,
     RemoveContainer,
     RemoveServer,
+    RepointServer,
     SetWeight,
     StartContainer,
 )
@@ -87,6 +90,7 @@ class _Phases:
     early_removals: list[Action] = field(default_factory=list)
     starts: list[Action] = field(default_factory=list)
     lb_adds: list[Action] = field(default_factory=list)
+    repoints: list[Action] = field(default_factory=list)
     lb_configs: list[Action] = field(default_factory=list)
     weights: list[Action] = field(default_factory=list)
     drains: list[Action] = field(default_factory=list)
@@ -163,6 +167,7 @@ def plan(
         + ph.early_removals
         + ph.starts
         + ph.lb_adds
+        + ph.repoints
         + ph.lb_configs
         + ph.weights
         + ph.drains
@@ -407,10 +412,23 @@ def _plan_lb(
                 )
             )
             continue
-        if srv.port is None:
-            structure.append(f"server {srv.name} gets a new container")
-        elif (have.address, have.port) != (srv.address, srv.port):
-            structure.append(f"server {srv.name} moved to {srv.address}:{srv.port}")
+        if srv.port is None or (have.address, have.port) != (srv.address, srv.port):
+            ph.repoints.append(
+                RepointServer(
+                    host=lb_host,
+                    service=srv.service,
+                    backend=srv.backend,
+                    server=srv.name,
+                    app_host=srv.app_host,
+                    container=srv.container,
+                    reason=(
+                        f"its container is new; HAProxy has it at {have.address}:{have.port}"
+                        if srv.port is None
+                        else f"its container publishes {srv.address}:{srv.port}, "
+                        f"not {have.address}:{have.port}"
+                    ),
+                )
+            )
         if have.weight != srv.weight or have.admin:
             state = f" (state {','.join(have.admin)})" if have.admin else ""
             ph.weights.append(
@@ -436,23 +454,19 @@ def _plan_lb(
                 reason="structure changed",
             )
         )
-    if any(a.host == lb_host for a in ph.weights):
+    runtime_changes = [a for a in (*ph.repoints, *ph.weights) if a.host == lb_host]
+    if runtime_changes:
         ph.weights.append(
             ConfigureHAProxy(
                 host=lb_host,
                 service=None,
                 reload=False,
-                reasons=("keep the new weights across reloads",),
-                reason="weights changed",
+                reasons=("keep the new addresses and weights across reloads",),
+                reason="servers changed at runtime",
             )
         )
     removed = [key for key in sorted(live) if key not in wanted]
-    if (
-        obs.running
-        and not structure
-        and not removed
-        and not any(a.host == lb_host for a in ph.weights)
-    ):
+    if obs.running and not structure and not removed and not runtime_changes:
         # The runtime is right; is the file (read at the next reload) right too? A pass
         # killed between a runtime change and the file write leaves it behind.
         expected = tuple(

@@ -18,6 +18,7 @@ from reconciler.actions import (
     PullImage,
     RemoveContainer,
     RemoveServer,
+    RepointServer,
     SetWeight,
     StartContainer,
 )
@@ -217,21 +218,23 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
                         continue
                 servers.append(s)
             lbs[a.host] = replace(lb, servers=tuple(servers))
-        elif isinstance(a, ConfigureHAProxy):
-            lb = lbs.get(a.host, ObservedHAProxy(host=a.host, running=False))
-            lbdef = next(x for x in d.loadbalancers if a.host in x.hosts)
-            # A reload renders every server at its container's current address.
-            where = {
-                identity.server_name(h.name, c.name): c.published
-                for h in hosts.values()
-                for c in h.containers
-            }
+        elif isinstance(a, RepointServer):
+            name = renamed.get(a.container, a.container)
+            c = next(c for c in host(a.app_host).containers if c.name == name)
+            assert c.published is not None
+            lb = lbs[a.host]
             servers = tuple(
-                replace(s, address=where[s.server][0], port=where[s.server][1])
-                if a.reload and where.get(s.server)
-                else s
+                replace(s, address=c.published[0], port=c.published[1])
+                if (s.backend, s.server) == (a.backend, a.server) else s
                 for s in lb.servers
             )
+            lbs[a.host] = replace(lb, servers=servers)
+        elif isinstance(a, ConfigureHAProxy):
+            # Like the executor: the config says what HAProxy has (no address changes:
+            # only AddServer and RepointServer place a server).
+            lb = lbs.get(a.host, ObservedHAProxy(host=a.host, running=False))
+            lbdef = next(x for x in d.loadbalancers if a.host in x.hosts)
+            servers = lb.servers
             lbs[a.host] = replace(
                 lb, running=True, servers=servers, config_sections=section_digests(d, lbdef),
                 config_servers=tuple(sorted((s.backend, s.server, s.address, s.port, s.weight)

@@ -257,6 +257,15 @@ class HAProxy:
             f"set weight {backend}/{server} {weight}", f"set server {backend}/{server} state ready"
         )
 
+    def set_address(self, backend: str, server: str, address: str, port: int) -> None:
+        """Point a server at ``address:port`` (runtime API, no reload); its checks then
+        probe the new place. Raises HAProxyError with HAProxy's answer when refused."""
+        cmd = f"set server {backend}/{server} addr {address} port {port}"
+        answer = self.stats.command(cmd).strip()
+        # HAProxy answers in words either way: "... changed from ..." or "no need to change".
+        if not answer.endswith("by 'stats socket command'"):
+            raise HAProxyError(f"{self._on}HAProxy refused {cmd!r}: {answer}")
+
     def delete_server(self, backend: str, server: str, timeout: float) -> None:
         """Put the server in maintenance and delete it; HAProxy refuses while it still has
         connections, so retry until ``timeout``. Raises HAProxyError if it never goes."""

@@ -24,6 +24,7 @@ from reconciler.actions import (
 from reconciler.model import Frontend, ObservedContainer, ObservedState, Release, Route
 from reconciler.output import plan_json, plan_text
 from reconciler.plan import plan
+from reconciler.verify import verify
 
 
 def kinds(p):  # type: ignore[no-untyped-def]
@@ -35,6 +36,7 @@ def four_runs(d, world):  # type: ignore[no-untyped-def]
     first = plan(d, world)
     assert not first.empty
     after = simulate(first, world, d)
+    assert verify(d, after) == ()  # the outcome the plan promised
     again = plan(d, after)
     assert again.empty, plan_text(again, "test")
     assert simulate(again, after, d) == after
@@ -180,8 +182,10 @@ def test_exited_container_is_replaced_under_the_same_name() -> None:
     dead = replace(world.host("h1"), containers=(replace(c, status="exited"),))
     world = replace(world, hosts=(dead,))
     p, after = four_runs(d, world)
-    assert kinds(p) == ["remove-container", "start-container", "configure-haproxy"]
+    assert kinds(p) == ["remove-container", "start-container", "repoint-server",
+                        "configure-haproxy"]
     assert p.actions[0].reason.startswith(f"container {c.name} is exited")
+    assert not p.actions[-1].reload  # type: ignore[attr-defined]
     assert [x.name for x in after.host("h1").containers] == [c.name]
 
 
@@ -239,7 +243,7 @@ def test_container_removed_by_hand_is_recreated_under_its_name() -> None:
     world = converge(d)
     world = replace(world, hosts=(replace(world.host("h1"), containers=()),))
     p, _ = four_runs(d, world)
-    assert kinds(p) == ["start-container", "configure-haproxy"]
+    assert kinds(p) == ["start-container", "repoint-server", "configure-haproxy"]
 
 
 def test_server_without_container_is_drained_and_removed() -> None:
@@ -327,6 +331,8 @@ def test_plan_reaches_a_fixpoint_and_is_deterministic(data, before, after) -> No
     # the plan computed against the state the plan produces is empty
     result = simulate(p, world, after)
     assert plan(after, result).empty, plan_text(plan(after, result), "x")
+    # and the world it leaves is the one promised (every server on its container's port)
+    assert verify(after, result) == (), verify(after, result)
     # and what runs is exactly what is desired
     for svc in after.services:
         for h in svc.hosts:
