@@ -326,6 +326,7 @@ class Executor:
             self.desired.commit,
             a.spec,
             a.image_id,
+            self.desired.instance.name,
         )
         started = create_and_start(
             self.client(a.host),

@@ -125,6 +125,18 @@ def state_options(f: F) -> F:
     )(f)
 
 
+def instance_option(f: F) -> F:
+    return click.option(
+        "--instance",
+        envvar="RECONCILE_INSTANCE",
+        metavar="NAME",
+        help="This reconciler's instance name: its containers carry it, so several "
+        "reconcilers (other state dirs) can share a Docker engine without touching each "
+        "other's containers. Default: the name kept in the state dir (made from its path "
+        "on the first apply).",
+    )(f)
+
+
 @dataclass
 class Loaded:
     snapshot: Snapshot
@@ -170,12 +182,31 @@ def _pick_environment(manifests: Manifests, environment: str | None) -> str:
     )
 
 
-def _desired(src: Source) -> tuple[Loaded, DesiredState]:
+def _desired(
+    src: Source, state_dir: Path, instance: str | None, create: bool = False
+) -> tuple[Loaded, DesiredState]:
+    """The commit's desired state of the chosen environment, for the instance of
+    ``state_dir`` (stored there first when ``create``: commands that change things)."""
+    from dataclasses import replace
+
+    from reconciler import instance as inst
     from reconciler.manifests import resolve
 
     loaded = _load(src)
     env = _pick_environment(loaded.manifests, src.environment)
-    return loaded, resolve(loaded.manifests, env, loaded.snapshot.commit)
+    desired = resolve(loaded.manifests, env, loaded.snapshot.commit)
+    return loaded, replace(desired, instance=inst.resolve(state_dir, instance, create))
+
+
+T = TypeVar("T")
+
+
+def _or_fail(f: Callable[[], T]) -> T:
+    """``f()``, or its ReconcilerError reported as ``_fail`` does."""
+    try:
+        return f()
+    except ReconcilerError as exc:
+        _fail(exc)
 
 
 def _fail(exc: ReconcilerError) -> NoReturn:
@@ -188,7 +219,13 @@ def _fail(exc: ReconcilerError) -> NoReturn:
     sys.exit(1)
 
 
-def _run_plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths | None) -> None:
+def _run_plan(
+    src: Source,
+    state_dir: Path,
+    output: str,
+    external: HAProxyPaths | None,
+    instance: str | None,
+) -> None:
     try:
         from reconciler.observe.live import observe
         from reconciler.output import plan_json, plan_text
@@ -196,7 +233,7 @@ def _run_plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths 
         from reconciler.run import retired_hosts, with_canaries
         from reconciler.store import Store
 
-        loaded, desired = _desired(src)
+        loaded, desired = _desired(src, state_dir, instance)
         store = Store(state_dir / "history.sqlite") if state_dir.exists() else None
         held = store.failed_services(desired.environment, desired.commit) if store else {}
         retired = retired_hosts(desired, store) if store else []
@@ -216,6 +253,7 @@ def _run_apply(
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
+    instance: str | None,
 ) -> None:
     """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise."""
     import json
@@ -224,7 +262,7 @@ def _run_apply(
         from reconciler.output import plan_text
         from reconciler.run import apply_pass, target_lock
 
-        loaded, desired = _desired(src)
+        loaded, desired = _desired(src, state_dir, instance, create=True)
         text = output == "text"
 
         def on_plan(p: Plan) -> None:
@@ -371,6 +409,7 @@ def apply_options(f: F) -> F:
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (as `plan`).")
 @source_options
 @state_options
+@instance_option
 @haproxy_options
 @apply_options
 @click.pass_context
@@ -380,6 +419,7 @@ def main(
     src: Source,
     state_dir: Path,
     output: str,
+    instance: str | None,
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
@@ -405,70 +445,90 @@ def main(
     if ctx.invoked_subcommand is not None:
         return
     if dry_run:
-        _run_plan(src, state_dir, output, external)
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external)
+        _run_plan(src, state_dir, output, external, instance)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance)
 
 
 @main.command()
 @source_options
 @state_options
+@instance_option
 @haproxy_options
-def plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths | None) -> None:
+def plan(
+    src: Source, state_dir: Path, output: str, instance: str | None, external: HAProxyPaths | None
+) -> None:
     """Show what a reconcile would change (the dry run); change nothing.
 
     Exits 0 when nothing would change, 2 when changes are pending, 1 on error.
     """
-    _run_plan(src, state_dir, output, external)
+    _run_plan(src, state_dir, output, external, instance)
 
 
 @main.command()
 @source_options
 @state_options
+@instance_option
 @haproxy_options
 @apply_options
 def apply(
     src: Source,
     state_dir: Path,
     output: str,
+    instance: str | None,
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
 ) -> None:
     """Apply the plan (the same as `reconcile` without a command)."""
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance)
 
 
 @main.command()
 @click.argument("service")
 @source_options
 @state_options
+@instance_option
 @haproxy_options
 def promote(
-    service: str, src: Source, state_dir: Path, output: str, external: HAProxyPaths | None
+    service: str,
+    src: Source,
+    state_dir: Path,
+    output: str,
+    instance: str | None,
+    external: HAProxyPaths | None,
 ) -> None:
     """Promote SERVICE's canary now: all traffic to it (then make it the only release in
     git). Recorded in the history; applied at once through HAProxy's runtime API."""
-    _decide_canary(src, state_dir, output, external, service, "promoted")
+    _decide_canary(src, state_dir, output, external, instance, service, "promoted")
 
 
 @main.command()
 @click.argument("service")
 @source_options
 @state_options
+@instance_option
 @haproxy_options
 def abort(
-    service: str, src: Source, state_dir: Path, output: str, external: HAProxyPaths | None
+    service: str,
+    src: Source,
+    state_dir: Path,
+    output: str,
+    instance: str | None,
+    external: HAProxyPaths | None,
 ) -> None:
     """Abort SERVICE's canary now: its weight goes to 0 (the baseline takes all traffic);
     its containers stay for inspection until git changes. Recorded in the history."""
-    _decide_canary(src, state_dir, output, external, service, "aborted")
+    _decide_canary(src, state_dir, output, external, instance, service, "aborted")
 
 
 @main.command()
 @source_options
 @state_options
+@instance_option
 @haproxy_options
-def status(src: Source, state_dir: Path, output: str, external: HAProxyPaths | None) -> None:
+def status(
+    src: Source, state_dir: Path, output: str, instance: str | None, external: HAProxyPaths | None
+) -> None:
     """Show services, releases, weights, containers and their health, HAProxy server states,
     and per-revision requests, 5xx and response times from HAProxy's counters."""
     try:
@@ -477,7 +537,7 @@ def status(src: Source, state_dir: Path, output: str, external: HAProxyPaths | N
         from reconciler.status import status_json, status_text
         from reconciler.store import Store
 
-        loaded, desired = _desired(src)
+        loaded, desired = _desired(src, state_dir, instance)
         observed = observe(desired, state_dir, external)
         store = Store(state_dir / "history.sqlite")
         runs = store.runs(desired.environment, limit=1)
@@ -594,6 +654,7 @@ def _decide_canary(
     state_dir: Path,
     output: str,
     external: HAProxyPaths | None,
+    instance: str | None,
     service: str,
     status: str,
 ) -> None:
@@ -602,7 +663,7 @@ def _decide_canary(
     from reconciler.run import stored_canaries
     from reconciler.store import Store
 
-    _, desired = _desired(src)
+    _, desired = _or_fail(lambda: _desired(src, state_dir, instance))
     store = Store(state_dir / "history.sqlite")
     try:
         state = stored_canaries(store, desired.environment).get(service)
@@ -624,7 +685,7 @@ def _decide_canary(
         )
     finally:
         store.close()
-    _run_apply(src, state_dir, output, 30.0, 30.0, external)
+    _run_apply(src, state_dir, output, 30.0, 30.0, external, instance)
 
 
 @main.command()
@@ -736,6 +797,7 @@ def diff(
 @main.command()
 @source_options
 @state_options
+@instance_option
 @haproxy_options
 @apply_options
 @click.option(
@@ -785,6 +847,7 @@ def watch(
     src: Source,
     state_dir: Path,
     output: str,
+    instance: str | None,
     external: HAProxyPaths | None,
     lock_timeout: float,
     health_timeout: float,
@@ -806,6 +869,7 @@ def watch(
     import logging
     import signal
 
+    from reconciler import instance as inst
     from reconciler.metrics import Metrics, serve
     from reconciler.source import RepoSpec
     from reconciler.watch import JsonFormatter, WatchConfig, Watcher
@@ -832,6 +896,7 @@ def watch(
         require_signed=require_signed,
         allowed_signers=allowed_signers,
         gpg_home=gpg_home,
+        instance=_or_fail(lambda: inst.resolve(state_dir, instance, create=not detect_only)),
     )
     watcher = Watcher(cfg, Metrics())
 

@@ -165,23 +165,27 @@ def create_and_start(
                 healthcheck=_healthcheck(spec.health),
                 stop_timeout=spec.stop_grace_s,
             )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # the name is taken: never by one of ours (see plan)
+                raise ContainerError(
+                    f"container name {name} is taken on host {host} by a container this "
+                    "reconciler instance does not own (another reconciler instance, or one "
+                    "made by hand); it was left alone. Remove or rename it, or run this "
+                    "reconciler with another --instance"
+                ) from None
+            raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+        try:
             api.start(created["Id"])
         except docker.errors.APIError as exc:
-            # A container half-created by this call is removed: nothing is left behind.
-            _remove_quietly(client, name)
+            # The container this call created is removed (by id: a name could be another's).
+            with contextlib.suppress(docker.errors.DockerException):
+                api.remove_container(created["Id"], force=True)
             why = str(exc.explanation or exc)
             if attempt < 4 and any(text in why.lower() for text in _PORT_CLASH):
                 continue
             raise ContainerError(f"container {name}: {why}") from None
         return Started(name=name, id=str(created["Id"]), address=address, port=port)
     raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def _remove_quietly(client: docker.DockerClient, name: str) -> None:
-    import docker.errors
-
-    with contextlib.suppress(docker.errors.DockerException):
-        client.containers.get(name).remove(force=True)
 
 
 def wait_healthy(

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from reconciler.model import ContainerSpec
+from reconciler.model import ContainerSpec, Instance
 
 PREFIX = "io.reconciler."
 MANAGED = PREFIX + "managed"
@@ -24,6 +25,7 @@ CONFIG_HASH = PREFIX + "config-hash"
 REPLICA = PREFIX + "replica"
 COMMIT = PREFIX + "commit"
 SPEC = PREFIX + "spec"  # canonical JSON of the spec, to explain later what changed
+INSTANCE = PREFIX + "instance"  # the reconciler instance that owns the container
 
 _SECRETISH = re.compile(r"(PASSW|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|ACCESS_?KEY)", re.I)
 MASK = "******"
@@ -70,9 +72,19 @@ def config_hash(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def container_name(environment: str, service: str, revision: str, chash: str, replica: int) -> str:
-    """Deterministic Docker name; also the HAProxy server name of the container."""
-    return f"{environment}-{service}-{revision}-{chash[:10]}-{replica}"
+def container_name(
+    environment: str, service: str, revision: str, chash: str, replica: int, instance: str = ""
+) -> str:
+    """Deterministic Docker name, prefixed with the owning instance's name (when it has
+    one); with the app host, also the HAProxy server name of the container."""
+    prefix = f"{instance}-" if instance else ""
+    return f"{prefix}{environment}-{service}-{revision}-{chash[:10]}-{replica}"
+
+
+def owned(instance: Instance, labels: Mapping[str, str]) -> bool:
+    """Whether a managed container with ``labels`` belongs to ``instance``."""
+    label = labels.get(INSTANCE, "")
+    return label == instance.name if label else instance.adopt_unlabelled
 
 
 def server_name(host: str, container: str) -> str:
@@ -97,8 +109,11 @@ def container_labels(
     commit: str,
     spec: ContainerSpec,
     image_id: str,
+    instance: str = "",
 ) -> dict[str, str]:
     labels = dict(spec.labels)
+    if instance:
+        labels[INSTANCE] = instance
     labels.update(
         {
             MANAGED: "true",

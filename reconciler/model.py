@@ -183,8 +183,21 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """The reconciler instance that acts (not from git: from its state dir or flags).
+
+    Its containers carry ``name`` in a label and as a name prefix, so two instances on one
+    engine never see each other's containers. ``adopt_unlabelled``: also own managed
+    containers that carry no instance label (made before instances existed). The default
+    (no name) is the form of tests and of pure callers that never touch an engine."""
+
+    name: str = ""
+    adopt_unlabelled: bool = True
+
+
+@dataclass(frozen=True)
 class DesiredState:
-    """The desired state of one environment at one commit."""
+    """The desired state of one environment at one commit, for one reconciler instance."""
 
     environment: str
     commit: str
@@ -192,6 +205,7 @@ class DesiredState:
     services: tuple[Service, ...]
     loadbalancers: tuple[LoadBalancer, ...]
     rollout: Rollout = Rollout()
+    instance: Instance = Instance()
 
     @property
     def app_host_names(self) -> frozenset[str]:

@@ -218,7 +218,9 @@ def _plan_service(
             )
         chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id)
         for replica in range(svc.replicas):
-            name = identity.container_name(env, svc.name, rel.revision, chash, replica)
+            name = identity.container_name(
+                env, svc.name, rel.revision, chash, replica, desired.instance.name
+            )
             existing = by_name.get(name)
             server = _Server(
                 identity.backend_name(svc.name),

@@ -85,7 +85,9 @@ def _expected(
                 image_id = images.get(rel.spec.image, "")
                 chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id)
                 for replica in range(svc.replicas):
-                    name = identity.container_name(env, svc.name, rel.revision, chash, replica)
+                    name = identity.container_name(
+                        env, svc.name, rel.revision, chash, replica, desired.instance.name
+                    )
                     key = (identity.backend_name(svc.name), identity.server_name(host, name))
                     out[key] = (host, rel.weight)
     return out

@@ -23,7 +23,7 @@ import random
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from reconciler.errors import ManifestError, ReconcilerError, SourceError
 from reconciler.haproxy.paths import HAProxyPaths
 from reconciler.manifests import load_manifests, resolve
 from reconciler.metrics import Metrics
-from reconciler.model import DesiredState
+from reconciler.model import DesiredState, Instance
 from reconciler.observe.live import observe
 from reconciler.plan import plan
 from reconciler.run import apply_pass, stored_canaries, target_lock, with_canaries
@@ -58,6 +58,7 @@ class WatchConfig:
     require_signed: bool = False
     allowed_signers: Path | None = None  # SSH signatures (git's gpg.ssh.allowedSignersFile)
     gpg_home: Path | None = None  # GPG signatures: a keyring of the allowed keys
+    instance: Instance = field(default_factory=Instance)  # whose containers
 
 
 @dataclass
@@ -259,7 +260,7 @@ class Watcher:
             env = self.cfg.environment or (names[0] if len(names) == 1 else "")
             if not env:
                 raise ReconcilerError(f"several environments ({', '.join(names)}): use --env")
-            return snapshot, resolve(manifests, env, sha)
+            return snapshot, replace(resolve(manifests, env, sha), instance=self.cfg.instance)
         except ManifestError as exc:
             self._reject(sha, "\n".join(str(p) for p in exc.problems), "invalid")
             return None

@@ -18,7 +18,7 @@ import docker
 from click.testing import CliRunner
 from repo_support import commit, edit, scratch_repo
 
-from reconciler import identity
+from reconciler import identity, instance
 from reconciler.cli import main
 from reconciler.haproxy.control import HAProxy
 from reconciler.haproxy.paths import HAProxyPaths
@@ -89,7 +89,12 @@ class Deployment:
         return self.haproxy.procs().reloads
 
     def containers(self, service: str | None = None) -> list[Any]:
+        """This deployment's containers: its environment's, of its own reconciler
+        instance once one is recorded in its state dir."""
         labels = [f"{identity.ENVIRONMENT}={self.env}"]
+        if (self.state / instance.FILE).exists():
+            name = instance.resolve(self.state, None, create=False).name
+            labels.append(f"{identity.INSTANCE}={name}")
         if service:
             labels.append(f"{identity.SERVICE}={service}")
         return self.client.containers.list(all=True, filters={"label": labels})

@@ -23,7 +23,7 @@ from typing import Any
 import docker
 from deploy_support import Deployment
 
-from reconciler import identity
+from reconciler import identity, instance
 from reconciler.haproxy.runtime import parse_servers_state
 from reconciler.manifests import load_manifests, resolve
 from reconciler.source import RepoSpec, open_repo, read_commit
@@ -206,6 +206,7 @@ def desired_names(dep: Deployment, client: docker.DockerClient) -> dict[str, set
                              fetch=False)
     snap = read_commit(repo, subdir, "HEAD")
     desired = resolve(load_manifests(snap.files), dep.env, snap.commit)
+    name = instance.resolve(dep.state, None, create=False).name
     out: dict[str, set[str]] = {}
     for svc in desired.services:
         names = out.setdefault(svc.name, set())
@@ -214,7 +215,7 @@ def desired_names(dep: Deployment, client: docker.DockerClient) -> dict[str, set
             chash = identity.config_hash(dep.env, svc.name, rel.revision, rel.spec, image_id)
             for replica in range(svc.replicas):
                 names.add(identity.container_name(dep.env, svc.name, rel.revision, chash,
-                                                  replica))
+                                                  replica, name))
     return out
 
 

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from reconciler import identity
 from reconciler.errors import ObserveError
-from reconciler.model import ContainerStatus, HealthStatus, ObservedContainer, ObservedHost, Pairs
+from reconciler.model import (
+    ContainerStatus,
+    HealthStatus,
+    Instance,
+    ObservedContainer,
+    ObservedHost,
+    Pairs,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -85,9 +92,14 @@ def parse_images(raw: Iterable[dict[str, Any]], wanted: Iterable[str]) -> Pairs:
 
 
 def observe_host(
-    name: str, client: docker.DockerClient, wanted_images: Iterable[str]
+    name: str,
+    client: docker.DockerClient,
+    wanted_images: Iterable[str],
+    instance: Instance | None = None,
 ) -> ObservedHost:
-    """Managed containers (all environments) and wanted images of one engine."""
+    """Managed containers of ``instance`` (all environments; every instance's when None)
+    and wanted images of one engine. Another instance's containers are left out here, so
+    nothing downstream can adopt or prune them."""
     import docker.errors
 
     try:
@@ -95,6 +107,8 @@ def observe_host(
         images = client.api.images()
     except (docker.errors.DockerException, OSError) as exc:
         raise ObserveError(f"host {name}: cannot read the Docker engine: {exc}") from exc
+    if instance is not None:
+        raw = [c for c in raw if identity.owned(instance, c.get("Labels") or {})]
     containers = tuple(sorted((parse_container(c) for c in raw), key=lambda c: c.name))
     return ObservedHost(
         name=name, containers=containers, images=parse_images(images, wanted_images)

@@ -62,7 +62,9 @@ def observe(
             r.spec.image for s in desired.services if host.name in s.hosts for r in s.releases
         }
         try:
-            return observe_host(host.name, conns.get(host.name).docker(), wanted)
+            return observe_host(
+                host.name, conns.get(host.name).docker(), wanted, desired.instance
+            )
         except (TransportError, ObserveError) as exc:
             if host.name in gone:
                 # A retired host that cannot be reached must not block the environment:
