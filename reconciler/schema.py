@@ -69,7 +69,7 @@ def _validators() -> dict[str, Any]:
     from jsonschema.validators import extend
     from referencing import Registry, Resource
 
-    strict = extend(Draft202012Validator, {"pattern": _pattern_keyword})
+    strict = extend(Draft202012Validator, {"pattern": _pattern_keyword})  # type: ignore[no-untyped-call]
 
     schemas = {p.name: json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.schema.json")}
     registry: Registry[Any] = Registry().with_resources(
