@@ -203,6 +203,11 @@ def _check_repository(m: Manifests) -> list[Problem]:
         address = at.doc.get((*at.path, "address"))
         if why := safety.ipv4_if_numeric(address):
             problems.append(at.problem(f"{address!r} {why}", "address"))
+        for name in ("key", "known_hosts"):
+            sub = ("connection", "ssh", name)
+            path = at.doc.get((*at.path, *sub))
+            if isinstance(path, str) and (why := safety.local_file(path)):
+                problems.append(at.problem(f"{path!r} {why}", *sub))
         if at.doc.get((*at.path, "connection"), "local") == "local":
             local.append(at)
             if not address.replace(".", "").isdigit():
