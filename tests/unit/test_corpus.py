@@ -10,7 +10,9 @@ FIELD is the field path as printed (``(document)`` for a whole document) and SUB
 distinctive piece of the message, with the bad value where there is one. Other lines
 starting with ``#`` are comments. The check is exact both ways: exit status 1, every
 expected line matched by a reported problem and every reported problem by an expected
-line, one to one.
+line, one to one. No raw control character (anything ``str.isprintable`` refuses, apart
+from the line breaks between problems) may appear in the output: values, keys and file
+names are shown escaped.
 
 """
 
@@ -149,6 +151,9 @@ def differences(expectation: Expectation, outcome: Outcome) -> list[str]:
             f"stderr: {outcome.stderr!r}"
         ]
     reported, wrong = parse_reported(outcome.stderr)
+    raw = sorted({ch for ch in outcome.stderr if ch != "\n" and not ch.isprintable()})
+    if raw:  # user input is escaped in every message, keys and file names included
+        wrong.append(f"raw control characters in the output: {raw!r}")
     missing, surplus = pair(list(expectation.lines), reported)
     wrong += [f"expected, not reported: {line}" for line in missing]
     wrong += [f"reported, not expected: {line}" for line in surplus]
