@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from reconciler import __version__
-from reconciler.errors import ManifestError, ReconcilerError
+from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.apply import ApplyResult, StepResult
@@ -210,12 +210,9 @@ def _or_fail(f: Callable[[], T]) -> T:
 
 
 def _fail(exc: ReconcilerError) -> NoReturn:
-    if isinstance(exc, ManifestError):
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        click.echo(f"{len(exc.problems)} problem(s) found; nothing was changed.", err=True)
-    else:
-        click.echo(f"error: {exc}", err=True)
+    """Print the error (escaped: see ``ReconcilerError.report``) and exit 1."""
+    for line in exc.report():
+        click.echo(line, err=True)
     sys.exit(1)
 
 

@@ -3,6 +3,11 @@
 Every error the reconciler raises on purpose derives from ``ReconcilerError``; the CLI
 turns them into a message and exit code 1. Messages name the file, field and bad value
 (never a secret value).
+
+Messages quote user input (values, mapping keys, file names), so every message passes
+through ``printable`` where it is formatted (``Problem.__str__``, and
+``ReconcilerError.report``, which is what the CLI prints): a CR/LF in a key cannot forge
+an output line and an ESC never reaches a terminal, whatever a caller put in a message.
 """
 
 from __future__ import annotations
@@ -10,8 +15,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character written as Python would escape it.
+
+    Line breaks (``\\n``, ``\\r``, U+2028...), NUL, ESC and other control characters,
+    format characters (zero-width, bidi overrides) and separators other than the plain
+    space become ``\\n``, ``\\x1b``, ``\\u202e``...; everything else is unchanged, so a
+    message that already quotes a value with ``repr`` reads the same. The result is one
+    line of text that is safe to print on a terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class ReconcilerError(Exception):
     """Base of every expected failure (bad input, unreachable host, failed step)."""
+
+    def report(self) -> list[str]:
+        """The lines the CLI prints for this error, each escaped with ``printable``.
+
+        The first line starts with ``error: ``; further lines of a multi-line message
+        (e.g. ``haproxy -c`` output) are indented, so no text inside a message can pass
+        for a line of its own."""
+        first, *rest = str(self).split("\n")
+        return [f"error: {printable(first)}", *(f"  {printable(line)}" for line in rest)]
 
 
 @dataclass(frozen=True)
@@ -25,9 +53,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        field = self.field or "(document)"
-        return f"{where}: {field}: {self.message}"
+        """``file:line:column: field: message`` on one line, every part escaped."""
+        where = f"{printable(self.file)}:{self.line}:{self.column}"
+        field = printable(self.field) if self.field else "(document)"
+        return f"{where}: {field}: {printable(self.message)}"
 
 
 class ManifestError(ReconcilerError):
@@ -38,6 +67,12 @@ class ManifestError(ReconcilerError):
             problems, key=lambda p: (p.file, p.line, p.column, p.field, p.message)
         )
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def report(self) -> list[str]:
+        """One ``error: file:line:column: field: message`` line per problem (escaped by
+        ``Problem.__str__``), then the count."""
+        found = f"{len(self.problems)} problem(s) found; nothing was changed."
+        return [*(f"error: {p}" for p in self.problems), found]
 
 
 class SourceError(ReconcilerError):

@@ -20,13 +20,19 @@ Path = tuple[str | int, ...]
 
 
 def format_path(path: Path) -> str:
-    """``("services", "web", "env", 0)`` -> ``services.web.env[0]``."""
+    """``("services", "web", "env", 0)`` -> ``services.web.env[0]``.
+
+    A key that is empty or holds a non-printable character (a line break, ESC, ...) is
+    written quoted, ``env['A\\nB']``, so it reads as one key and cannot break the line
+    of the message (``Problem.__str__`` escapes the whole line as well)."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not part or not part.isprintable():
+            out += f"[{part!r}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{part}" if out else part
     return out
 
 

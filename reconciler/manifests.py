@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import safety
+from reconciler import imageref, safety
 from reconciler.errors import ManifestError, Problem, ReconcilerError
 from reconciler.loader import Document, Path, load_yaml
 from reconciler.model import (
@@ -203,6 +203,11 @@ def _check_repository(m: Manifests) -> list[Problem]:
         address = at.doc.get((*at.path, "address"))
         if why := safety.ipv4_if_numeric(address):
             problems.append(at.problem(f"{address!r} {why}", "address"))
+        for name in ("key", "known_hosts"):
+            sub = ("connection", "ssh", name)
+            path = at.doc.get((*at.path, *sub))
+            if isinstance(path, str) and (why := safety.local_file(path)):
+                problems.append(at.problem(f"{path!r} {why}", *sub))
         if at.doc.get((*at.path, "connection"), "local") == "local":
             local.append(at)
             if not address.replace(".", "").isdigit():
@@ -226,10 +231,9 @@ def _check_repository(m: Manifests) -> list[Problem]:
     for doc in m.environments.values():
         for name, override in doc.data.get("services", {}).items():
             _check_env_values(doc, ("services", name, "env"), override.get("env", {}), problems)
-            for i, rel in enumerate(override.get("releases", [])):
-                _check_env_values(
-                    doc, ("services", name, "releases", i, "env"), rel.get("env", {}), problems
-                )
+            _check_releases(
+                doc, ("services", name, "releases"), override.get("releases", []), problems
+            )
             if not m.known("Service", name):
                 problems.append(
                     doc.problem(("services", name), m.unknown("service", name), key=True)
@@ -277,9 +281,10 @@ def _check_service_values(doc: Document) -> list[Problem]:
             "names a tag or digest: give the repository only (the tag is "
             "the release revision) or set releases[].image",
         )
+    else:  # with the revision as its tag (at most 64 characters) it stays valid
+        bad(("image",), image, imageref.problem(image))
     _check_env_values(doc, ("env",), data.get("env", {}), problems)
-    for i, rel in enumerate(data["releases"]):
-        _check_env_values(doc, ("releases", i, "env"), rel.get("env", {}), problems)
+    _check_releases(doc, ("releases",), data["releases"], problems)
     for field_name in ("command", "args"):
         for i, arg in enumerate(data.get(field_name, [])):
             bad((field_name, i), arg, safety.control_chars(arg))
@@ -302,6 +307,16 @@ def _check_service_values(doc: Document) -> list[Problem]:
         bad(("volumes", i, "source"), src, src_why)
         bad(("volumes", i, "target"), vol["target"], safety.absolute_path(vol["target"]))
     return problems
+
+
+def _check_releases(
+    doc: Document, path: Path, releases: list[dict[str, Any]], problems: list[Problem]
+) -> None:
+    """A release list (of a Service or an Environment): env values and images."""
+    for i, rel in enumerate(releases):
+        _check_env_values(doc, (*path, i, "env"), rel.get("env", {}), problems)
+        if "image" in rel and (why := imageref.problem(rel["image"])):
+            problems.append(doc.problem((*path, i, "image"), f"{rel['image']!r} {why}"))
 
 
 def _check_env_values(

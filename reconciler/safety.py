@@ -23,6 +23,7 @@ _HAPROXY_BAD = {
     "{": "'{'",
     "}": "'}'",
 }
+# Used with fullmatch: "$" in a Python pattern also matches before a final newline.
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,127}$")  # Docker: 2+ characters
 _LOG_OPTION = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -75,8 +76,22 @@ def absolute_path(value: str, *, haproxy: bool = False) -> str | None:
     return None
 
 
+def local_file(value: str) -> str | None:
+    """Reason if ``value`` is not a clean path of a file on the reconciler's machine:
+    absolute or ``~/...``, no control characters, no ``..`` component (a path that
+    climbs out of where it seems to point is a mistake or a trick)."""
+    reason = control_chars(value)
+    if reason:
+        return reason
+    if not value.startswith(("/", "~/")):
+        return "must be an absolute path or start with '~/'"
+    if ".." in value.split("/"):
+        return "must not contain '..'"
+    return None
+
+
 def volume_name(value: str) -> str | None:
-    if _VOLUME_NAME.match(value):
+    if _VOLUME_NAME.fullmatch(value):
         return None
     return "is not a valid Docker volume name (2-128 letters, digits, '_', '.', '-')"
 
@@ -84,13 +99,13 @@ def volume_name(value: str) -> str | None:
 def label_key(value: str) -> str | None:
     if value.startswith(RESERVED_LABEL_PREFIX):
         return f"uses the reserved prefix {RESERVED_LABEL_PREFIX!r}"
-    if not _LABEL_KEY.match(value):
+    if not _LABEL_KEY.fullmatch(value):
         return "is not a valid label key (letters, digits, '.', '_', '-', '/')"
     return None
 
 
 def log_option_key(value: str) -> str | None:
-    return None if _LOG_OPTION.match(value) else "is not a valid log option name"
+    return None if _LOG_OPTION.fullmatch(value) else "is not a valid log option name"
 
 
 def ipv4_if_numeric(value: str) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,57 @@ KINDS = {
 BASE_URI = "https://reconciler.example/schemas/"
 
 
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled with JSON Schema's (ECMA-262) meaning of ``$``: end of input.
+
+    Python's ``$`` also matches before a final newline, so with jsonschema's default
+    ``re.search`` the pattern ``^[a-z0-9-]+$`` accepts ``"web\\n"``; every ``$`` outside a
+    character class becomes ``\\Z``."""
+    out, escaped, in_class = [], False, False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        elif ch == "$" and not in_class:
+            out.append("\\Z")
+            continue
+        out.append(ch)
+    return re.compile("".join(out))
+
+
+def _pattern_keyword(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """The ``pattern`` keyword, matched with ``ecma_regex`` (see there)."""
+    from jsonschema import ValidationError
+
+    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return ecma_regex(pattern)
+
+
 @cache
 def _validators() -> dict[str, Any]:
     # Imported here: jsonschema is slow to import and `--help` must stay fast.
     from jsonschema import Draft202012Validator
+    from jsonschema.validators import extend
     from referencing import Registry, Resource
+
+    strict = extend(Draft202012Validator, {"pattern": _pattern_keyword})  # type: ignore[no-untyped-call]
 
     schemas = {p.name: json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.schema.json")}
     registry: Registry[Any] = Registry().with_resources(
         (BASE_URI + name, Resource.from_contents(s)) for name, s in schemas.items()
     )
     return {
-        kind: Draft202012Validator(schemas[file], registry=registry) for kind, file in KINDS.items()
+        kind: strict(schemas[file], registry=registry) for kind, file in KINDS.items()
     }
 
 

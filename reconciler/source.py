@@ -98,7 +98,7 @@ def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
 def resolve_rev(spec: RepoSpec, rev: str | None) -> str:
     """The revision to read: ``rev``, else the branch, else HEAD."""
     chosen = rev or spec.branch or "HEAD"
-    if not _SAFE_REV.match(chosen):
+    if not _SAFE_REV.fullmatch(chosen):  # fullmatch: "$" would allow a final newline
         raise SourceError(f"invalid revision {chosen!r}")
     return chosen
 

@@ -127,6 +127,52 @@ class _Policy:
         client.save_host_keys(self.known_hosts)
 
 
+def _load_known_hosts(
+    client: paramiko.SSHClient, known: str, accept_new: bool, where: str
+) -> None:
+    """Load ``known`` into ``client`` (creating it empty for ``accept-new``).
+
+    Raises HostKeyRefused, naming the file and what is wrong with it but quoting
+    nothing from it: paramiko's own errors quote the offending line, and the path may
+    name any file (``/etc/passwd``)."""
+    try:
+        if accept_new and not os.path.exists(known):
+            os.makedirs(os.path.dirname(known) or ".", mode=0o700, exist_ok=True)
+            with open(known, "a"):
+                pass
+        client.load_host_keys(known)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+    except Exception:
+        # paramiko's parser fails in many ways (ValueError, UnicodeDecodeError,
+        # InvalidHostKey, ...), each quoting file content.
+        why = "not a known_hosts file (each line: host names, key type, base64 key)"
+    else:
+        return
+    raise HostKeyRefused(
+        f"{where}: cannot use known_hosts {known!r}: {why}; "
+        "refusing to connect without a host key to check"
+    )
+
+
+def _private_key(path: str, where: str) -> paramiko.PKey | None:
+    """The private key in ``path``; None when it is encrypted (paramiko then tries the
+    SSH agent). Raises TransportError naming the file, quoting nothing from it."""
+    import paramiko
+
+    try:
+        return paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        return None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+    except Exception:
+        # cryptography and paramiko raise ValueError, SSHException, UnicodeDecodeError...;
+        # their messages may quote the file.
+        why = "not a private key file paramiko can read (OpenSSH or PEM format)"
+    raise TransportError(f"{where}: cannot use the SSH key {path!r}: {why}")
+
+
 class SshTransport:
     """One host over one SSH connection; thread-safe (each operation its own channel)."""
 
@@ -163,25 +209,18 @@ class SshTransport:
             known = os.path.expanduser(self.ssh.known_hosts or "~/.ssh/known_hosts")
             client = paramiko.SSHClient()
             accept_new = self.ssh.host_key_checking == "accept-new"
-            try:
-                if accept_new and not os.path.exists(known):
-                    os.makedirs(os.path.dirname(known) or ".", mode=0o700, exist_ok=True)
-                    with open(known, "a"):
-                        pass
-                client.load_host_keys(known)
-            except OSError as exc:
-                raise HostKeyRefused(
-                    f"{self.where}: cannot read known_hosts {known}: {exc.strerror or exc}; "
-                    "refusing to connect without a host key to check"
-                ) from None
+            _load_known_hosts(client, known, accept_new, self.where)
             client.set_missing_host_key_policy(_Policy(self.host, known, accept_new))  # type: ignore[arg-type]
             key = os.path.expanduser(self.ssh.key) if self.ssh.key else None
+            pkey = _private_key(key, self.where) if key else None
             try:
                 client.connect(
                     self.host.address,
                     port=self.ssh.port,
                     username=self.ssh.user,
-                    key_filename=key,
+                    pkey=pkey,
+                    # An encrypted key is left to paramiko, which tries the agent next.
+                    key_filename=key if key and pkey is None else None,
                     look_for_keys=key is None,
                     timeout=self.timeout,
                     banner_timeout=self.timeout,

@@ -10,7 +10,9 @@ FIELD is the field path as printed (``(document)`` for a whole document) and SUB
 distinctive piece of the message, with the bad value where there is one. Other lines
 starting with ``#`` are comments. The check is exact both ways: exit status 1, every
 expected line matched by a reported problem and every reported problem by an expected
-line, one to one.
+line, one to one. No raw control character (anything ``str.isprintable`` refuses, apart
+from the line breaks between problems) may appear in the output: values, keys and file
+names are shown escaped.
 
 """
 
@@ -21,11 +23,22 @@ import traceback
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hostile_support import (
+    EXTRA_KEY_STRINGS,
+    all_fields,
+    base_files,
+    base_value,
+    find_instance,
+    hostile,
+    template,
+)
 
 from reconciler.cli import main
+from reconciler.errors import ManifestError
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"
@@ -149,6 +162,9 @@ def differences(expectation: Expectation, outcome: Outcome) -> list[str]:
             f"stderr: {outcome.stderr!r}"
         ]
     reported, wrong = parse_reported(outcome.stderr)
+    raw = sorted({ch for ch in outcome.stderr if ch != "\n" and not ch.isprintable()})
+    if raw:  # user input is escaped in every message, keys and file names included
+        wrong.append(f"raw control characters in the output: {raw!r}")
     missing, surplus = pair(list(expectation.lines), reported)
     wrong += [f"expected, not reported: {line}" for line in missing]
     wrong += [f"reported, not expected: {line}" for line in surplus]
@@ -207,3 +223,150 @@ def test_validate_changes_nothing() -> None:
     for case in CASES:
         outcome_of(case)  # already run (and cached) when test_case ran first
     assert _snapshot(CORPUS) == CORPUS_BEFORE
+
+
+# --------------------------------------------------------------------------- hostile input
+# Every string field of every kind (from the schemas: see tests/hostile_support.py) x every
+# string of a hostile set. Each variant is either rejected with a problem at the file and
+# line where the string was planted, every message line escaped, or accepted and shown
+# harmless: the HAProxy config rendered for it has the shape of the base's (no forged line,
+# no split word, printable ASCII only), and env values arrive in the container spec verbatim.
+
+
+def _loader_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parse and schema-check each unchanged base file once for the whole matrix (both are
+    pure functions of the text; the documents are never mutated), so a case costs the
+    parse of its one planted file: the matrix runs in seconds."""
+    import reconciler.manifests as manifests
+
+    parsed: dict[tuple[str, str], Any] = {}
+    checked: dict[int, Any] = {}
+    load_yaml, check_document = manifests.load_yaml, manifests.check_document
+
+    def memo_load(file: str, text: str) -> Any:
+        if (file, text) not in parsed:
+            parsed[(file, text)] = load_yaml(file, text)
+        return parsed[(file, text)]
+
+    def memo_check(doc: Any) -> Any:
+        if id(doc) not in checked:
+            checked[id(doc)] = (doc, check_document(doc))  # keeps doc alive: ids stay unique
+        return checked[id(doc)][1]
+
+    monkeypatch.setattr(manifests, "load_yaml", memo_load)
+    monkeypatch.setattr(manifests, "check_document", memo_check)
+
+
+def _config_shape(text: str) -> list[int]:
+    """Words per line of a rendered config: a forged line or a split word changes it."""
+    return [len(line.split()) for line in text.splitlines()]
+
+
+def _rendered(m: Any) -> dict[tuple[str, str], str]:
+    """The HAProxy config of every load balancer in every environment, with one server per
+    release, host and replica (the renderer is pure; the addresses are the hosts')."""
+    from reconciler.haproxy.paths import HAProxyPaths
+    from reconciler.haproxy.render import RenderServer, render
+    from reconciler.identity import backend_name, container_name, server_name
+    from reconciler.manifests import resolve
+
+    out = {}
+    for env in m.environment_names():
+        d = resolve(m, env, "0" * 40)
+        servers = [
+            RenderServer(backend_name(s.name), server_name(h, container_name(
+                env, s.name, r.revision, "0" * 64, i)), d.host(h).address, 30000, r.weight)
+            for s in d.services for r in s.releases for h in s.hosts for i in range(s.replicas)
+        ]
+        for lb in d.loadbalancers:
+            paths = HAProxyPaths.embedded(Path("/var/lib/reconciler"), env)
+            out[(env, lb.name)] = render(d, lb, servers, paths)
+    return out
+
+
+def _env_arrives_verbatim(m: Any, case: Any) -> list[str]:
+    """An accepted env value is in the container spec of its service exactly as written."""
+    from reconciler.manifests import resolve
+
+    if case.field.kind != "value" or case.field.path[-2:] != ("env", "{}"):
+        return []
+    found = {
+        value
+        for env in m.environment_names()
+        for s in resolve(m, env, "0" * 40).services
+        for r in s.releases
+        for _, value in r.spec.env
+    }
+    return [] if case.value in found else ["env value accepted but not passed verbatim"]
+
+
+def _judge(case: Any, base_configs: dict[tuple[str, str], str]) -> list[str]:
+    """What is wrong with how the loader treated one planted string (empty: right)."""
+    from reconciler.manifests import load_manifests
+
+    files = {**BASE_TEXTS, case.file: case.text}
+    try:
+        m = load_manifests([(n, t.encode()) for n, t in files.items()])
+    except ManifestError as exc:
+        lines = exc.report()
+        wrong = [f"not escaped: {line!r}" for line in lines if not line.isprintable()]
+        reported = [_REPORTED.match(line) for line in lines[:-1]]
+        wrong += [f"malformed: {ln!r}" for ln, r in zip(lines, reported, strict=False) if not r]
+        here = [r for r in reported if r and (r["file"], int(r["line"])) == (case.file, case.line)]
+        if not here:
+            wrong.append(f"no problem at {case.file}:{case.line}; reported: {lines}")
+        return wrong
+    configs = _rendered(m)
+    wrong = [
+        f"accepted and changed the shape of the HAProxy config of {key}"
+        for key, text in configs.items()
+        if _config_shape(text) != _config_shape(base_configs[key])
+        or not all(ch.isascii() and (ch.isprintable() or ch == "\n") for ch in text)
+    ]
+    return wrong + _env_arrives_verbatim(m, case)
+
+
+BASE_TEXTS = base_files()
+FIELDS = all_fields()
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for field in FIELDS:
+        where = find_instance(field)
+        assert where, f"the rich base in tests/hostile_support.py has no {field}: add it"
+        strings = hostile(base_value(field, *where))
+        if field.kind == "extra":
+            strings = {k: strings[k] for k in EXTRA_KEY_STRINGS}
+        planted = template(field, *where)
+        cases += [planted.plant(name, value) for name, value in strings.items()]
+    return cases
+
+
+def test_hostile_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.manifests import load_manifests
+
+    _loader_memo(monkeypatch)
+    base = load_manifests([(n, t.encode()) for n, t in BASE_TEXTS.items()])
+    base_configs = _rendered(base)
+    assert base_configs, "the base renders no HAProxy config"
+    cases = _cases()
+    failures = []
+    for case in cases:
+        try:
+            wrong = _judge(case, base_configs)
+        except Exception:  # a traceback is a failure of the case, reported with the others
+            wrong = [f"crashed:\n{traceback.format_exc()}"]
+        failures += [f"{case.field} [{case.variant}]: {w}" for w in wrong]
+    assert len(cases) >= 1000
+    assert not failures, f"{len(failures)} of {len(cases)} cases:\n" + "\n".join(failures[:40])
+
+
+def test_hostile_fields_cover_the_schemas() -> None:
+    """The matrix reaches keys, extra keys and values of every kind (a schema walk that
+    found nothing would make the matrix pass vacuously)."""
+    kinds = {(f.doc_kind, f.kind) for f in FIELDS}
+    for doc_kind in ("Inventory", "LoadBalancer", "Service", "Environment"):
+        assert {(doc_kind, "value"), (doc_kind, "extra")} <= kinds
+    assert len([f for f in FIELDS if f.kind == "key"]) >= 8
+    assert len([f for f in FIELDS if f.kind == "value"]) >= 60
