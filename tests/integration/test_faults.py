@@ -33,6 +33,7 @@ from fault_support import (
     assert_config_matches_runtime,
     assert_only_desired_containers,
     assert_routes_only_to_healthy,
+    assert_servers_point_at_containers,
     container_creates,
     restarted_dockerd,
 )
@@ -78,6 +79,7 @@ def converge(dep: Deployment, client: docker.DockerClient) -> str:
     assert code == 0 and plan["actions"] == [], plan
     assert_only_desired_containers(dep, client)
     assert_routes_only_to_healthy(dep, client)
+    assert_servers_point_at_containers(dep, client)
     assert_config_matches_runtime(dep)
     return out
 
@@ -366,6 +368,8 @@ class TestCrashSafety:
 
 def test_dockerd_restart_between_passes(dep: Deployment) -> None:
     """Last in the file: the engine stops and starts every container."""
+    # without live restore every container stops with the daemon (the harder case)
+    assert dep.client.info()["LiveRestoreEnabled"] is False
     before = {c.name: c.ports for c in dep.containers()}
     for c in dep.containers():
         assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped", c.name
@@ -396,6 +400,7 @@ def test_dockerd_restart_between_passes(dep: Deployment) -> None:
         assert {c.name: c.ports for c in dep.containers()} == before  # on the same ports
         answers(dep, 10)
         converge(dep, client)
+        assert_servers_point_at_containers(dep, client)
         assert dep.revisions("web") == ["v1"]
     finally:
         dep.cleanup()  # with the new client; the fixture's cleanup then finds nothing
