@@ -172,7 +172,8 @@ def test_plan_observes_the_host_engine_through_the_mounted_socket(
     text = _docker_run(*mounts, image, *cmd)
     assert text.returncode == 2, text.stdout + text.stderr
     assert "Plan for environment staging" in text.stdout, text.stdout
-    assert "start container staging-web-v1-" in text.stdout, (text.stdout, running)
+    assert re.search(r"start container r[0-9a-f]{8}-staging-web-v1-", text.stdout), (
+        text.stdout, running)
 
     js = _docker_run(*mounts, image, *cmd, "-o", "json")
     assert js.returncode == 2, js.stdout + js.stderr

@@ -10,25 +10,27 @@ from click.testing import CliRunner
 from conftest import TEST_LABEL
 from repo_support import commit, edit, scratch_repo
 
-from reconciler import identity
+from reconciler import identity, instance
 from reconciler.cli import main
 from reconciler.manifests import load_manifests, resolve
 from reconciler.observe.docker import local_client, observe_host
 from reconciler.source import RepoSpec, open_repo, read_commit
 
 
-def start_as_reconciler_would(client: docker.DockerClient, env: str, state, run_id: str
-                              ) -> dict[str, str]:
-    """Start every container of ``state`` with the reconciler's labels; name -> id."""
+def start_as_reconciler_would(client: docker.DockerClient, env: str, state, run_id: str,
+                              owner: str) -> dict[str, str]:
+    """Start every container of ``state`` with the labels the reconciler instance
+    ``owner`` gives its containers; name -> id."""
     started = {}
     for svc in state.services:
         for rel in svc.releases:
             image_id = client.images.get(rel.spec.image).id
             chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id)
             for replica in range(svc.replicas):
-                name = identity.container_name(env, svc.name, rel.revision, chash, replica)
+                name = identity.container_name(env, svc.name, rel.revision, chash, replica,
+                                               owner)
                 labels = identity.container_labels(env, svc.name, rel.revision, chash, replica,
-                                                   state.commit, rel.spec, image_id)
+                                                   state.commit, rel.spec, image_id, owner)
                 labels[TEST_LABEL] = run_id
                 c = client.containers.run(rel.spec.image, detach=True, name=name, labels=labels,
                                           ports={"8080/tcp": ("127.0.0.1", None)},
@@ -43,7 +45,8 @@ def test_older_release_is_replaced_and_unmanaged_containers_are_never_planned(
     repo = scratch_repo(tmp_path, rename_env={"staging": env})
     git_repo, root = open_repo(RepoSpec(str(repo)))
     old_state = resolve(load_manifests(read_commit(git_repo, root, "HEAD").files), env, "old")
-    running = start_as_reconciler_would(docker_client, env, old_state, run_id)
+    owner = instance.resolve(tmp_path / "state", None, create=False).name
+    running = start_as_reconciler_would(docker_client, env, old_state, run_id, owner)
     # Unmanaged containers, one even named like a managed one: never in any plan.
     strangers = [
         docker_client.containers.run("sample-app:v1", detach=True, name=f"{env}-web-v1-stranger",
