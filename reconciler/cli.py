@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from reconciler.model import DesiredState
     from reconciler.plan import Plan
     from reconciler.source import RepoSpec, Snapshot
+    from reconciler.store import Retention
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CHANGES = 2
@@ -216,13 +217,15 @@ def _run_apply(
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
+    retention: Retention | None = None,
 ) -> None:
-    """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise."""
+    """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise.
+    The history is pruned to ``retention`` (default: ``Retention()``) after the pass."""
     import json
 
     try:
         from reconciler.output import plan_text
-        from reconciler.run import apply_pass, target_lock
+        from reconciler.run import DEFAULT_RETENTION, apply_pass, target_lock
 
         loaded, desired = _desired(src)
         text = output == "text"
@@ -251,6 +254,7 @@ def _run_apply(
                 on_step=on_step,
                 health_min_s=health_timeout,
                 external=external,
+                retention=retention or DEFAULT_RETENTION,
             )
     except ReconcilerError as exc:
         _fail(exc)
@@ -333,6 +337,37 @@ def haproxy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return out
 
 
+def retention_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """History retention options; the command receives ``retention: Retention``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, history_days: float, history_runs: int, **kwargs: Any) -> Any:
+        from reconciler.store import Retention
+
+        return f(*args, retention=Retention(days=history_days, runs=history_runs), **kwargs)
+
+    out: Callable[..., Any] = wrapper
+    out = click.option(
+        "--history-runs",
+        type=click.IntRange(min=0),
+        default=5000,
+        show_default=True,
+        envvar="RECONCILE_HISTORY_RUNS",
+        help="Keep at most this many runs per environment in the history database "
+        "(0: no limit). Idle looks at one commit share one run.",
+    )(out)
+    return click.option(
+        "--history-days",
+        type=click.FloatRange(min=0),
+        default=30.0,
+        show_default=True,
+        envvar="RECONCILE_HISTORY_DAYS",
+        help="Delete runs (and their steps) older than this many days from the history "
+        "database at the end of each pass (0: keep them). The newest run of an "
+        "environment and the failures that hold services are always kept.",
+    )(out)
+
+
 def apply_options(f: F) -> F:
     f = click.option(
         "--lock-timeout",
@@ -359,6 +394,7 @@ def apply_options(f: F) -> F:
 @state_options
 @haproxy_options
 @apply_options
+@retention_options
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -369,6 +405,7 @@ def main(
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
+    retention: Retention,
 ) -> None:
     """Reconcile Docker hosts and HAProxy with the release manifests in git.
 
@@ -392,7 +429,7 @@ def main(
         return
     if dry_run:
         _run_plan(src, state_dir, output, external)
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, retention)
 
 
 @main.command()
@@ -412,6 +449,7 @@ def plan(src: Source, state_dir: Path, output: str, external: HAProxyPaths | Non
 @state_options
 @haproxy_options
 @apply_options
+@retention_options
 def apply(
     src: Source,
     state_dir: Path,
@@ -419,9 +457,10 @@ def apply(
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
+    retention: Retention,
 ) -> None:
     """Apply the plan (the same as `reconcile` without a command)."""
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, retention)
 
 
 @main.command()
@@ -470,12 +509,13 @@ def status(src: Source, state_dir: Path, output: str, external: HAProxyPaths | N
         held = store.failed_services(desired.environment, desired.commit)
         canaries = stored_canaries(store, desired.environment)
         desired = with_canaries(desired, store)
+        size = store.size()
         store.close()
     except ReconcilerError as exc:
         _fail(exc)
     render = status_json if output == "json" else status_text
     last = runs[0] if runs else None
-    click.echo(render(desired, observed, last, held, loaded.label, canaries), nl=False)
+    click.echo(render(desired, observed, last, held, loaded.label, canaries, size), nl=False)
 
 
 @main.command()
@@ -492,6 +532,7 @@ def history(
     import json
     import time as _time
 
+    from reconciler.status import looks_note
     from reconciler.store import Store
 
     if not (state_dir / "history.sqlite").exists():
@@ -530,7 +571,7 @@ def history(
         took = f"{r.finished_at - r.started_at:6.1f}s" if r.finished_at else "   ... "
         click.echo(
             f"run {r.id:>4}  {when}  {r.environment:<12} {r.commit[:7]}  {took}  "
-            f"{r.status:<13} {r.summary}"
+            f"{r.status:<13} {r.summary}{looks_note(r)}"
         )
 
 
@@ -724,6 +765,7 @@ def diff(
 @state_options
 @haproxy_options
 @apply_options
+@retention_options
 @click.option(
     "--poll",
     type=float,
@@ -774,6 +816,7 @@ def watch(
     external: HAProxyPaths | None,
     lock_timeout: float,
     health_timeout: float,
+    retention: Retention,
     poll: float,
     drift_interval: float,
     detect_only: bool,
@@ -818,6 +861,7 @@ def watch(
         require_signed=require_signed,
         allowed_signers=allowed_signers,
         gpg_home=gpg_home,
+        retention=retention,
     )
     watcher = Watcher(cfg, Metrics())
 

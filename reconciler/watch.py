@@ -37,7 +37,7 @@ from reconciler.observe.live import observe
 from reconciler.plan import plan
 from reconciler.run import apply_pass, stored_canaries, target_lock, with_canaries
 from reconciler.source import RepoSpec, Snapshot, open_repo, read_commit
-from reconciler.store import Store
+from reconciler.store import Retention, Store
 
 if TYPE_CHECKING:
     import git
@@ -59,6 +59,7 @@ class WatchConfig:
     require_signed: bool = False
     allowed_signers: Path | None = None  # SSH signatures (git's gpg.ssh.allowedSignersFile)
     gpg_home: Path | None = None  # GPG signatures: a keyring of the allowed keys
+    retention: Retention = field(default_factory=Retention)  # of the history database
 
 
 @dataclass
@@ -335,6 +336,7 @@ class Watcher:
                 health_min_s=self.cfg.health_min_s,
                 external=self.cfg.external,
                 should_stop=self.stop.is_set,
+                retention=self.cfg.retention,
             )
         self.state.canary_s = self._canary_interval(desired)
         res = done.result
