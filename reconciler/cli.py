@@ -771,8 +771,9 @@ def diff(
     type=float,
     default=2.0,
     show_default=True,
-    help="Seconds between checks of the branch head (a local repository is also "
-    "watched for changes, so a commit is seen at once).",
+    help="Seconds between checks of the branch head: `git ls-remote` for a URL "
+    "(also file://), so a commit is seen up to this late; a path is also watched "
+    "for file events, so a commit there is seen at once.",
 )
 @click.option(
     "--drift-interval",
@@ -829,8 +830,21 @@ def watch(
     """Follow a branch and keep the hosts converged (the GitOps loop).
 
     A new commit is applied as soon as it is seen; every --drift-interval a full pass
-    repairs drift. SIGTERM (or Ctrl-C) finishes the current step and exits 0: HAProxy
-    never points at a stopped container afterwards.
+    repairs drift; while a canary needs looks, a pass runs every analysis.interval
+    of it. SIGTERM (or Ctrl-C) finishes the current step and exits 0: HAProxy never
+    points at a stopped container afterwards.
+
+    How soon a commit is seen depends on how --repo is written. A path (also of a
+    bare repository) is watched for file events on its refs: a push is seen at
+    once, well under a second later. A URL, including file:///..., is asked with
+    `git ls-remote` every --poll seconds (and fetched only when its head moved):
+    up to --poll seconds later. Use the path when this machine holds the repository.
+
+    \b
+    Examples:
+      reconcile watch --repo /srv/git/manifests.git -b main --env production
+      reconcile watch --repo https://git.example.com/ops/manifests.git -b main \\
+          --env production --poll 5 --metrics-addr 0.0.0.0:9108
     """
     import logging
     import signal
