@@ -1,5 +1,5 @@
 """Command line: ``reconcile [--dry-run]``, ``plan``, ``apply``, ``status``, ``history``,
-``retry``, ``validate``, ``diff``.
+``retry``, ``promote``, ``abort``, ``haproxy``, ``validate``, ``diff``, ``watch``.
 
 Exit codes: 0 success and nothing to change; 2 changes pending (plan / --dry-run); 1 any
 error (bad manifests, unreachable host, unknown commit). Heavy libraries (docker, git,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from reconciler.model import DesiredState
     from reconciler.plan import Plan
     from reconciler.source import RepoSpec, Snapshot
+    from reconciler.store import Retention
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CHANGES = 2
@@ -251,13 +252,15 @@ def _run_apply(
     health_timeout: float,
     external: HAProxyPaths | None,
     instance: str | None,
+    retention: Retention | None = None,
 ) -> None:
-    """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise."""
+    """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise.
+    The history is pruned to ``retention`` (default: ``Retention()``) after the pass."""
     import json
 
     try:
         from reconciler.output import plan_text
-        from reconciler.run import apply_pass, target_lock
+        from reconciler.run import DEFAULT_RETENTION, apply_pass, target_lock
 
         loaded, desired = _desired(src, state_dir, instance, create=True)
         text = output == "text"
@@ -286,6 +289,7 @@ def _run_apply(
                 on_step=on_step,
                 health_min_s=health_timeout,
                 external=external,
+                retention=retention or DEFAULT_RETENTION,
             )
     except ReconcilerError as exc:
         _fail(exc)
@@ -382,6 +386,37 @@ def haproxy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return out
 
 
+def retention_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """History retention options; the command receives ``retention: Retention``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, history_days: float, history_runs: int, **kwargs: Any) -> Any:
+        from reconciler.store import Retention
+
+        return f(*args, retention=Retention(days=history_days, runs=history_runs), **kwargs)
+
+    out: Callable[..., Any] = wrapper
+    out = click.option(
+        "--history-runs",
+        type=click.IntRange(min=0),
+        default=5000,
+        show_default=True,
+        envvar="RECONCILE_HISTORY_RUNS",
+        help="Keep at most this many runs per environment in the history database "
+        "(0: no limit). Idle looks at one commit share one run.",
+    )(out)
+    return click.option(
+        "--history-days",
+        type=click.FloatRange(min=0),
+        default=30.0,
+        show_default=True,
+        envvar="RECONCILE_HISTORY_DAYS",
+        help="Delete runs (and their steps) older than this many days from the history "
+        "database at the end of each pass (0: keep them). The newest run of an "
+        "environment and the failures that hold services are always kept.",
+    )(out)
+
+
 def apply_options(f: F) -> F:
     f = click.option(
         "--lock-timeout",
@@ -409,6 +444,7 @@ def apply_options(f: F) -> F:
 @instance_option
 @haproxy_options
 @apply_options
+@retention_options
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -420,6 +456,7 @@ def main(
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
+    retention: Retention,
 ) -> None:
     """Reconcile Docker hosts and HAProxy with the release manifests in git.
 
@@ -443,7 +480,7 @@ def main(
         return
     if dry_run:
         _run_plan(src, state_dir, output, external, instance)
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance, retention)
 
 
 @main.command()
@@ -467,6 +504,7 @@ def plan(
 @instance_option
 @haproxy_options
 @apply_options
+@retention_options
 def apply(
     src: Source,
     state_dir: Path,
@@ -475,9 +513,10 @@ def apply(
     lock_timeout: float,
     health_timeout: float,
     external: HAProxyPaths | None,
+    retention: Retention,
 ) -> None:
     """Apply the plan (the same as `reconcile` without a command)."""
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance)
+    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance, retention)
 
 
 @main.command()
@@ -541,12 +580,13 @@ def status(
         held = store.failed_services(desired.environment, desired.commit)
         canaries = stored_canaries(store, desired.environment)
         desired = with_canaries(desired, store)
+        size = store.size()
         store.close()
     except ReconcilerError as exc:
         _fail(exc)
     render = status_json if output == "json" else status_text
     last = runs[0] if runs else None
-    click.echo(render(desired, observed, last, held, loaded.label, canaries), nl=False)
+    click.echo(render(desired, observed, last, held, loaded.label, canaries, size), nl=False)
 
 
 @main.command()
@@ -563,6 +603,7 @@ def history(
     import json
     import time as _time
 
+    from reconciler.status import looks_note
     from reconciler.store import Store
 
     if not (state_dir / "history.sqlite").exists():
@@ -601,7 +642,7 @@ def history(
         took = f"{r.finished_at - r.started_at:6.1f}s" if r.finished_at else "   ... "
         click.echo(
             f"run {r.id:>4}  {when}  {r.environment:<12} {r.commit[:7]}  {took}  "
-            f"{r.status:<13} {r.summary}"
+            f"{r.status:<13} {r.summary}{looks_note(r)}"
         )
 
 
@@ -683,6 +724,111 @@ def _decide_canary(
     finally:
         store.close()
     _run_apply(src, state_dir, output, 30.0, 30.0, external, instance)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True},  # `show stat -1 4 -1` has words like -1
+    short_help="Send one command to HAProxy's CLI and print its answer.",
+)
+@click.argument("command", nargs=-1, required=True)
+@click.option(
+    "--master/--stats",
+    default=None,
+    help="Send to the master CLI, or to the stats socket (runtime API, level admin). "
+    "Default: the master for `show proc`, `reload`, `show startup-logs` and `@<process> "
+    "...`, the stats socket for everything else.",
+)
+@click.option(
+    "--host",
+    "lb_host",
+    help="The LB host (its inventory name) whose HAProxy to ask; reads the inventory "
+    "from --repo and reaches an SSH host over SSH. Default: the embedded HAProxy of "
+    "--env under --state-dir on this machine.",
+)
+@source_options
+@click.option(
+    "--state-dir",
+    envvar="RECONCILE_STATE_DIR",
+    default=default_state_dir,
+    show_default="/var/lib/reconciler as root, else ~/.local/state/reconciler",
+    type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
+    help="Where the reconciler keeps its HAProxy files.",
+)
+@click.option(
+    "--haproxy-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Stats socket of an existing HAProxy (instead of the embedded one's).",
+)
+@click.option(
+    "--haproxy-master-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Master CLI socket of an existing HAProxy (instead of the embedded one's).",
+)
+def haproxy(
+    command: tuple[str, ...],
+    master: bool | None,
+    lb_host: str | None,
+    src: Source,
+    state_dir: Path,
+    haproxy_socket: Path | None,
+    haproxy_master_socket: Path | None,
+) -> None:
+    """Send COMMAND to the CLI of an environment's HAProxy and print HAProxy's answer.
+
+    COMMAND is given as words (no shell is involved; they are sent as one line joined
+    by spaces); a newline or `;` (chaining) is refused. Exit 0 when HAProxy answered,
+    even with an error of its own (`Unknown command...`); 1 when it is not running or
+    cannot be reached.
+
+    Changes made here (weights, states) are not in git: the next pass puts managed
+    servers back as desired.
+
+    \b
+    Examples:
+      reconcile haproxy show proc --env production          # master CLI
+      reconcile haproxy show stat --env production          # stats socket, CSV
+      reconcile haproxy show servers state be_web --env production
+      reconcile haproxy reload --env production             # loads renewed certificates
+      reconcile haproxy show info --host lb1 --repo . --env production   # an SSH LB host
+    """
+    from reconciler.haproxy.console import ask
+    from reconciler.haproxy.control import HAProxy
+    from reconciler.haproxy.paths import HAProxyPaths
+    from reconciler.transport.pool import Connections
+
+    conns = Connections()
+    try:
+        environment = src.environment
+        if lb_host is not None or environment is None:
+            _, desired = _desired(src, state_dir, None)
+            environment = desired.environment
+        paths = HAProxyPaths.embedded(state_dir, environment)
+        if lb_host is not None:
+            from reconciler.observe.live import lb_paths
+
+            lb_names = {h for lb in desired.loadbalancers for h in lb.hosts}
+            if lb_host not in lb_names:
+                raise ReconcilerError(
+                    f"{lb_host!r} is not an LB host of environment {environment} "
+                    f"(LB hosts: {', '.join(sorted(lb_names)) or 'none'})"
+                )
+            conns.add(desired.host(lb_host))
+            paths = lb_paths(desired, state_dir, None, desired.host(lb_host))
+        paths = HAProxyPaths(
+            paths.config,
+            haproxy_socket or paths.stats_socket,
+            haproxy_master_socket or paths.master_socket,
+            managed=False,
+        )
+        transport = conns.get(lb_host) if lb_host is not None else None
+        answer = ask(HAProxy(paths, transport=transport), command, master)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except ReconcilerError as exc:
+        _fail(exc)
+    finally:
+        conns.close()
+    click.echo(answer, nl=not answer.endswith("\n"))
 
 
 @main.command()
@@ -797,13 +943,15 @@ def diff(
 @instance_option
 @haproxy_options
 @apply_options
+@retention_options
 @click.option(
     "--poll",
     type=float,
     default=2.0,
     show_default=True,
-    help="Seconds between checks of the branch head (a local repository is also "
-    "watched for changes, so a commit is seen at once).",
+    help="Seconds between checks of the branch head: `git ls-remote` for a URL "
+    "(also file://), so a commit is seen up to this late; a path is also watched "
+    "for file events, so a commit there is seen at once.",
 )
 @click.option(
     "--drift-interval",
@@ -848,6 +996,7 @@ def watch(
     external: HAProxyPaths | None,
     lock_timeout: float,
     health_timeout: float,
+    retention: Retention,
     poll: float,
     drift_interval: float,
     detect_only: bool,
@@ -860,8 +1009,21 @@ def watch(
     """Follow a branch and keep the hosts converged (the GitOps loop).
 
     A new commit is applied as soon as it is seen; every --drift-interval a full pass
-    repairs drift. SIGTERM (or Ctrl-C) finishes the current step and exits 0: HAProxy
-    never points at a stopped container afterwards.
+    repairs drift; while a canary needs looks, a pass runs every analysis.interval
+    of it. SIGTERM (or Ctrl-C) finishes the current step and exits 0: HAProxy never
+    points at a stopped container afterwards.
+
+    How soon a commit is seen depends on how --repo is written. A path (also of a
+    bare repository) is watched for file events on its refs: a push is seen at
+    once, well under a second later. A URL, including file:///..., is asked with
+    `git ls-remote` every --poll seconds (and fetched only when its head moved):
+    up to --poll seconds later. Use the path when this machine holds the repository.
+
+    \b
+    Examples:
+      reconcile watch --repo /srv/git/manifests.git -b main --env production
+      reconcile watch --repo https://git.example.com/ops/manifests.git -b main \\
+          --env production --poll 5 --metrics-addr 0.0.0.0:9108
     """
     import logging
     import signal
@@ -894,6 +1056,7 @@ def watch(
         allowed_signers=allowed_signers,
         gpg_home=gpg_home,
         instance=_or_fail(lambda: inst.resolve(state_dir, instance, create=not detect_only)),
+        retention=retention,
     )
     watcher = Watcher(cfg, Metrics())
 

@@ -28,9 +28,11 @@ from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.output import plan_json
 from reconciler.plan import Plan, plan
-from reconciler.store import Store
+from reconciler.store import Retention, Store
 from reconciler.transport.pool import Connections
 from reconciler.verify import Mismatch, verify
+
+DEFAULT_RETENTION = Retention()
 
 
 class LockTimeout(ReconcilerError):
@@ -173,6 +175,7 @@ def apply_pass(
     health_min_s: float = 30.0,
     external: HAProxyPaths | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    retention: Retention = DEFAULT_RETENTION,
 ) -> PassResult:
     """Observe, plan and execute one pass for ``desired``; record it in the history.
 
@@ -180,8 +183,10 @@ def apply_pass(
     commit or ``reconcile retry``. App hosts change in rollout batches (see ``batches``):
     each batch is observed, planned with the later batches' hosts frozen, and executed;
     a batch with a failure ends the rollout unless ``rollout.on_failure`` is continue
-    (the failed batch's hosts then stay frozen on their old release). Raises
-    ReconcilerError when live state cannot be read.
+    (the failed batch's hosts then stay frozen on their old release). An idle pass is
+    folded into the previous idle run (``Store.finish_idle``), and the history of the
+    environment is pruned to ``retention`` at the end. Raises ReconcilerError when live
+    state cannot be read.
     """
     env = desired.environment
     rollout = desired.rollout
@@ -299,15 +304,18 @@ def apply_pass(
             else "ok"
         )
         ok_steps = sum(s.status == "ok" for s in result.steps)
-        store.finish_run(
-            run_id,
-            status,
-            failures,
+        summary = (
             f"{ok_steps}/{len(result.steps)} steps ok"
             + "".join(f"; {k} failed" for k in result.failures)
             + (f"; outcome differs ({len(result.mismatches)})" if result.mismatches else "")
-            + "".join(f"; {n}" for n in result.notes),
+            + "".join(f"; {n}" for n in result.notes)
         )
+        if status == "nothing-to-do" and not result.steps:
+            # An idle look: folded into the previous one when nothing differs from it.
+            run_id = store.finish_idle(run_id, summary)
+        else:
+            store.finish_run(run_id, status, failures, summary)
+        store.prune(env, retention)
         return PassResult(current, result, run_id)
     finally:
         conns.close()

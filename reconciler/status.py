@@ -8,6 +8,7 @@ HAProxy reload (a reload resets them).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from reconciler import identity
 from reconciler.canary.engine import CanaryState, canary_pair
 from reconciler.model import DesiredState, ObservedState, ServerStats, Service
-from reconciler.store import Run
+from reconciler.store import HistorySize, Run
 from reconciler.verify import verify
 
 
@@ -59,6 +60,7 @@ def status_data(
     held: dict[str, str],
     source: str,
     canaries: Mapping[str, CanaryState] | None = None,
+    history: HistorySize | None = None,
 ) -> dict[str, Any]:
     env = desired.environment
     canaries = canaries or {}
@@ -126,7 +128,12 @@ def status_data(
             "status": last.status,
             "started_at": last.started_at,
             "summary": last.summary,
+            "looks": last.looks,
+            "last_look_at": last.last_look_at,
         },
+        "history": None
+        if history is None
+        else {"path": history.path, "bytes": history.bytes, "runs": history.runs},
         "haproxy": [
             {"host": lb.host, "running": lb.running, "servers": len(lb.servers)}
             for lb in observed.haproxy
@@ -135,6 +142,24 @@ def status_data(
         # what `apply` would call a mismatch now (reconciler.verify); [] when it holds
         "outcome": [str(m) for m in verify(desired, observed, skip=held)],
     }
+
+
+def looks_note(run: Run) -> str:
+    """`` (N looks, the last at HH:MM:SS)`` for a run that stands for several idle looks."""
+    if run.looks <= 1 or run.last_look_at is None:
+        return ""
+    last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.last_look_at))
+    return f" ({run.looks} looks, the last at {last})"
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _canary(svc: Service, state: CanaryState | None) -> dict[str, Any] | None:
@@ -182,8 +207,9 @@ def status_json(
     held: dict[str, str],
     source: str,
     canaries: Mapping[str, CanaryState] | None = None,
+    history: HistorySize | None = None,
 ) -> str:
-    data = status_data(desired, observed, last, held, source, canaries)
+    data = status_data(desired, observed, last, held, source, canaries, history)
     return json.dumps(data, indent=2) + "\n"
 
 
@@ -194,14 +220,19 @@ def status_text(
     held: dict[str, str],
     source: str,
     canaries: Mapping[str, CanaryState] | None = None,
+    history: HistorySize | None = None,
 ) -> str:
-    d = status_data(desired, observed, last, held, source, canaries)
+    d = status_data(desired, observed, last, held, source, canaries, history)
     lines = [f"environment {d['environment']}; desired state at {d['desired']}"]
     if last:
         in_sync = "" if last.commit == desired.commit else " (not the desired commit)"
         lines.append(
             f"last run {last.id}: {last.status} at commit {last.commit[:7]}{in_sync}; "
-            f"{last.summary}"
+            f"{last.summary}{looks_note(last)}"
+        )
+    if history:
+        lines.append(
+            f"history: {human_bytes(history.bytes)} in {history.path} ({history.runs} runs)"
         )
     for lb in d["haproxy"]:
         state = "running" if lb["running"] else "NOT RUNNING"

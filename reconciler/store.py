@@ -4,6 +4,12 @@ One database per state directory (``history.sqlite``). Each pass is a run (commi
 status, times); each executed action a step (result, duration, detail); each failed
 (environment, commit, service) a failure, so the same commit is not retried in a loop.
 Nothing stored contains a secret value (plans and messages never hold one).
+
+Bounded: a pass that did nothing (an idle look: ``nothing-to-do``, no step, no failure)
+is folded into the environment's previous run when that was an idle look at the same
+commit with the same plan (``looks`` counts them, ``last_look_at`` is the newest), so a
+watcher looking every second adds no row while nothing changes. ``prune`` drops the runs
+(and their steps) beyond a ``Retention``; the newest run of an environment always stays.
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,          -- running, ok, failed, nothing-to-do
     plan_json TEXT NOT NULL,
     summary TEXT NOT NULL DEFAULT '',
-    failures_json TEXT NOT NULL DEFAULT '{}'  -- service -> full message (health, log tail)
+    failures_json TEXT NOT NULL DEFAULT '{}',  -- service -> full message (health, log tail)
+    looks INTEGER NOT NULL DEFAULT 1,  -- idle looks folded into this run (nothing-to-do)
+    last_look_at REAL                  -- start of the newest of them; NULL for one look
 );
+CREATE INDEX IF NOT EXISTS runs_by_environment ON runs (environment, id);
 CREATE TABLE IF NOT EXISTS steps (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     step INTEGER NOT NULL,
@@ -67,6 +76,46 @@ CREATE TABLE IF NOT EXISTS app_hosts (
 """
 
 
+# Columns added after the first release, with their definitions: a database made by an
+# earlier version gets them on open (SQLite's ALTER TABLE only appends a column).
+_ADDED_RUN_COLUMNS = {
+    "failures_json": "TEXT NOT NULL DEFAULT '{}'",
+    "looks": "INTEGER NOT NULL DEFAULT 1",
+    "last_look_at": "REAL",
+}
+
+
+# The runs of environment :env beyond a Retention (:days, :cutoff, :runs; 0 = no limit),
+# never its newest run.
+_PRUNED = """
+SELECT id FROM runs
+WHERE environment = :env
+  AND id < (SELECT MAX(id) FROM runs WHERE environment = :env)
+  AND (
+    (:days > 0 AND COALESCE(last_look_at, finished_at, started_at) < :cutoff)
+    OR (:runs > 0 AND id <= (SELECT id FROM runs WHERE environment = :env
+                             ORDER BY id DESC LIMIT 1 OFFSET :runs))
+  )
+"""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much history to keep, per environment: runs whose last activity is older than
+    ``days``, and runs beyond the newest ``runs``, are deleted with their steps; 0 keeps
+    them. The newest run of an environment is always kept (``status`` shows it)."""
+
+    days: float = 30.0
+    runs: int = 5000
+
+
+@dataclass(frozen=True)
+class HistorySize:
+    path: str
+    bytes: int  # the database file and its write-ahead log
+    runs: int  # of every environment
+
+
 @dataclass(frozen=True)
 class Run:
     id: int
@@ -76,6 +125,8 @@ class Run:
     finished_at: float | None
     status: str
     summary: str
+    looks: int = 1  # idle looks this run stands for
+    last_look_at: float | None = None  # start of the newest of them (None: one look)
 
 
 class Store:
@@ -83,10 +134,12 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.path = path
         self.db.executescript(SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
-        if "failures_json" not in columns:  # a database made by an earlier version
-            self.db.execute("ALTER TABLE runs ADD COLUMN failures_json TEXT NOT NULL DEFAULT '{}'")
+        for name, definition in _ADDED_RUN_COLUMNS.items():
+            if name not in columns:  # a database made by an earlier version
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         self.db.close()
@@ -105,6 +158,79 @@ class Store:
             "WHERE id = ?",
             (time.time(), status, json.dumps(failures), summary, run_id),
         )
+
+    def finish_idle(self, run_id: int, summary: str) -> int:
+        """Close run ``run_id`` as an idle look (``nothing-to-do``, no step, no failure).
+
+        When the environment's previous run was an idle look at the same commit with the
+        same plan and summary, ``run_id`` is deleted and folded into it (``looks`` + 1,
+        ``last_look_at`` = this look's start); its id is returned. Otherwise ``run_id``
+        is closed as a run of its own and returned."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute(
+                "SELECT environment, commit_id, started_at, plan_json FROM runs WHERE id = ?",
+                (run_id,),
+            ).fetchone()
+            prev = None
+            if row is not None:
+                env, commit, started_at, plan = row
+                prev = self.db.execute(
+                    "SELECT id FROM runs WHERE environment = ? AND id < ? AND status = "
+                    "'nothing-to-do' AND commit_id = ? AND plan_json = ? AND summary = ? "
+                    "AND failures_json = '{}' AND id = (SELECT MAX(id) FROM runs "
+                    "WHERE environment = ? AND id < ?)",
+                    (env, run_id, commit, plan, summary, env, run_id),
+                ).fetchone()
+            if prev is None:
+                self.db.execute(
+                    "UPDATE runs SET finished_at = ?, status = 'nothing-to-do', "
+                    "failures_json = '{}', summary = ? WHERE id = ?",
+                    (time.time(), summary, run_id),
+                )
+                self.db.execute("COMMIT")
+                return run_id
+            self.db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            self.db.execute(
+                "UPDATE runs SET looks = looks + 1, last_look_at = ? WHERE id = ?",
+                (started_at, prev[0]),
+            )
+            self.db.execute("COMMIT")
+            return int(prev[0])
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def prune(self, environment: str, keep: Retention, now: float | None = None) -> int:
+        """Delete the runs of ``environment`` beyond ``keep`` (and their steps); how many.
+
+        A run's age is that of its last activity (its newest look, else its end, else
+        its start). Failures (which hold services) and canary states are not touched."""
+        now = time.time() if now is None else now
+        args = {
+            "env": environment,
+            "days": keep.days,
+            "cutoff": now - keep.days * 86400,
+            "runs": keep.runs,
+        }
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [(row[0],) for row in self.db.execute(_PRUNED, args).fetchall()]
+            self.db.executemany("DELETE FROM steps WHERE run_id = ?", ids)
+            self.db.executemany("DELETE FROM runs WHERE id = ?", ids)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return len(ids)
+
+    def size(self) -> HistorySize:
+        """How big the database is now (all environments)."""
+        files = [self.path, self.path.with_name(self.path.name + "-wal")]
+        size = sum(f.stat().st_size for f in files if f.exists())
+        (runs,) = self.db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        return HistorySize(str(self.path), size, int(runs))
 
     def record_step(
         self,
@@ -195,7 +321,8 @@ class Store:
 
     def runs(self, environment: str | None = None, limit: int = 20) -> list[Run]:
         sql = (
-            "SELECT id, environment, commit_id, started_at, finished_at, status, summary FROM runs"
+            "SELECT id, environment, commit_id, started_at, finished_at, status, summary, "
+            "looks, last_look_at FROM runs"
         )
         args: tuple[Any, ...] = ()
         if environment:

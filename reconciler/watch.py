@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.canary.engine import undecided
 from reconciler.errors import ManifestError, ReconcilerError, SourceError
 from reconciler.haproxy.paths import HAProxyPaths
 from reconciler.manifests import load_manifests, resolve
@@ -36,7 +37,7 @@ from reconciler.observe.live import observe
 from reconciler.plan import plan
 from reconciler.run import apply_pass, stored_canaries, target_lock, with_canaries
 from reconciler.source import RepoSpec, Snapshot, open_repo, read_commit
-from reconciler.store import Store
+from reconciler.store import Retention, Store
 
 if TYPE_CHECKING:
     import git
@@ -59,6 +60,7 @@ class WatchConfig:
     allowed_signers: Path | None = None  # SSH signatures (git's gpg.ssh.allowedSignersFile)
     gpg_home: Path | None = None  # GPG signatures: a keyring of the allowed keys
     instance: Instance = field(default_factory=Instance)  # whose containers
+    retention: Retention = field(default_factory=Retention)  # of the history database
 
 
 @dataclass
@@ -146,7 +148,7 @@ class Watcher:
             while not self.stop.is_set():
                 self.step()
                 self.metrics.last_loop = time.monotonic()
-                self.wake.wait(timeout=self.cfg.poll_s)
+                self.wake.wait(timeout=self.next_wait(time.monotonic()))
                 self.wake.clear()
         finally:
             if watcher is not None:
@@ -266,10 +268,16 @@ class Watcher:
             return None
 
     def _canary_interval(self, desired: DesiredState) -> float | None:
-        """Seconds between looks while a canary is progressing or paused; else None."""
+        """Seconds between looks while a canary needs them; else None.
+
+        A canary needs looks from the pass that adds its servers to HAProxy (its
+        analysis starts at the next look, so that look must come one interval later,
+        not a drift interval later) until it is aborted or promoted. A service held at
+        this commit is left as it runs, so its canary is not looked at."""
         store = Store(self.cfg.state_dir / "history.sqlite")
         try:
             states = stored_canaries(store, desired.environment)
+            held = store.failed_services(desired.environment, desired.commit)
         finally:
             store.close()
         intervals = [
@@ -277,10 +285,18 @@ class Watcher:
             for svc in desired.services
             for r in svc.releases
             if r.canary
-            and svc.name in states
-            and states[svc.name].status in ("progressing", "paused")
+            and svc.name not in held
+            and undecided(desired.environment, svc, states.get(svc.name))
         ]
         return min(intervals) if intervals else None
+
+    def next_wait(self, now: float) -> float:
+        """Seconds the loop may sleep: ``poll``, or less when a look is due sooner (a
+        canary's ``analysis.interval`` shorter than ``poll``)."""
+        if self.state.canary_s is None:
+            return self.cfg.poll_s
+        due = self.state.last_pass + min(self.cfg.drift_s, self.state.canary_s) - now
+        return max(0.01, min(self.cfg.poll_s, due))
 
     def _pass(self, sha: str, kind: str) -> None:
         loaded = self._load(sha)
@@ -321,6 +337,7 @@ class Watcher:
                 health_min_s=self.cfg.health_min_s,
                 external=self.cfg.external,
                 should_stop=self.stop.is_set,
+                retention=self.cfg.retention,
             )
         self.state.canary_s = self._canary_interval(desired)
         res = done.result

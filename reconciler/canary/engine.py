@@ -99,6 +99,19 @@ class CanaryState:
         }
 
 
+def undecided(env: str, svc: Service, state: CanaryState | None) -> bool:
+    """True while ``svc`` has a canary that still needs looks: its analysis has not
+    started (no state, or the state of an earlier canary: its servers are not in HAProxy
+    yet, or were just added) or is under way (progressing, paused). False without a
+    canary, and once this canary is aborted or promoted."""
+    pair = canary_pair(svc)
+    if pair is None:
+        return False
+    if state is None or state.key != _key(env, svc, *pair):
+        return True
+    return state.status in ("progressing", "paused")
+
+
 def _steps(rel: Release) -> tuple[Step, ...]:
     assert rel.canary is not None
     return tuple(Step(s.weight, s.min_duration_ms / 1000, s.min_requests) for s in rel.canary.steps)

@@ -15,11 +15,12 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import docker
 import pytest
-from deploy_support import Deployment
+from deploy_support import Deployment, wait_for
 from load_support import HeyLoad
 from repo_support import edit
 from watch_support import Watch
@@ -151,15 +152,34 @@ def test_promote_abort_and_retry_by_hand_are_recorded(dep: Deployment) -> None:
     assert re.search(r"\bpromoted\b.*canary v2 of web promoted by hand", out), out
 
 
+def pass_logged_at(watch: Watch, sha: str) -> float | None:
+    """Wall-clock time at which the watcher logged the end of its pass at ``sha``."""
+    for e in watch.logs():
+        if e.get("event") == "pass" and e.get("commit") == sha:
+            stamp = str(e["time"]).replace("Z", "+00:00")
+            return datetime.fromisoformat(stamp).timestamp()
+    return None
+
+
 def test_watch_judges_a_canary_on_its_own(dep: Deployment) -> None:
     """`reconcile watch` looks at a running canary every analysis interval (1 s here),
     far more often than its drift interval (60 s): a pushed good canary is promoted
-    with no other pass asked for."""
+    with no other pass asked for. Its analysis starts at the look one interval after
+    the pass that added its servers (not a drift interval later)."""
     watch = Watch(dep, drift=60)
     try:
         edit(dep.repo, WEB, canary_releases("v2", "0"), canary_releases("v3", "0"))
         with HeyLoad(dep.url(), concurrency=5, qps=40, max_duration_s=120) as load:
-            watch.push("canary v3, followed by watch")
+            sha, _ = watch.push("canary v3, followed by watch")
+            added = wait_for(lambda: pass_logged_at(watch, sha), timeout=60,
+                             what="the pass that adds the canary's servers")
+            wait_for(lambda: canary_status(dep).get("status") not in (None, "waiting")
+                     and canary_status(dep).get("canary") == "v3", timeout=15,
+                     what="the canary's analysis to start (within one analysis interval)")
+            started = time.time() - added
+            print(f"\nservers added -> analysis started: {started:.2f}s")
+            # One interval (1 s), plus the next pass itself and this test's polling.
+            assert started < 5, started
             deadline = time.monotonic() + 90
             while canary_status(dep).get("status") != "promoted":
                 assert time.monotonic() < deadline, (canary_status(dep), watch.logs()[-5:])

@@ -80,3 +80,34 @@ def test_status_and_history(dep: Deployment) -> None:
     assert runs[0]["status"] == "ok" and runs[0]["commit"] == doc["last_run"]["commit"]
     code, steps = dep.cli("history", "--run", str(runs[0]["id"]), repo=False)
     assert "start container" in steps and "because first deploy" in steps
+
+
+def test_idle_passes_share_one_run_and_the_history_is_bounded(dep: Deployment) -> None:
+    code, out = dep.apply()
+    assert code == 0, out
+    for _ in range(3):  # nothing to do: one run for all three looks
+        code, out = dep.apply()
+        assert code == 0 and "No changes" in out, out
+
+    def history() -> list[dict[str, object]]:
+        raw = dep.cli("history", "-o", "json", repo=False)[1]
+        return list(json.loads(raw[raw.index("["):]))
+
+    runs = history()
+    assert [(r["status"], r["looks"]) for r in runs] == [("nothing-to-do", 3), ("ok", 1)], runs
+    code, text = dep.cli("history", repo=False)
+    assert "(3 looks, the last at " in text, text
+    # status shows the database's size, and the last run's looks
+    code, raw = dep.cli("status", "-o", "json")
+    doc = json.loads(raw)
+    assert doc["history"]["bytes"] > 0 and doc["history"]["runs"] == 2, doc["history"]
+    assert doc["history"]["path"] == str(dep.state / "history.sqlite")
+    assert doc["last_run"]["looks"] == 3
+    code, text = dep.cli("status")
+    assert f"history: {dep.state / 'history.sqlite'}" not in text  # size first, then path
+    assert " in " + str(dep.state / "history.sqlite") + " (2 runs)" in text, text
+    # retention: a pass prunes the environment's runs beyond --history-runs
+    dep.edit("services/web.yaml", "revision: v1", "revision: v2", "web v2")
+    code, out = dep.cli("apply", "--health-timeout", "20", "--history-runs", "1")
+    assert code == 0, out
+    assert [r["status"] for r in history()] == ["ok"]

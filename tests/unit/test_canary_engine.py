@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from support import converge, desired, spec
 
-from reconciler.canary.engine import CanaryState, evaluate, overlay
+from reconciler.canary.engine import CanaryState, evaluate, overlay, undecided
 from reconciler.haproxy.runtime import info_pid
 from reconciler.model import (
     CanaryPolicy,
@@ -98,3 +98,24 @@ def test_reload_counts_from_zero_and_a_new_canary_starts_afresh() -> None:
 def test_info_pid_reads_the_worker() -> None:
     assert info_pid("Name: HAProxy\nPid: 3735\nUptime_sec: 29\n") == 3735
     assert info_pid("") == 0
+
+
+def test_a_canary_needs_looks_from_its_deploy_until_it_is_decided() -> None:
+    """`reconcile watch` looks every analysis interval while ``undecided``: also before
+    the analysis started (the pass that adds the servers is followed by a look one
+    interval later), and no longer once aborted or promoted."""
+    d = fleet()
+    svc = d.services[0]
+    env = d.environment
+    assert undecided(env, svc, None)  # servers not in HAProxy yet, or just added
+    world = converge(d)
+    (state,) = evaluate(d, with_counts(world, {"v1": (10, 0)}), {}, 0, {}).values()
+    for status, needs in [("progressing", True), ("paused", True),
+                          ("aborted", False), ("promoted", False)]:
+        assert undecided(env, svc, replace(state, status=status)) is needs, status
+    # The state of an earlier canary does not count: a new one needs looks.
+    other = fleet("v3").services[0]
+    assert undecided(env, other, replace(state, status="promoted"))
+    # No canary: no looks.
+    plain = replace(svc, releases=(svc.releases[0],))
+    assert not undecided(env, plain, state)
