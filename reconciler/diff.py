@@ -176,7 +176,7 @@ def _walk_named(
             out.append(_line(scope, label, "removed"))
         elif old is _ABSENT:  # describing something added: each element in full
             out += _walk(_ABSENT, after[key], (*scope, label), ())
-        elif isinstance(after[key], Release):
+        elif isinstance(after[key], Release) and before:  # (a baseline to compare with)
             rel, base = after[key], _baseline(before, after)
             out.append(_line(scope, label, f"added at weight {rel.weight}%"))
             vs = (*scope, f"{label} (vs {_text(base.revision)})")
