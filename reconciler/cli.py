@@ -3,7 +3,7 @@
 
 Exit codes: 0 success and nothing to change; 2 changes pending (plan / --dry-run); 1 any
 error (bad manifests, unreachable host, unknown commit). Heavy libraries (docker, git,
-jsonschema, deepdiff) are imported inside the commands so ``--help`` stays fast.
+jsonschema) are imported inside the commands so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -900,9 +900,11 @@ def diff(
 ) -> None:
     """Compare the desired state of two commits (BASE, HEAD) without contacting any host.
 
-    Lists per environment and service what changes: releases and weights, env keys
-    (secret-looking values masked), secrets (names only), replicas, hosts, and any other
-    setting; and per load balancer its frontends. Runs in a pull-request CI with no Docker.
+    Lists per environment every change of its desired state: each release of each service
+    (image, weight, env with secret-looking values masked, secrets by name and location,
+    health, limits, canary policy, ...), replicas, hosts and their SSH settings, load
+    balancers with frontends and routes, and the environment's rollout. Runs in a
+    pull-request CI with no Docker.
     """
     try:
         from reconciler.diff import diff_states

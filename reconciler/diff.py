@@ -1,23 +1,40 @@
 """What changes between the desired states of two commits (``reconcile diff``).
 
 Pure: compares two ``DesiredState`` values of the same environment, contacts no host.
-Env values of secret-looking keys are masked; secrets are names only, so no value can leak.
+
+Contract: the diff is empty exactly when the two states are equal apart from ``commit``
+(and ``environment``, the same on both sides). To keep that true as the model grows, the
+states are walked generically over their dataclass fields: a new field is compared (and
+shown) without any change here; the tables below only make some lines read better.
+
+- Named collections (elements with a ``name`` or ``revision``, canary steps by weight)
+  are matched by that key; other sequences of records (volumes, routes) by position.
+- ``Pairs`` (env, labels, log options) are compared key by key. Values of secret-looking
+  keys are masked (``shown_env_value``), as is any field whose name looks secret; secret
+  references are names and locations on the hosts, never values.
+- Each line reads ``scope: path old -> new`` (``release v2: image a:v2 -> a:v3``), or
+  ``path: old -> new`` outside any named element (``rollout.limit: all -> 1``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Final, Literal
 
 from reconciler.identity import MASK, is_secretish, shown_env_value
-from reconciler.model import DesiredState, LoadBalancer, Release, Service
+from reconciler.model import CanaryStep, DesiredState, Release
 
 Status = Literal["added", "removed", "changed"]
 
 
 @dataclass(frozen=True)
 class ItemDiff:
-    kind: Literal["service", "loadbalancer"]
+    """One named thing of an environment (``kind`` service, loadbalancer, host, or the
+    environment itself for its own settings) and human lines of what changes in it."""
+
+    kind: str
     name: str
     status: Status
     changes: tuple[str, ...] = ()
@@ -29,162 +46,338 @@ class EnvironmentDiff:
     items: tuple[ItemDiff, ...] = field(default=())
 
 
+# Fields of DesiredState that say which pass this is, not what it wants.
+_NOT_DESIRED: Final = frozenset({"environment", "commit"})
+# Fields whose records are folded into their parent's path (``image``, not ``spec.image``).
+_FOLDED: Final = frozenset({"spec"})
+# Sequences of names that are sets (sorted by the loader): shown as added/removed members.
+_SETS: Final = frozenset({"hosts", "roles"})
+# Records whose sequence reads best whole, on one line (``canary.steps: 10%,50% -> 5%,50%``).
+_WHOLE: Final = (CanaryStep,)
+# How an absent value (None) reads, by field name.
+_NONE: Final = {
+    "limit": "all",
+    "ssh": "local",
+    "docker_socket": "/var/run/docker.sock",
+    "key": "default",
+    "known_hosts": "~/.ssh/known_hosts",
+    "command": "image default",
+    "args": "image default",
+    "memory_bytes": "unlimited",
+    "nano_cpus": "unlimited",
+    "logging": "engine default",
+    "canary": "none",
+    "default_service": "none",
+    "tls_certificate": "none",
+    "host": "any",
+    "path_prefix": "any",
+}
+_LABELS: Final = {"memory_bytes": "memory", "nano_cpus": "cpus"}
+_ABSENT: Final = object()  # the old side of something added: lines describe the new one
+
+
 def diff_states(base: DesiredState, head: DesiredState) -> EnvironmentDiff:
-    items: list[ItemDiff] = []
-    items += _diff_named(
-        "service",
-        {s.name: s for s in base.services},
-        {s.name: s for s in head.services},
-        _service_changes,
-        _service_summary,
-    )
-    items += _diff_named(
-        "loadbalancer",
-        {lb.name: lb for lb in base.loadbalancers},
-        {lb.name: lb for lb in head.loadbalancers},
-        _lb_changes,
-        _lb_summary,
-    )
-    return EnvironmentDiff(environment=head.environment, items=tuple(items))
+    """Every difference between two desired states of one environment, as items.
+
+    Hosts, services and load balancers are items of their own; every other field of
+    ``DesiredState`` (``rollout``, and whatever is added later) is an item of kind
+    'environment'. Items that did not change are left out.
+    """
+    own: list[str] = []
+    named: list[ItemDiff] = []
+    for f in fields(DesiredState):
+        if f.name in _NOT_DESIRED:
+            continue
+        old, new = getattr(base, f.name), getattr(head, f.name)
+        if _keyed(old, new):
+            named += _items(_singular(f.name), old, new)
+        else:
+            own += _walk(old, new, (), (f.name,))
+    items = [ItemDiff("environment", head.environment, "changed", tuple(own))] if own else []
+    return EnvironmentDiff(environment=head.environment, items=tuple(items + named))
 
 
-def _diff_named(
-    kind: Any, old: dict[str, Any], new: dict[str, Any], changes: Any, summary: Any
-) -> list[ItemDiff]:
+def _items(kind: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> list[ItemDiff]:
+    before, after = _by_key(old), _by_key(new)
     out = []
-    for name in sorted(set(old) | set(new)):
-        if name not in old:
-            out.append(ItemDiff(kind, name, "added", tuple(summary(new[name]))))
-        elif name not in new:
-            out.append(ItemDiff(kind, name, "removed", ()))
-        elif found := changes(old[name], new[name]):
-            out.append(ItemDiff(kind, name, "changed", tuple(found)))
+    for key in _union(before, after):
+        if key not in before:
+            out.append(ItemDiff(kind, key, "added", tuple(_walk(_ABSENT, after[key], (), ()))))
+        elif key not in after:
+            out.append(ItemDiff(kind, key, "removed"))
+        elif lines := _walk(before[key], after[key], (), ()):
+            out.append(ItemDiff(kind, key, "changed", tuple(lines)))
     return out
 
 
-def _weights(svc: Service) -> str:
-    return ", ".join(f"{r.revision} {r.weight}%" for r in svc.releases)
+# --------------------------------------------------------------------------- the walk
 
 
-def _service_summary(svc: Service) -> list[str]:
-    spec = svc.releases[0].spec
-    lines = [
-        f"releases: {_weights(svc)}",
-        f"replicas: {svc.replicas} per host",
-        f"hosts: {', '.join(svc.hosts)}",
-    ]
-    lines += [f"env {k}={shown_env_value(k, v)}" for k, v in spec.env]
-    lines += [f"secret {s.name} (value from {s.source} on the host)" for s in spec.secrets]
-    return lines
+def _walk(old: Any, new: Any, scope: tuple[str, ...], path: tuple[str, ...]) -> list[str]:
+    """Lines of what differs from ``old`` to ``new`` (every value of ``new`` when ``old``
+    is ``_ABSENT``). ``scope`` names the enclosing named elements, ``path`` the fields."""
+    if old is _ABSENT and new in (None, (), ""):
+        return []  # nothing worth describing
+    if old is not _ABSENT and old == new:
+        return []
+    name = path[-1] if path else ""
+    if _is_record(new) and (old is _ABSENT or type(old) is type(new)):
+        return _walk_record(old, new, scope, path)
+    if isinstance(new, tuple) and (old is _ABSENT or isinstance(old, tuple)):
+        return _walk_sequence(name, old, new, scope, path)
+    return [_change(scope, _where(path), name, old, new)]
 
 
-def _service_changes(old: Service, new: Service) -> list[str]:
+def _walk_record(old: Any, new: Any, scope: tuple[str, ...], path: tuple[str, ...]) -> list[str]:
+    key = _key_field(new)
     out: list[str] = []
-    old_rel = {r.revision: r for r in old.releases}
-    new_rel = {r.revision: r for r in new.releases}
-    for rev in sorted(set(old_rel) | set(new_rel)):
-        if rev not in old_rel:
-            out.append(f"release {rev} added at weight {new_rel[rev].weight}%")
-        elif rev not in new_rel:
-            out.append(f"release {rev} removed (was {old_rel[rev].weight}%)")
-        elif old_rel[rev].weight != new_rel[rev].weight:
-            out.append(f"weight of {rev}: {old_rel[rev].weight}% -> {new_rel[rev].weight}%")
-    if old.replicas != new.replicas:
-        out.append(f"replicas: {old.replicas} -> {new.replicas} per host")
-    if old.hosts != new.hosts:
-        added = sorted(set(new.hosts) - set(old.hosts))
-        removed = sorted(set(old.hosts) - set(new.hosts))
-        out += [f"host {h} added" for h in added] + [f"host {h} removed" for h in removed]
-    # Spec changes are shown once, for a release present on both sides (else the newest).
-    pair = _comparable_releases(old, new)
-    if pair:
-        out += _spec_changes(*pair)
-    for fld in ("balance", "timeouts", "drain_timeout_s"):
-        if getattr(old, fld) != getattr(new, fld):
-            out += _deep(asdict(old)[fld], asdict(new)[fld], fld)
+    for f in fields(new):
+        if f.name == key:
+            continue
+        sub = path if f.name in _FOLDED else (*path, f.name)
+        before = _ABSENT if old is _ABSENT else getattr(old, f.name)
+        out += _walk(before, getattr(new, f.name), scope, sub)
     return out
 
 
-def _comparable_releases(old: Service, new: Service) -> tuple[Release, Release] | None:
-    common = [r.revision for r in new.releases if r.revision in {o.revision for o in old.releases}]
-    if common:
-        rev = common[0]
-        return (
-            next(r for r in old.releases if r.revision == rev),
-            next(r for r in new.releases if r.revision == rev),
+def _walk_sequence(
+    name: str, old: Any, new: tuple[Any, ...], scope: tuple[str, ...], path: tuple[str, ...]
+) -> list[str]:
+    olds: tuple[Any, ...] = () if old is _ABSENT else old
+    sample = (new or olds)[0]
+    if _keyed(olds, new):
+        return _walk_named(old, new, scope, path)
+    if _is_pair(sample):
+        return _walk_pairs(old, new, scope, path)
+    if _is_record(sample) and not isinstance(sample, _WHOLE):
+        return _walk_positional(old, new, scope, path)
+    if name in _SETS and old is not _ABSENT:
+        member = _singular(name)
+        return [_line(scope, member, f"{_text(v)} added") for v in new if v not in olds] + [
+            _line(scope, member, f"{_text(v)} removed") for v in olds if v not in new
+        ]
+    return [_change(scope, _where(path), name, old, new)]
+
+
+def _walk_named(
+    old: Any, new: tuple[Any, ...], scope: tuple[str, ...], path: tuple[str, ...]
+) -> list[str]:
+    """Elements matched by key. A release added next to others is shown against the one
+    it runs next to (``_baseline``): how the new one differs is what a reviewer needs."""
+    what = _member(path)
+    before = {} if old is _ABSENT else _by_key(old)
+    after = _by_key(new)
+    out: list[str] = []
+    for key in _union(before, after):
+        label = f"{what} {_text(key)}"
+        if key in before and key in after:
+            out += _walk(before[key], after[key], (*scope, label), ())
+        elif key in before:
+            out.append(_line(scope, label, "removed"))
+        elif old is _ABSENT:  # describing something added: each element in full
+            out += _walk(_ABSENT, after[key], (*scope, label), ())
+        elif isinstance(after[key], Release) and before:  # (a baseline to compare with)
+            rel, base = after[key], _baseline(before, after)
+            out.append(_line(scope, label, f"added at weight {rel.weight}%"))
+            vs = (*scope, f"{label} (vs {_text(base.revision)})")
+            for f in fields(rel):
+                if f.name not in ("revision", "weight"):
+                    sub = () if f.name in _FOLDED else (f.name,)
+                    out += _walk(getattr(base, f.name), getattr(rel, f.name), vs, sub)
+        else:
+            out.append(_line(scope, label, f"added ({_shown('', after[key])})"))
+    return out
+
+
+def _baseline(before: dict[str, Release], after: dict[str, Release]) -> Release:
+    """The heaviest release kept on both sides, as it is after the change; else the
+    heaviest one before (a new release replacing all others)."""
+    kept = [r for k, r in after.items() if k in before]
+    return max(kept or before.values(), key=lambda r: r.weight)
+
+
+def _walk_positional(
+    old: Any, new: tuple[Any, ...], scope: tuple[str, ...], path: tuple[str, ...]
+) -> list[str]:
+    """Records without a key (volumes, routes): by position, numbered from 1."""
+    what = _member(path)
+    olds: tuple[Any, ...] = () if old is _ABSENT else old
+    out: list[str] = []
+    for i in range(max(len(olds), len(new))):
+        label = f"{what} {i + 1}"
+        if i >= len(olds):
+            shown = _shown("", new[i])
+            out.append(_line(scope, label, shown if old is _ABSENT else f"added ({shown})"))
+        elif i >= len(new):
+            out.append(_line(scope, label, f"removed (was {_shown('', olds[i])})"))
+        else:
+            out += _walk(olds[i], new[i], (*scope, label), ())
+    return out
+
+
+def _walk_pairs(
+    old: Any, new: tuple[tuple[str, str], ...], scope: tuple[str, ...], path: tuple[str, ...]
+) -> list[str]:
+    """Mappings (env, labels, log options) key by key, secret-looking values masked."""
+    before: dict[str, str] = {} if old is _ABSENT else dict(old)
+    after = dict(new)
+    out: list[str] = []
+    for k in _union(before, after):
+        where = f"{_where(path)} {_text(k)}"
+        if k not in before:
+            value = _text(shown_env_value(k, after[k]))
+            out.append(_line(scope, where, f"= {value}" if old is _ABSENT else f"added ({value})"))
+        elif k not in after:
+            out.append(_line(scope, where, "removed"))
+        elif before[k] != after[k]:
+            a, b = (_text(shown_env_value(k, v)) for v in (before[k], after[k]))
+            out.append(_line(scope, where, f"changed ({a} -> {b})"))
+    return out
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _line(scope: tuple[str, ...], where: str, text: str) -> str:
+    """``scope: where text``, or ``where text`` outside any named element."""
+    return f"{', '.join(scope)}: {where} {text}" if scope else f"{where} {text}"
+
+
+def _change(scope: tuple[str, ...], where: str, name: str, old: Any, new: Any) -> str:
+    """``where: old -> new`` (``where: new`` when describing); the colon is dropped after
+    a scope, which has one already (``release v2: image a:v2 -> a:v3``)."""
+    text = _shown(name, new) if old is _ABSENT else f"{_shown(name, old)} -> {_shown(name, new)}"
+    return _line(scope, where, text) if scope else f"{where}: {text}"
+
+
+def _where(path: tuple[str, ...]) -> str:
+    """Dotted field names as the manifests spell them (``health.interval``, ``memory``)."""
+    return ".".join(_LABELS.get(p, _unitless(p)) for p in path)
+
+
+def _member(path: tuple[str, ...]) -> str:
+    """What one element of the sequence at ``path`` is called (``release``, ``route``)."""
+    return " ".join((*(_where((p,)) for p in path[:-1]), _singular(path[-1])))
+
+
+def _shown(name: str, value: Any) -> str:
+    """One value as a reviewer reads it: units, 'all'/'local' for None, records compact."""
+    if value is None:
+        return _NONE.get(name, "none")
+    if name and is_secretish(name):
+        return MASK
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, CanaryStep):
+        return _step(value)
+    if _is_record(value):
+        key = _key_field(value)
+        parts = (
+            (f.name, getattr(value, f.name))
+            for f in fields(value)
+            if f.name != key and getattr(value, f.name) not in (None, (), "")
         )
-    return (old.releases[-1], new.releases[-1]) if old.releases and new.releases else None
+        return ", ".join(f"{_LABELS.get(k, _unitless(k))} {_shown(k, v)}" for k, v in parts)
+    if isinstance(value, tuple):
+        if value and _is_pair(value[0]):
+            return ", ".join(f"{_text(k)}={_text(shown_env_value(k, v))}" for k, v in value)
+        if value and isinstance(value[0], CanaryStep):
+            return ",".join(_step(s) for s in value)
+        if name in _SETS:
+            return ", ".join(_text(v) for v in value)
+        return json.dumps([_shown("", v) for v in value]) if value else "[]"
+    if name == "weight":
+        return f"{value}%"
+    if name.endswith("_ms"):
+        return _duration(value)
+    if name.endswith("_s"):
+        return f"{value}s"
+    if name == "memory_bytes":
+        return _bytes(value)
+    if name == "nano_cpus":
+        return f"{value / 1e9:g}"
+    return _text(str(value))
 
 
-def _spec_changes(old: Release, new: Release) -> list[str]:
-    out: list[str] = []
-    o, n = dict(old.spec.env), dict(new.spec.env)
-    for key in sorted(set(o) | set(n)):
-        if key not in o:
-            out.append(f"env {key} added: {shown_env_value(key, n[key])}")
-        elif key not in n:
-            out.append(f"env {key} removed")
-        elif o[key] != n[key]:
-            out.append(
-                f"env {key}: {shown_env_value(key, o[key])} -> {shown_env_value(key, n[key])}"
-            )
-    os_, ns = {s.name: s for s in old.spec.secrets}, {s.name: s for s in new.spec.secrets}
-    for key in sorted(set(os_) | set(ns)):
-        if key not in os_:
-            out.append(f"secret {key} added (value from {ns[key].source} on the host)")
-        elif key not in ns:
-            out.append(f"secret {key} removed")
-        elif os_[key] != ns[key]:
-            out.append(f"secret {key}: source or version changed (value {MASK})")
-    od, nd = asdict(old.spec), asdict(new.spec)
-    if old.revision == new.revision and od["image"] != nd["image"]:
-        out.append(f"image: {od['image']} -> {nd['image']}")
-    for key in ("env", "secrets", "image"):
-        od.pop(key)
-        nd.pop(key)
-    out += _deep(od, nd, "")
-    return out
-
-
-def _deep(old: Any, new: Any, prefix: str) -> list[str]:
-    """Leaf differences of two plain structures, as "path: old -> new" (DeepDiff)."""
-    from deepdiff import DeepDiff  # only the diff command needs it
-
-    out = []
-    tree = DeepDiff(old, new, view="tree", ignore_order=False)
-    for levels in tree.values():
-        for level in levels:
-            parts = [str(p) for p in level.path(output_format="list")]
-            path = ".".join(p for p in [prefix, *parts] if p)
-            if any(is_secretish(p) for p in parts):
-                out.append(f"{path} changed")
-            else:
-                out.append(f"{path}: {_show(level.t1)} -> {_show(level.t2)}")
-    return sorted(out)
-
-
-def _show(value: Any) -> str:
-    if type(value).__name__ == "NotPresent":
-        return "(none)"
-    return "(none)" if value is None else str(value)
-
-
-def _lb_summary(lb: LoadBalancer) -> list[str]:
-    return [f"hosts: {', '.join(lb.hosts)}"] + [
-        f"frontend {fe.name} on {fe.bind_address}:{fe.bind_port}" for fe in lb.frontends
+def _step(step: CanaryStep) -> str:
+    """``50%``, or ``50% (hold 2m, 500 requests)`` where it differs from the defaults."""
+    default = CanaryStep(weight=step.weight)
+    extra = [
+        f"hold {_duration(step.min_duration_ms)}"
+        if step.min_duration_ms != default.min_duration_ms
+        else "",
+        f"{step.min_requests} requests" if step.min_requests != default.min_requests else "",
     ]
+    shown = ", ".join(x for x in extra if x)
+    return f"{step.weight}% ({shown})" if shown else f"{step.weight}%"
 
 
-def _lb_changes(old: LoadBalancer, new: LoadBalancer) -> list[str]:
-    out: list[str] = []
-    if old.hosts != new.hosts:
-        out.append(f"hosts: {', '.join(old.hosts)} -> {', '.join(new.hosts)}")
-    of, nf = {f.name: f for f in old.frontends}, {f.name: f for f in new.frontends}
-    for name in sorted(set(of) | set(nf)):
-        if name not in of:
-            out.append(f"frontend {name} added on {nf[name].bind_address}:{nf[name].bind_port}")
-        elif name not in nf:
-            out.append(f"frontend {name} removed")
-        elif of[name] != nf[name]:
-            out += _deep(asdict(of[name]), asdict(nf[name]), f"frontend {name}")
+def _text(value: str) -> str:
+    """A user string as is, or JSON-quoted when it would read ambiguously (empty, edge
+    spaces, an arrow or a control character)."""
+    plain = value and value == value.strip() and "->" not in value and value.isprintable()
+    return value if plain else json.dumps(value)
+
+
+def _duration(ms: int) -> str:
+    if ms == 0:
+        return "0s"
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}b"
+
+
+def _unitless(name: str) -> str:
+    for suffix in ("_ms", "_s"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_record(value: Any) -> bool:
+    return is_dataclass(value) and not isinstance(value, type)
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
+def _key_field(value: Any) -> str | None:
+    names = {f.name for f in fields(value)}
+    return next((k for k in ("name", "revision") if k in names), None)
+
+
+def _keyed(old: Any, new: Any) -> bool:
+    """A tuple of records that each carry a key."""
+    both = (*(old if isinstance(old, tuple) else ()), *(new if isinstance(new, tuple) else ()))
+    return bool(both) and all(_is_record(v) and _key_field(v) for v in both)
+
+
+def _by_key(values: tuple[Any, ...]) -> dict[str, Any]:
+    out = {}
+    for v in values:
+        key = _key_field(v)
+        assert key is not None  # callers check _keyed first
+        out[str(getattr(v, key))] = v
     return out
+
+
+def _union(before: dict[str, Any], after: dict[str, Any]) -> Iterator[str]:
+    """Keys in the old order, then the new ones in theirs (releases keep their order)."""
+    yield from before
+    yield from (k for k in after if k not in before)
+
+
+def _singular(name: str) -> str:
+    return name[:-1] if name.endswith("s") else name

@@ -80,19 +80,47 @@ def diff_json(diffs: list[EnvironmentDiff], base: str, head: str) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
+# Characters that GitHub-flavoured markdown acts on inside a table cell: a user string
+# (an env value such as ``tidy-up <!--``) must not open a comment or tag that hides the
+# rows after it, split the cell, or start emphasis, code or a link.
+_MD_ACTIVE = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        "|": "\\|",
+        "`": "\\`",
+        "*": "\\*",
+        "_": "\\_",
+        "[": "\\[",
+        "]": "\\]",
+        "\\": "\\\\",
+        "\n": " ",
+        "\r": " ",
+    }
+)
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("`", "'")
+    """``text`` shown literally in a markdown table cell."""
+    return text.translate(_MD_ACTIVE)
+
+
+def _md_code(name: str) -> str:
+    """``name`` as an inline code span in a table cell (names are schema-checked to
+    ``a-z0-9-``; this only keeps a span and its cell closed whatever they hold)."""
+    return "`" + name.replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
 
 
 def diff_markdown(diffs: list[EnvironmentDiff], base: str, head: str) -> str:
     """Ready to paste as a pull-request comment."""
     total = sum(len(d.items) for d in diffs)
-    lines = [f"### reconcile diff `{base}` → `{head}`", ""]
+    lines = [f"### reconcile diff {_md_code(base)} → {_md_code(head)}", ""]
     if not total:
         lines.append("No change to the desired state of any environment.")
         return "\n".join(lines) + "\n"
     for d in diffs:
-        lines.append(f"#### Environment `{d.environment}`")
+        lines.append(f"#### Environment {_md_code(d.environment)}")
         lines.append("")
         if not d.items:
             lines += ["No changes.", ""]
@@ -101,7 +129,7 @@ def diff_markdown(diffs: list[EnvironmentDiff], base: str, head: str) -> str:
         icon = {"added": "🆕 added", "removed": "🗑️ removed", "changed": "✏️ changed"}
         for item in d.items:
             changes = "<br>".join(_md_escape(c) for c in item.changes) or "—"
-            lines.append(f"| {icon[item.status]} | {item.kind} `{item.name}` | {changes} |")
+            lines.append(f"| {icon[item.status]} | {item.kind} {_md_code(item.name)} | {changes} |")
         lines.append("")
     lines.append(
         "<sub>Secret values are never shown: secrets are names in git, values live "

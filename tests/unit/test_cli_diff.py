@@ -46,12 +46,17 @@ def test_diff_text(two_commits: tuple[Path, str, str]) -> None:
     assert f"Desired state {base[:7]} -> {head[:7]}" in out
     prod = out.split("environment production:")[1].split("environment staging:")[0]
     for line in ("changed service web", "release v2 added at weight 10%",
-                 "weight of v1: 100% -> 90%", "replicas: 2 -> 3 per host",
-                 "env LOG_LEVEL: info -> warn", "env SESSION_SECRET added: ******",
-                 "secret API_TOKEN added (value from env on the host)"):
+                 "release v1: weight 100% -> 90%", "replicas: 2 -> 3",
+                 "release v1: env LOG_LEVEL changed (info -> warn)",
+                 "release v1: env SESSION_SECRET added (******)",
+                 "release v1: secret API_TOKEN added (source env, location API_TOKEN)",
+                 # the new release against the one it runs next to: only its image differs
+                 "release v2 (vs v1): image sample-app:v1 -> sample-app:v2"):
         assert line in prod, line
+    assert "release v2 (vs v1): env" not in prod
     staging = out.split("environment staging:")[1]
     assert "host local2 added" in staging and "host local removed" in staging
+    assert "added host local2\n    address: 127.0.0.2\n    roles: app\n    ssh.user: deploy" in staging
     assert "s3cr3t-value" not in out
     assert "api" not in out  # unchanged services are not listed
 
@@ -66,14 +71,14 @@ def test_diff_json_and_markdown(two_commits: tuple[Path, str, str]) -> None:
     assert set(envs) == {"production", "staging"}
     (web,) = envs["production"]
     assert web["kind"] == "service" and web["name"] == "web" and web["status"] == "changed"
-    assert "weight of v1: 100% -> 90%" in web["changes"]
+    assert "release v1: weight 100% -> 90%" in web["changes"]
     assert "s3cr3t-value" not in out
     code, md, _ = run("diff", base, head, "--repo", str(repo), "--output", "markdown")
     assert code == 0
     assert md.startswith(f"### reconcile diff `{base[:7]}` → `{head[:7]}`")
     assert "#### Environment `production`" in md and "| ✏️ changed | service `web` |" in md
     assert "release v2 added at weight 10%<br>" in md
-    assert "s3cr3t-value" not in md and "******" in md
+    assert "s3cr3t-value" not in md and "SESSION\\_SECRET added (\\*\\*\\*\\*\\*\\*)" in md
 
 
 def test_diff_exit_code_and_no_change(two_commits: tuple[Path, str, str]) -> None:
