@@ -46,8 +46,9 @@ class EnvironmentDiff:
     items: tuple[ItemDiff, ...] = field(default=())
 
 
-# Fields of DesiredState that say which pass this is, not what it wants.
-_NOT_DESIRED: Final = frozenset({"environment", "commit"})
+# Fields of DesiredState that say which pass this is (and which reconciler instance acts),
+# not what git wants.
+NOT_DESIRED: Final = frozenset({"environment", "commit", "instance"})
 # Fields whose records are folded into their parent's path (``image``, not ``spec.image``).
 _FOLDED: Final = frozenset({"spec"})
 # Sequences of names that are sets (sorted by the loader): shown as added/removed members.
@@ -86,7 +87,7 @@ def diff_states(base: DesiredState, head: DesiredState) -> EnvironmentDiff:
     own: list[str] = []
     named: list[ItemDiff] = []
     for f in fields(DesiredState):
-        if f.name in _NOT_DESIRED:
+        if f.name in NOT_DESIRED:
             continue
         old, new = getattr(base, f.name), getattr(head, f.name)
         if _keyed(old, new):
