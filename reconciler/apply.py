@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,7 +54,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.haproxy.control import HAProxy, HAProxyError
 from reconciler.haproxy.render import RenderServer, render
 from reconciler.images import ensure_image
-from reconciler.model import DesiredState, HealthCheck, ObservedState
+from reconciler.model import DesiredState, HealthCheck, LoadBalancer, ObservedState
 from reconciler.plan import Plan
 from reconciler.transport.pool import Connections
 
@@ -103,6 +103,16 @@ _PER_SERVER = (RepointServer, DrainServer, RemoveServer)
 
 class _Abort(Exception):
     """Stop the run: HAProxy could not take a config; later steps would be unsafe."""
+
+
+class _Skipped(Exception):
+    """A step with nothing to do because the steps it follows were skipped; its text
+    says why."""
+
+
+# Steps that change what an LB host's next config says (counted per LB host, so that a
+# config step after only skipped ones says it was skipped too).
+_LB_CHANGES = (AddServer, RepointServer, SetWeight, DrainServer, RemoveServer)
 
 
 class Executor:
@@ -161,6 +171,8 @@ class Executor:
         self.pickers: dict[str, Callable[[str], int]] = {}
         # LB host -> (text, checked file) verified for its next install
         self.checked: dict[str, tuple[str, Path]] = {}
+        # LB host -> statuses of its server steps since its last config step
+        self.lb_steps: dict[str, Counter[str]] = {}
 
     def client(self, host: str) -> docker.DockerClient:
         return self.conns.get(host).docker()
@@ -246,15 +258,23 @@ class Executor:
         t0 = time.monotonic()
         status: Status = "ok"
         detail = ""
-        if self.result.aborted or (action.service and action.service in self.result.failures):
-            status, detail = "skipped", "an earlier step of this service failed"
+        if self.result.aborted:
+            status, detail = "skipped", "the run stopped at a failed HAProxy config"
+        elif action.service and action.service in self.result.failures:
+            why = self.result.failures[action.service].splitlines()[0]
+            status, detail = "skipped", f"{action.service} failed in this pass ({why})"
         else:
             try:
                 detail = self._do(action) or ""
+            except _Skipped as exc:
+                status, detail = "skipped", str(exc)
             except ReconcilerError as exc:  # ContainerError, HAProxyError, ObserveError
                 status, detail = "failed", str(exc)
                 with self.lock:
                     self._fail(action, str(exc))
+        if isinstance(action, _LB_CHANGES):
+            with self.lock:
+                self.lb_steps.setdefault(action.host, Counter())[status] += 1
         return StepResult(step, action, status, detail, time.monotonic() - t0)
 
     def _verify_all(self, configs: list[tuple[int, Action]]) -> None:
@@ -266,6 +286,7 @@ class Executor:
             lb = self.haproxies[a.host]
             text = self._render(a.host)
             try:
+                self._check_binds(a.host)
                 self.checked[a.host] = (text, lb.check(text))
             except ReconcilerError as exc:
                 self._emit(StepResult(step, a, "failed", f"{exc} (no LB host was switched)", 0.0))
@@ -495,11 +516,30 @@ class Executor:
             return f"sessions still open after {a.timeout_s}s; removed anyway"
         return None
 
+    def _lbdef(self, lb_host: str) -> LoadBalancer:
+        return next(x for x in self.desired.loadbalancers if lb_host in x.hosts)
+
     def _render(self, lb_host: str) -> str:
-        lbdef = next(x for x in self.desired.loadbalancers if lb_host in x.hosts)
         return render(
-            self.desired, lbdef, self.table.get(lb_host, {}).values(), self.haproxies[lb_host].paths
+            self.desired,
+            self._lbdef(lb_host),
+            self.table.get(lb_host, {}).values(),
+            self.haproxies[lb_host].paths,
         )
+
+    def _check_binds(self, lb_host: str) -> None:
+        """Raise, installing nothing, when the LB host cannot give HAProxy a bind the new
+        config adds (``haproxy -c`` does not check; a reload that fails to bind refuses
+        new connections on every frontend for seconds)."""
+        lb = self.haproxies[lb_host]
+        binds = [(fe.name, fe.bind_address, fe.bind_port) for fe in self._lbdef(lb_host).frontends]
+        problems = lb.bind_problems(binds)
+        if problems:
+            on = "" if self.hosts[lb_host].is_local else f"LB host {lb_host}: "
+            raise HAProxyError(
+                f"{on}the new config binds what this host cannot give HAProxy; nothing "
+                "installed: " + "; ".join(problems)
+            )
 
     def _configure(self, a: ConfigureHAProxy) -> str:
         lb = self.haproxies[a.host]
@@ -510,16 +550,25 @@ class Executor:
         if path is not None and verified != text:
             lb.transport.unlink(str(path))
             path = None
+        if path is None:
+            self._check_binds(a.host)
         changed = lb.install(text, path)
+        steps = self.lb_steps.pop(a.host, Counter())
         if not lb.running():
             lb.start()
             what = "started HAProxy"
-        elif a.reload or a.host in self.needs_reload:
-            # Also when the file was already in place: a pass killed between installing
-            # and reloading left HAProxy running the previous config.
+        elif a.host in self.needs_reload or (a.reload and changed):
             lb.reload()
             self.needs_reload.discard(a.host)
             what = "reloaded HAProxy (confirmed)"
+        elif not changed and steps["skipped"] and not steps["ok"]:
+            failed = ", ".join(sorted(k for k in self.result.failures if k != "haproxy"))
+            raise _Skipped(
+                f"nothing to write: the steps it follows were skipped ({failed or 'see above'} "
+                "failed); HAProxy keeps its config, no reload"
+            )
+        elif a.reload:
+            what = "config unchanged; no reload needed"
         else:
             what = "config written" if changed else "config unchanged"
         added = self.added.pop(a.host, [])

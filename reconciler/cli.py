@@ -336,9 +336,10 @@ def _verdict(res: ApplyResult) -> str:
     """The last line of an apply: what happened, naming what failed."""
     if res.ok:
         return "applied"
-    what = [k for k in res.failures] + (["outcome verification"] if res.mismatches else [])
-    kept = [k for k in res.failures if k != "haproxy"]
-    tail = f"; {', '.join(kept)} keep their old release" if kept else ""
+    what = [f"{k} failed" for k in res.failures]
+    what += ["the outcome differs from the plan"] if res.mismatches else []
+    kept = any(k != "haproxy" for k in res.failures)
+    tail = "; a failed service keeps its old release where it failed" if kept else ""
     return f"FAILED ({', '.join(what) or 'stopped'}{tail})"
 
 

@@ -97,6 +97,7 @@ def status_data(
             {
                 "service": svc.name,
                 "held": held.get(svc.name),
+                "on_hosts": _on_hosts(svc.hosts, containers),
                 "releases": [
                     {
                         "revision": r.revision,
@@ -160,6 +161,27 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def _serves(c: dict[str, Any]) -> bool:
+    return bool(
+        c["status"] == "running" and str(c["haproxy"]).startswith("UP") and (c["weight"] or 0) > 0
+    )
+
+
+def _on_hosts(hosts: tuple[str, ...], containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per app host, which revisions run there and how many of their containers serve
+    (running, UP in HAProxy, weight above 0): mid-rollout, hosts differ."""
+    out = []
+    for host in hosts:
+        revs: dict[str, dict[str, int]] = {}
+        for c in containers:
+            if c["host"] == host:
+                r = revs.setdefault(c["revision"], {"running": 0, "serving": 0})
+                r["running"] += c["status"] == "running"
+                r["serving"] += _serves(c)
+        out.append({"host": host, "revisions": dict(sorted(revs.items()))})
+    return out
 
 
 def _canary(svc: Service, state: CanaryState | None) -> dict[str, Any] | None:
@@ -255,7 +277,14 @@ def status_text(
             f"{'5xx':>6} {'5xx%':>6} {'errors':>6} {'avg ms':>7}"
         )
         rows = [(r["revision"], f"{r['weight']}%", r["traffic"]) for r in svc["releases"]]
-        rows += [(rev, "gone", t) for rev, t in svc["other_revisions"].items()]
+        serving = {
+            rev for h in svc["on_hosts"] for rev, n in h["revisions"].items() if n["serving"]
+        }
+        # A revision git no longer has may still serve (a rollout held or stopped mid-way).
+        rows += [
+            (rev, "serves" if rev in serving else "gone", t)
+            for rev, t in svc["other_revisions"].items()
+        ]
         for rev, weight, t in rows:
             pct = f"{100 * t['5xx'] / t['requests']:.1f}" if t["requests"] else "-"
             lines.append(
@@ -263,6 +292,15 @@ def status_text(
                 f"{t['4xx']:>6} {t['5xx']:>6} {pct:>6} {t['errors']:>6} "
                 f"{t['avg_response_ms']:>7}"
             )
+        if len(svc["on_hosts"]) > 1 or any(
+            len(h["revisions"]) > 1 for h in svc["on_hosts"]
+        ):
+            for h in svc["on_hosts"]:
+                runs = ", ".join(
+                    f"{rev} ({n['serving']}/{n['running']} serving)"
+                    for rev, n in h["revisions"].items()
+                )
+                lines.append(f"  on {h['host']}: {runs or 'nothing runs'}")
         lines += _canary_lines(svc["canary"])
         for c in svc["containers"]:
             weight = "-" if c["weight"] is None else c["weight"]

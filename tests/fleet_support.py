@@ -18,6 +18,8 @@ from repo_support import commit, git
 
 from reconciler import identity
 from reconciler.cli import main
+from reconciler.haproxy.control import HAProxy
+from reconciler.haproxy.paths import HAProxyPaths
 
 HEADER = "apiVersion: reconciler/v1\n"
 
@@ -49,6 +51,7 @@ class Fleet:
     rollout: dict[str, Any] = field(default_factory=dict)
     known_hosts: dict[str, Path] = field(default_factory=dict)  # host -> other file
     inventory_extra: list[SimHost] = field(default_factory=list)
+    frontends_extra: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.repo = self.root / "manifests"
@@ -89,7 +92,8 @@ class Fleet:
                         "name": "http",
                         "bind": f"{self.lb.address}:{self.port}",
                         "default_service": "web",
-                    }
+                    },
+                    *self.frontends_extra,
                 ],
             },
             "services/web.yaml": {
@@ -146,6 +150,10 @@ class Fleet:
 
     def revisions_on(self, host: SimHost) -> list[str]:
         return sorted(c.labels[identity.REVISION] for c in self.containers(host))
+
+    def haproxy(self) -> HAProxy:
+        """The LB host's HAProxy, through its sockets (same filesystem as this machine)."""
+        return HAProxy(HAProxyPaths.embedded(Path(self.lb.state_dir), self.env))
 
     def haproxy_config(self) -> str:
         path = Path(self.lb.state_dir) / self.env / "haproxy" / "haproxy.cfg"

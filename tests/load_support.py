@@ -104,7 +104,9 @@ def parse_hey(text: str) -> HeyReport:
 
 
 class HeyLoad:
-    """One running `hey`: ``concurrency`` workers, ``qps`` requests/s each, keep-alive."""
+    """One running `hey`: ``concurrency`` workers, ``qps`` requests/s each, keep-alive
+    (or a fresh connection per request with ``keepalive=False``: a listener that refuses
+    connections for a moment shows only then)."""
 
     def __init__(
         self,
@@ -114,6 +116,7 @@ class HeyLoad:
         qps: int = 80,
         max_duration_s: int = 120,
         request_timeout_s: int = 10,
+        keepalive: bool = True,
     ) -> None:
         host = urllib.parse.urlsplit(url).hostname or ""
         # Load only ever goes to an HAProxy under test: on loopback, or on a simulated
@@ -132,6 +135,7 @@ class HeyLoad:
             "-c", str(concurrency),
             "-q", str(qps),
             "-t", str(request_timeout_s),
+            *([] if keepalive else ["-disable-keepalive"]),
             url,
         ]
         self.proc: subprocess.Popen[str] | None = None

@@ -21,6 +21,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from reconciler.errors import ObserveError, ReconcilerError
+from reconciler.haproxy.binds import (
+    bind_key,
+    bind_problems,
+    config_binds,
+    parse_addresses,
+    parse_listeners,
+)
 from reconciler.haproxy.paths import HAProxyPaths
 from reconciler.haproxy.runtime import (
     MasterProcs,
@@ -79,6 +86,36 @@ class HAProxy:
                 f"{self._on}haproxy -c rejected the new config; nothing installed:\n{detail}"
             )
         return tmp
+
+    def bind_problems(self, binds: Iterable[tuple[str, str, int]]) -> list[str]:
+        """Why this host cannot give HAProxy the (frontend, address, port) ``binds`` that
+        the installed config does not bind already ([] when it can): the address is not
+        the host's, or another process listens on the port. Raises HAProxyError when the
+        host cannot be asked (``ip`` and ``ss`` of iproute2 run there)."""
+        current = config_binds(self.transport.read_text(str(self.paths.config)) or "")
+        new = [(fe, a, p) for fe, a, p in binds if (bind_key(a), p) not in current]
+        if not new:
+            return []
+        try:
+            addrs = self.transport.run(["ip", "-o", "addr", "show"], timeout=10)
+            socks = self.transport.run(["ss", "-Hltnp"], timeout=10)
+        except TransportError as exc:
+            raise HAProxyError(
+                f"{self._on}cannot check the new config's bind addresses (iproute2's ip and "
+                f"ss must be installed on the host): {exc}"
+            ) from None
+        if addrs.returncode or socks.returncode:
+            raise HAProxyError(
+                f"{self._on}cannot check the new config's bind addresses: "
+                f"{(addrs.stderr or socks.stderr).strip()}"
+            )
+        own: set[int] = set()
+        if self.running():
+            procs = self.procs()
+            own = {procs.master_pid, *procs.current_pids, *procs.old_pids}
+        return bind_problems(
+            new, parse_addresses(addrs.stdout), parse_listeners(socks.stdout), own
+        )
 
     @property
     def _on(self) -> str:

@@ -15,7 +15,7 @@ from reconciler.haproxy.paths import HAProxyPaths
 from reconciler.haproxy.runtime import observe_haproxy
 from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
 from reconciler.observe.docker import observe_host
-from reconciler.transport.base import TransportError
+from reconciler.transport.base import HostKeyRefused, TransportError
 from reconciler.transport.pool import Connections
 
 MAX_PARALLEL = 16
@@ -72,6 +72,8 @@ def observe(
                 return None
             if isinstance(exc, ObserveError):
                 raise
+            if isinstance(exc, HostKeyRefused):  # names the host and its address already
+                raise ObserveError(str(exc)) from None
             raise ObserveError(f"host {host.name}: {exc}") from None
 
     def read_lb(name: str) -> ObservedHAProxy:
@@ -81,6 +83,8 @@ def observe(
             return observe_haproxy(
                 name, str(paths.stats_socket), str(paths.config), conns.get(name)
             )
+        except HostKeyRefused as exc:
+            raise ObserveError(str(exc)) from None
         except TransportError as exc:
             raise ObserveError(f"LB host {name}: {exc}") from None
 

@@ -23,6 +23,11 @@ class TransportError(ReconcilerError):
     """A host cannot be reached, refused us (e.g. its host key), or a file operation failed."""
 
 
+class HostKeyRefused(TransportError):
+    """The host's key is unknown (strict checking) or differs from the known one. Its
+    message names the host, its address, the known_hosts file and the fingerprints."""
+
+
 class StreamUnavailable(TransportError):
     """Nothing listens at the Unix socket or TCP port (the peer refused or it is absent)."""
 

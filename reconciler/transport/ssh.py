@@ -26,7 +26,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from reconciler.model import Host
-from reconciler.transport.base import Completed, Stream, StreamUnavailable, TransportError
+from reconciler.transport.base import (
+    Completed,
+    HostKeyRefused,
+    Stream,
+    StreamUnavailable,
+    TransportError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,10 +52,6 @@ class _QuietChannelRefusals(logging.Filter):
 
 
 logging.getLogger("paramiko.transport").addFilter(_QuietChannelRefusals())
-
-
-class HostKeyRefused(TransportError):
-    """The host's key is unknown (strict checking) or differs from the known one."""
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -193,6 +195,12 @@ class SshTransport:
     def where(self) -> str:
         return f"host {self.name} ({self.ssh.user}@{self.host.address}:{self.ssh.port})"
 
+    @property
+    def _known_name(self) -> str:
+        """The host's name in known_hosts (OpenSSH writes ``[address]:port`` off port 22)."""
+        a = self.host.address
+        return a if self.ssh.port == 22 else f"[{a}]:{self.ssh.port}"
+
     # ------------------------------------------------------------------ connection
 
     def connect(self) -> paramiko.Transport:
@@ -235,7 +243,10 @@ class SshTransport:
                     f"{self.where}: HOST KEY MISMATCH: {known} has {fingerprint(exc.expected_key)}"
                     f" but the host offered {fingerprint(exc.key)}; refusing to connect "
                     "(someone may be intercepting the connection). If the host's key was "
-                    f"changed on purpose, replace its line in {known}"
+                    "changed on purpose, check the new fingerprint on the host itself, then "
+                    f"remove the old line (ssh-keygen -R {shlex.quote(self._known_name)} -f "
+                    f"{shlex.quote(known)}) and add the new key (ssh-keyscan -p {self.ssh.port} "
+                    f"{shlex.quote(self.host.address)}, its fingerprint checked)"
                 ) from None
             except paramiko.AuthenticationException as exc:
                 client.close()
@@ -428,6 +439,9 @@ def docker_over(opener: Any, where: str, timeout: int = 60) -> docker.DockerClie
     client.api.mount("http+docker://", Adapter("http+unix:///nonexistent", timeout))
     try:
         server = client.api.version(api_version=False)["ApiVersion"]
+    except HostKeyRefused:
+        client.close()
+        raise  # says it all already: no Docker fault to suggest
     except (docker.errors.DockerException, OSError, TransportError) as exc:
         client.close()
         raise TransportError(f"{where}: cannot reach the Docker engine: {exc}") from None
