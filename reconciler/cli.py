@@ -984,12 +984,13 @@ def diff(
 @click.option(
     "--allowed-signers",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="git's allowed signers file (SSH keys).",
+    help="git's allowed signers file (SSH keys; without it, no SSH signature is accepted).",
 )
 @click.option(
     "--gpg-home",
     type=click.Path(file_okay=False, path_type=Path),
-    help="A GnuPG home whose keyring holds the allowed keys.",
+    help="A GnuPG home whose keyring holds the allowed keys (without it, no GPG "
+    "signature is accepted).",
 )
 def watch(
     src: Source,

@@ -120,18 +120,25 @@ class Watcher:
             raise SourceError(f"no {ref} in {spec.location}") from exc
 
     def verify_signature(self, sha: str) -> None:
-        """Raise SourceError unless ``sha`` carries a good signature by an allowed key."""
-        repo, _ = self.repo()
-        cmd = ["git", "-C", repo.git_dir]
-        if self.cfg.allowed_signers:
-            cmd += ["-c", f"gpg.ssh.allowedSignersFile={self.cfg.allowed_signers}"]
-        cmd += ["verify-commit", sha]
-        env = None
-        if self.cfg.gpg_home:
-            import os
+        """Raise SourceError unless ``sha`` carries a good signature by an allowed key.
 
-            env = {**os.environ, "GNUPGHOME": str(self.cfg.gpg_home)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30, check=False)
+        Only the keys given count: ``allowed_signers`` for SSH signatures, the keyring
+        of ``gpg_home`` for GPG (and X.509) ones. A kind not given is checked against
+        nothing, never against what the user running the reconciler trusts otherwise
+        (their own GnuPG keyring, an allowed signers file in their git config)."""
+        import os
+        import tempfile
+
+        repo, _ = self.repo()
+        signers = self.cfg.allowed_signers or os.devnull  # no SSH key is allowed
+        cmd = ["git", "-C", repo.git_dir, "-c", f"gpg.ssh.allowedSignersFile={signers}"]
+        cmd += ["verify-commit", sha]
+        with tempfile.TemporaryDirectory(prefix="reconcile-gpg-") as empty:
+            # Without --gpg-home, an empty keyring: no GPG key is allowed.
+            env = {**os.environ, "GNUPGHOME": str(self.cfg.gpg_home or empty)}
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env=env, timeout=30, check=False
+            )
         if proc.returncode != 0:
             why = (proc.stderr or proc.stdout).strip().splitlines()
             raise SourceError(

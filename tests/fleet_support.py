@@ -24,7 +24,9 @@ from reconciler.haproxy.paths import HAProxyPaths
 HEADER = "apiVersion: reconciler/v1\n"
 
 
-def _ssh(sim: SimHosts, h: SimHost, known_hosts: Path | None = None) -> dict[str, Any]:
+def _ssh(
+    sim: SimHosts, h: SimHost, known_hosts: Path | None = None, checking: str | None = None
+) -> dict[str, Any]:
     return {
         "ssh": {
             "user": "root",
@@ -32,6 +34,7 @@ def _ssh(sim: SimHosts, h: SimHost, known_hosts: Path | None = None) -> dict[str
             "known_hosts": str(known_hosts or sim.known_hosts),
             "docker_socket": h.docker_socket,
             "state_dir": h.state_dir,
+            **({"host_key_checking": checking} if checking else {}),
         }
     }
 
@@ -50,6 +53,8 @@ class Fleet:
     revisions: list[tuple[str, int]] = field(default_factory=lambda: [("v1", 100)])
     rollout: dict[str, Any] = field(default_factory=dict)
     known_hosts: dict[str, Path] = field(default_factory=dict)  # host -> other file
+    host_key_checking: dict[str, str] = field(default_factory=dict)  # host -> mode
+    greeting: str = "hello from the fleet"
     inventory_extra: list[SimHost] = field(default_factory=list)
     frontends_extra: list[dict[str, Any]] = field(default_factory=list)
 
@@ -69,7 +74,9 @@ class Fleet:
                 "name": h.name,
                 "address": h.address,
                 "roles": ["app"],
-                "connection": _ssh(self.sim, h, self.known_hosts.get(h.name)),
+                "connection": _ssh(
+                    self.sim, h, self.known_hosts.get(h.name), self.host_key_checking.get(h.name)
+                ),
             }
             for h in sorted(hosts.values(), key=lambda h: h.index)
         ]
@@ -78,7 +85,12 @@ class Fleet:
                 "name": self.lb.name,
                 "address": self.lb.address,
                 "roles": ["lb"],
-                "connection": _ssh(self.sim, self.lb, self.known_hosts.get(self.lb.name)),
+                "connection": _ssh(
+                    self.sim,
+                    self.lb,
+                    self.known_hosts.get(self.lb.name),
+                    self.host_key_checking.get(self.lb.name),
+                ),
             }
         )
         files = {
@@ -105,7 +117,7 @@ class Fleet:
                 "hosts": [h.name for h in self.apps],
                 "port": 8080,
                 "health": {"http": "/healthz", "interval": "500ms", "timeout": "1s", "retries": 3},
-                "env": {"GREETING": "hello from the fleet"},
+                "env": {"GREETING": self.greeting},
                 "stop_grace_period": "2s",
                 "loadbalancing": {"drain_timeout": "5s"},
             },

@@ -17,7 +17,8 @@ from repo_support import commit, git
 class Watch:
     """A `reconcile watch` subprocess following ``dep``'s repository through a bare remote."""
 
-    def __init__(self, dep: Deployment, *extra: str, drift: float = 3.0) -> None:
+    def __init__(self, dep: Deployment, *extra: str, drift: float = 3.0,
+                 env: dict[str, str] | None = None) -> None:
         self.dep = dep
         self.bare = dep.root / f"remote-{len(extra)}.git"
         if not self.bare.exists():
@@ -31,7 +32,7 @@ class Watch:
              "--poll", "1", "--drift-interval", str(drift), "--health-timeout", "20",
              "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--log-format", "json",
              *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def push(self, message: str) -> tuple[str, float]:
         sha = commit(self.dep.repo, message)

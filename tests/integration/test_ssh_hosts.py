@@ -5,8 +5,10 @@ the images are copied to the hosts' engines over SSH (no registry in this module
 
 The scenarios build on each other (one set of hosts for the module, ~1 min in all):
 first deploy on h1+h2; h3 added; a release rolled host by host under load; a host whose
-new release is unhealthy stops the rollout; host keys changed or unknown are refused;
-h3 removed from the inventory is drained, then its containers removed.
+new release is unhealthy stops the rollout, or (on_failure: continue) is skipped while the
+later hosts are rolled; host keys changed or unknown are refused; accept-new records the
+keys of new hosts and still refuses a host whose key changed; h3 removed from the
+inventory is drained, then its containers removed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import pytest
 from fleet_support import Fleet
 from hosts_support import SimHost, SimHosts, main_engine, push_image, start_hosts, start_registry
 from load_support import HeyLoad, HeyReport
+
+from reconciler.transport.ssh import fingerprint
 
 pytestmark = pytest.mark.integration
 
@@ -56,10 +60,10 @@ def get(url: str) -> str:
         return resp.read().decode()
 
 
-def apply_under_load(fleet: Fleet) -> tuple[int, str, HeyReport]:
+def apply_under_load(fleet: Fleet, *extra: str) -> tuple[int, str, HeyReport]:
     """`reconcile apply` while hey sends ~320 req/s through the LB; prints hey's report."""
     with HeyLoad(fleet.url, concurrency=8, qps=40, max_duration_s=90) as load:
-        code, out = fleet.apply()
+        code, out = fleet.apply(*extra)
         report = load.stop()
     print(report.summary())
     return code, out, report
@@ -153,6 +157,55 @@ def test_unhealthy_host_stops_the_rollout(fleet: Fleet, sim: SimHosts) -> None:
     assert re.search(r"revision=v[23]", get(fleet.url))
 
 
+def test_on_failure_continue_rolls_the_hosts_after_a_failed_one(
+    fleet: Fleet, sim: SimHosts
+) -> None:
+    h1, h2, h3, _ = sim.hosts
+    # A new config of v3 (new greeting) everywhere; h2's v3 image is still the broken one.
+    old = {h.name: {c.id for c in fleet.containers(h)} for h in (h1, h2, h3)}
+    fleet.greeting = "rolled on"
+    fleet.rollout = {"limit": 1, "on_failure": "continue"}
+    fleet.write("v3 with a new greeting; on_failure: continue")
+    # The health deadline: 5 s (healthy ones take < 1 s; h2's never gets there).
+    code, out, report = apply_under_load(fleet, "--health-timeout", "5")
+    assert code == 1, out
+    assert re.search(
+        r"error: web: host h2: container \S+-web-v3-\S+ is not healthy: GET /healthz: HTTP 503",
+        out,
+    ), out
+    assert "rollout stopped" not in out, out
+    assert re.search(r"run \d+: FAILED", out), out
+    # h1 (batch 1) and h3 (batch 3, after the failed batch 2) got the new release; h2
+    # kept its old container, which HAProxy still sends its share of traffic to.
+    for h in (h1, h3):
+        assert fleet.revisions_on(h) == ["v3"], h.name
+        (c,) = fleet.containers(h)
+        assert c.id not in old[h.name] and "GREETING=rolled on" in c.attrs["Config"]["Env"]
+    assert {c.id for c in fleet.containers(h2)} == old["h2"]
+    assert fleet.revisions_on(h2) == ["v2"]
+    starts = [
+        (host, text)
+        for _, status, host, text in steps(out)
+        if status == "ok" and text.startswith("start container")
+    ]
+    assert [host for host, _ in starts] == ["h1", "h2", "h3"], out  # h2's was removed again
+    cfg = fleet.haproxy_config()
+    for h in (h1, h2, h3):
+        (c,) = fleet.containers(h)
+        assert f"server {h.name}.{c.name} " in cfg, (h.name, cfg)
+    assert report.failed == 0 and report.non_2xx == 0, report.summary()
+    bodies = {get(fleet.url).split(" host=")[0] for _ in range(12)}
+    assert bodies == {
+        "revision=v3 greeting=rolled on",
+        "revision=v2 greeting=hello from the fleet",
+    }
+    # The history names the failure; web is held at this commit (no retry in a loop).
+    code, hist = fleet.cli("status")
+    assert "HELD: host h2: container" in hist, hist
+    code, again = fleet.apply()
+    assert code == 0 and "note: service web held" in again, again
+
+
 def _wrong_key_file(tmp: Path, sim: SimHosts, address: str) -> Path:
     other = paramiko.Ed25519Key.from_private_key_file(str(sim.key))  # a key, not h3's
     lines = [
@@ -188,6 +241,84 @@ def test_host_key_mismatch_and_unknown_host_are_refused(
     assert code == 1 and "host h3" in out and "is not in" in out and "strict" in out, out
     after = {h.name: sorted(c.id for c in fleet.containers(h)) for h in (h1, h2, h3)}
     assert after == before  # nothing changed on any host
+
+
+def _known_keys(path: Path) -> dict[str, tuple[str, str]]:
+    """address -> (key type, base64) of each key line of a known_hosts file."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            address, keytype, b64 = line.split()[:3]
+            assert address not in out, f"{address} twice in {path}"
+            out[address] = (keytype, b64)
+    return out
+
+
+def test_accept_new_records_new_keys_and_refuses_a_changed_one(
+    fleet: Fleet, sim: SimHosts, tmp_path: Path
+) -> None:
+    h1, h2, h3, lb = sim.hosts
+    expected = _known_keys(sim.known_hosts)
+    # The app hosts share a file that knows h1 only, the LB host a file that does not
+    # exist yet (nor its folder); every host checks with accept-new.
+    apps_file = tmp_path / "known_hosts.apps"
+    apps_file.write_text(f"{h1.address} {' '.join(expected[h1.address])}\n")
+    lb_file = tmp_path / "new" / "known_hosts.lb"
+    fleet.known_hosts = {h.name: apps_file for h in (h1, h2, h3)} | {lb.name: lb_file}
+    fleet.host_key_checking = {h.name: "accept-new" for h in (h1, h2, h3, lb)}
+    fleet.greeting = "hello from the fleet"
+    fleet.revisions = [("v2", 100)]  # h2 runs it already: h1 and h3 come back to it
+    fleet.rollout = {}
+    fleet.write("accept-new, back to v2")
+    try:
+        code, out = fleet.apply()
+        assert code == 0, out
+        assert _known_keys(apps_file) == {h.address: expected[h.address] for h in (h1, h2, h3)}
+        # (The file is rewritten as a whole: docs/operations.md, Host keys.)
+        assert _known_keys(lb_file) == {lb.address: expected[lb.address]}  # created
+        for h in (h1, h2, h3):
+            assert fleet.revisions_on(h) == ["v2"], h.name
+        known = {p: p.read_bytes() for p in (apps_file, lb_file)}
+        code, out = fleet.apply()
+        assert code == 0 and "No changes" in out, out
+        assert {p: p.read_bytes() for p in known} == known  # known keys are not rewritten
+
+        # h2 is reinstalled: a new host key. Refused, though accept-new: it is not new.
+        before = {h.name: sorted(c.id for c in fleet.containers(h)) for h in (h1, h2, h3)}
+        config = fleet.haproxy_config()
+        old_key = paramiko.Ed25519Key.from_private_key_file(str(h2.host_key))
+        saved = {p: p.read_bytes() for p in (h2.host_key, Path(f"{h2.host_key}.pub"))}
+        try:
+            for p in saved:
+                p.unlink()
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(h2.host_key)],
+                check=True,
+                capture_output=True,
+            )
+            new_key = paramiko.Ed25519Key.from_private_key_file(str(h2.host_key))
+            h2.stop_sshd()
+            h2.start_sshd()
+            fleet.greeting = "never applied"
+            fleet.write("a change that must not reach any host")
+            code, out = fleet.apply()
+            assert code == 1, out
+            assert "host h2" in out and "HOST KEY MISMATCH" in out and "refusing" in out, out
+            assert fingerprint(old_key) in out and fingerprint(new_key) in out, out
+            assert str(apps_file) in out, out
+            assert {p: p.read_bytes() for p in known} == known  # the new key not recorded
+            after = {h.name: sorted(c.id for c in fleet.containers(h)) for h in (h1, h2, h3)}
+            assert after == before and fleet.haproxy_config() == config  # nothing changed
+            assert "greeting=hello from the fleet" in get(fleet.url)
+        finally:
+            for p, data in saved.items():
+                p.write_bytes(data)
+            h2.stop_sshd()
+            h2.start_sshd()
+    finally:
+        fleet.greeting = "hello from the fleet"
+        fleet.known_hosts = {}
+        fleet.host_key_checking = {}
 
 
 def test_removed_host_is_drained_then_cleaned(fleet: Fleet, sim: SimHosts) -> None:

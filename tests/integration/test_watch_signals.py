@@ -14,15 +14,17 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 from deploy_support import Deployment, wait_for
-from repo_support import commit, git
+from repo_support import git
 from test_watch import Watch, serving
 
 from reconciler import identity
@@ -164,52 +166,133 @@ def test_sigterm_mid_switch_exits_0_and_leaves_haproxy_on_running_containers(
 # --------------------------------------------------------------------------- signed
 
 
-def ssh_keygen() -> str:
-    exe = shutil.which("ssh-keygen")
+def tool(name: str, package: str) -> str:
+    exe = shutil.which(name)
     if exe is None:
-        pytest.fail("ssh-keygen not found: the signed-commit test needs it to make an SSH "
-                    "signing key (Debian package openssh-client; .ci/setup installs it)")
+        pytest.fail(f"{name} not found: the signed-commit tests need it to make signing keys "
+                    f"(Debian package {package}; .ci/setup installs it)")
     return exe
 
 
 def make_key(exe: str, path: Path) -> str:
-    """A new ed25519 key without passphrase at ``path``; its public key line."""
+    """A new ed25519 SSH key without passphrase at ``path``; its public key line."""
     subprocess.run([exe, "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
                    check=True, capture_output=True)
     return path.with_suffix(".pub").read_text().strip()
 
 
-def test_require_signed_applies_only_commits_signed_by_an_allowed_key(
-        dep: Deployment, tmp_path: Path) -> None:
-    exe = ssh_keygen()
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    allowed_pub = make_key(exe, keys / "allowed")
-    make_key(exe, keys / "stranger")
+@dataclass
+class Keys:
+    """Signing keys of one test: how to sign as the allowed key, as a stranger and in
+    the other signature format, and what `reconcile watch` is given to check them."""
+
+    allowed: tuple[str, ...]    # `git -c ...` options that sign with the allowed key
+    stranger: tuple[str, ...]   # ... with a key of the same kind that is not allowed
+    other: tuple[str, ...]      # ... in the other format, with a key the user running the
+    #                             reconciler trusts elsewhere (own keyring, global config)
+    watch_args: tuple[str, ...]
+    watch_env: dict[str, str]
+    stranger_says: str          # why git refuses the stranger's signature
+    other_says: str
+
+
+def ssh_signing(root: Path) -> tuple[tuple[str, ...], tuple[str, ...], Path, str]:
+    """(allowed, stranger) signing options, the allowed signers file, and a public key
+    line of the stranger's."""
+    exe = tool("ssh-keygen", "openssh-client")
+    root.mkdir()
+    allowed_pub = make_key(exe, root / "allowed")
+    stranger_pub = make_key(exe, root / "stranger")
     # ssh-keygen(1) ALLOWED SIGNERS: "principals [options] keytype base64-key"
-    signers = keys / "allowed_signers"
+    signers = root / "allowed_signers"
     keytype, b64 = allowed_pub.split()[:2]
     signers.write_text(f"t@t {keytype} {b64}\n")
-    git(dep.repo, "config", "gpg.format", "ssh")
-    git(dep.repo, "config", "user.signingkey", str(keys / "allowed"))
-    git(dep.repo, "config", "commit.gpgsign", "true")
+    ssh = ("-c", "gpg.format=ssh", "-c", "commit.gpgsign=true")
+    return ((*ssh, "-c", f"user.signingkey={root / 'allowed'}"),
+            (*ssh, "-c", f"user.signingkey={root / 'stranger'}"), signers, stranger_pub)
 
+
+def gpg(home: Path, *args: str) -> str:
+    exe = tool("gpg", "gnupg")
+    return subprocess.run([exe, "--homedir", str(home), "--batch", *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def gpg_signing(tmp: Path) -> tuple[tuple[str, ...], tuple[str, ...], Path, Path]:
+    """(allowed, stranger) signing options, a GnuPG home with the allowed public key
+    only (the one `reconcile watch` gets), and the signing home with both secret keys."""
+    signing = Path(tempfile.mkdtemp(prefix="gpg-"))  # short: gpg-agent's socket is in it
+    allowed = tmp / "gpg-allowed"
+    allowed.mkdir(mode=0o700)
+    fprs = {}
+    for who in ("allowed", "stranger"):
+        gpg(signing, "--passphrase", "", "--quick-gen-key", f"{who} <{who}@t>", "ed25519",
+            "sign", "never")
+        colons = gpg(signing, "--with-colons", "--list-secret-keys", f"{who}@t")
+        fprs[who] = next(line.split(":")[9] for line in colons.splitlines()
+                         if line.startswith("fpr:"))
+    public = tmp / "allowed.asc"
+    public.write_text(gpg(signing, "--armor", "--export", fprs["allowed"]))
+    gpg(allowed, "--import", str(public))
+    # git runs gpg with the environment of the test's git helper: name the home in a
+    # wrapper instead.
+    program = tmp / "gpg-signing"
+    program.write_text(f'#!/bin/sh\nexec {tool("gpg", "gnupg")} --homedir {signing} "$@"\n')
+    program.chmod(0o755)
+    pgp = ("-c", "gpg.format=openpgp", "-c", f"gpg.program={program}",
+           "-c", "commit.gpgsign=true")
+    return ((*pgp, "-c", f"user.signingkey={fprs['allowed']}"),
+            (*pgp, "-c", f"user.signingkey={fprs['stranger']}"), allowed, signing)
+
+
+@pytest.fixture(params=["ssh", "gpg"])
+def keys(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Keys]:
+    ssh_allowed, ssh_stranger, signers, stranger_pub = ssh_signing(tmp_path / "ssh")
+    gpg_allowed, gpg_stranger, gpg_home, signing_home = gpg_signing(tmp_path)
+    try:
+        if request.param == "ssh":
+            # The reconciler's user has a GnuPG keyring of its own, with the stranger's
+            # key in it: a GPG-signed commit must not pass because of that.
+            yield Keys(ssh_allowed, ssh_stranger, gpg_stranger,
+                       ("--allowed-signers", str(signers)), {"GNUPGHOME": str(signing_home)},
+                       "No principal matched", "gpg: Can't check signature: No public key")
+        else:
+            # ... and a global git config naming allowed SSH signers, the stranger
+            # among them: an SSH-signed commit must not pass because of that.
+            everyone = tmp_path / "ssh" / "everyone"
+            everyone.write_text(f"t@t {' '.join(stranger_pub.split()[:2])}\n")
+            config = tmp_path / "gitconfig"
+            config.write_text(f"[gpg \"ssh\"]\n\tallowedSignersFile = {everyone}\n")
+            yield Keys(gpg_allowed, gpg_stranger, ssh_stranger,
+                       ("--gpg-home", str(gpg_home)), {"GIT_CONFIG_GLOBAL": str(config)},
+                       "gpg: Can't check signature: No public key", "No principal matched")
+    finally:
+        for home in (signing_home, gpg_home):
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"],
+                           capture_output=True, check=False)
+        shutil.rmtree(signing_home, ignore_errors=True)
+
+
+def test_require_signed_applies_only_commits_signed_by_an_allowed_key(
+        dep: Deployment, keys: Keys) -> None:
     # a signed head: applied
     release(dep, "v2")
-    signed = commit(dep.repo, "web v2, signed")
-    w = Watch(dep, "--require-signed", "--allowed-signers", str(signers), drift=60.0)
+    git(dep.repo, "add", "-A")
+    git(dep.repo, *keys.allowed, "commit", "-q", "-m", "web v2, signed")
+    signed = git(dep.repo, "rev-parse", "HEAD")
+    w = Watch(dep, "--require-signed", *keys.watch_args, drift=60.0, env=keys.watch_env)
     try:
         wait_for(lambda: "ok" in runs_of(dep, signed), timeout=90, what="the signed commit")
         wait_for(lambda: serving(dep, "revision=v2"), timeout=30, what="v2 served")
         wait_for(lambda: metric(w, f'reconcile_last_applied_commit_info{{commit="{signed}"}}')
                  == 1.0, timeout=30, what="the signed commit in the metrics")
 
-        # an unsigned head, then one signed by a key that is not allowed: rejected,
-        # reported once each, never applied; v2 keeps serving
-        bad_heads = (("v3", "unsigned", ("-c", "commit.gpgsign=false")),
-                     ("v1", "signed by a stranger",
-                      ("-c", f"user.signingkey={keys / 'stranger'}")))
-        for rejected, (rev, how, cfg) in enumerate(bad_heads, 1):
+        # an unsigned head, one signed by a key that is not allowed, and one signed in
+        # the other format: rejected, reported once each, never applied; v2 keeps serving
+        bad_heads = (("v3", "unsigned", ("-c", "commit.gpgsign=false"), "no signature"),
+                     ("v1", "signed by a stranger", keys.stranger, keys.stranger_says),
+                     ("v3", "signed in the other format", keys.other, keys.other_says))
+        for rejected, (rev, how, cfg, says) in enumerate(bad_heads, 1):
             release(dep, rev)
             git(dep.repo, "add", "-A")
             git(dep.repo, *cfg, "commit", "-q", "-m", f"web {rev}, {how}")
@@ -221,7 +304,8 @@ def test_require_signed_applies_only_commits_signed_by_an_allowed_key(
                         if e.get("event") == "commit-rejected" and e.get("commit") == bad]
 
             event = wait_for(rejection, timeout=30, what=f"the {how} commit rejected")[0]
-            assert "not signed by an allowed key" in str(event["message"]), event
+            assert f"commit {bad[:7]} is not signed by an allowed key: {says}" in str(
+                event["message"]), event
             assert event["level"] == "error"
             wait_for(lambda n=rejected: metric(w, 'reconcile_failures_total{kind="signature"}')
                      == float(n), timeout=10, what="the signature failure counted")
@@ -241,15 +325,18 @@ def test_require_signed_applies_only_commits_signed_by_an_allowed_key(
             assert len(rejection()) == 1
 
         # a signed commit on top: applied
-        release(dep, "v3")
-        good, _ = w.push("web v3, signed")
+        release(dep, "v1")
+        git(dep.repo, "add", "-A")
+        git(dep.repo, *keys.allowed, "commit", "-q", "-m", "web v1, signed")
+        good = git(dep.repo, "rev-parse", "HEAD")
+        git(dep.repo, "push", "-q", "origin", "HEAD:main")
         wait_for(lambda: "ok" in runs_of(dep, good), timeout=90, what="the signed commit on top")
-        wait_for(lambda: serving(dep, "revision=v3"), timeout=30, what="v3 served")
+        wait_for(lambda: serving(dep, "revision=v1"), timeout=30, what="v1 served")
         wait_for(lambda: metric(w, f'reconcile_last_applied_commit_info{{commit="{good}"}}')
                  == 1.0, timeout=30, what="the new signed commit in the metrics")
-        assert dep.revisions("web") == ["v3"]
+        assert dep.revisions("web") == ["v1"]
     finally:
         code = w.stop()
     assert code == 0
     rejections = [e for e in w.logs() if e.get("event") == "commit-rejected"]
-    assert len(rejections) == 2, json.dumps(rejections, indent=1)
+    assert len(rejections) == 3, json.dumps(rejections, indent=1)
