@@ -75,8 +75,8 @@ def test_failed_reload_restores_the_last_good_config(dep: Deployment,
     procs = dep.haproxy.procs()
     assert procs.failed_reloads == 0 and len(procs.current_pids) == 1, procs
 
-    # A port held by another process, without SO_REUSEPORT: HAProxy cannot bind it.
-    # `haproxy -c` never binds, so it accepts the config; only the reload fails.
+    # A port another process listens on: `haproxy -c` never binds, so it accepts the
+    # config; the bind check before the install sees the listener and installs nothing.
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
@@ -85,6 +85,23 @@ def test_failed_reload_restores_the_last_good_config(dep: Deployment,
                 f"    default_service: web\n")
     try:
         dep.edit("loadbalancer.yaml", "frontends:\n", frontend, "frontend on a busy port")
+        with Traffic(dep.url()) as traffic:
+            code, out = dep.apply()
+        assert code == 1, out
+        assert f"frontend extra: 127.0.0.1:{busy}: the port is in use by pid {os.getpid()}" \
+            in out and "nothing installed" in out, out
+        assert paths.config.read_bytes() == good
+        now = dep.haproxy.procs()
+        assert (now.reloads, now.current_pids) == (procs.reloads, procs.current_pids), now
+        traffic.assert_served()  # not even a refused connection: no reload was tried
+    finally:
+        holder.close()
+
+    # A socket bound but not listening holds the port too, yet no listener shows (as a
+    # process between bind() and listen() would): the check passes, the reload fails.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", busy))
+    try:
         with Traffic(dep.url()) as traffic:
             code, out = dep.apply()
         assert code == 1, out
@@ -108,9 +125,9 @@ def test_failed_reload_restores_the_last_good_config(dep: Deployment,
             >= {identity.server_name("local", c.name) for c in dep.containers("web")}
         # HAProxy pauses the old worker's listeners while the new process tries to bind,
         # for ~2 s even when it gives up (measured: 0.5 -> 2.6 s of refused connections;
-        # see the report of branch paths: the bind check DESIGN.md asks for before such
-        # a config is installed does not exist yet). What may fail is connecting, never
-        # a request HAProxy accepted, and the service answers again before the pass ends.
+        # the bind check before the install avoids this for every listener it can see).
+        # What may fail is connecting, never a request HAProxy accepted, and the service
+        # answers again before the pass ends.
         assert len(traffic.results) >= traffic.minimum
         assert {status for status, _ in traffic.results} <= {0, 200}, traffic.failures
         assert all("Connection refused" in why for _, why in traffic.failures), traffic.failures
