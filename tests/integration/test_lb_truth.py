@@ -79,13 +79,13 @@ def test_a_bind_the_host_cannot_give_is_refused_before_install(
     fleet.write(f"frontend alt on {bind}")
     try:
         code, out, report = under_load(fleet, keepalive=False)
+        assert report.failed == 0 and report.non_2xx == 0, report.summary()
         assert code == 1, out
         assert why.format(lb=lb.address) in out and "nothing installed" in out, out
         # nothing installed, nothing reloaded, and no connection refused meanwhile
         assert fleet.haproxy_config() == config
         after = fleet.haproxy().procs()
         assert (after.reloads, after.current_pids) == (before.reloads, before.current_pids)
-        assert report.failed == 0 and report.non_2xx == 0, report.summary()
         assert report.responses > 100, report.summary()
     finally:
         fleet.frontends_extra = []
@@ -96,7 +96,7 @@ def test_a_bind_the_host_cannot_give_is_refused_before_install(
 
 def break_image_on(host: SimHost) -> None:
     """Tag, on ``host`` only, a sample-app:v3 whose health check fails."""
-    dockerfile = io.BytesIO(b"FROM sample-app:v2\nENV FAIL_HEALTH=1\n")
+    dockerfile = io.BytesIO(b"FROM sample-app:v1\nENV FAIL_HEALTH=1\n")  # v1 is there
     host.docker().images.build(fileobj=dockerfile, tag="sample-app:v3", rm=True)
 
 
