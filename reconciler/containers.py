@@ -319,7 +319,9 @@ def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> boo
     except docker.errors.NotFound:
         return False
     try:
-        if container.status == "running":
+        # A crash-looping container ("restarting") must be stopped too: Docker refuses
+        # to remove it otherwise.
+        if container.status in ("running", "restarting"):
             container.stop(timeout=grace_s)
         container.remove(v=False)
     except docker.errors.NotFound:
