@@ -99,10 +99,13 @@ def _check_ssh(name: str, doc: Document, path: tuple[Any, ...], policy: Policy) 
             )
         )
     if "key" in ssh and not _same_file(ssh["key"], trust.key):
+        policy_key = (
+            repr(trust.key) if trust.key else "the SSH agent's and ~/.ssh/id_* (no key file)"
+        )
         problems.append(
             doc.problem(
                 (*at, "key"),
-                f"{ssh['key']!r} is not {trust.key!r}: {owned} (leave it out)",
+                f"{ssh['key']!r} is not {policy_key}: {owned} (leave it out)",
             )
         )
     return problems

@@ -108,7 +108,7 @@ def test_ssh_host_gets_the_policy_trust_and_manifest_cannot_widen_it() -> None:
         resolve(m, "staging", "c0ffee", Policy())
     text = str(err.value)
     assert "inventory.yaml:8:" in text and "'accept-new' is not allowed" in text, text
-    assert "connection.ssh.key: '/mine' is not None" in text, text
+    assert "connection.ssh.key: '/mine' is not the SSH agent's" in text, text
     allowed = parse("p.yaml", "ssh:\n  key: /mine\n  hosts:\n    app1: {address: 10.0.0.1, "
                     "host_key_checking: accept-new, known_hosts: /kh}\n")
     desired = resolve(m, "staging", "c0ffee", allowed)
