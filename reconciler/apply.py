@@ -56,6 +56,8 @@ from reconciler.haproxy.render import RenderServer, render
 from reconciler.images import ensure_image
 from reconciler.model import DesiredState, HealthCheck, LoadBalancer, ObservedState
 from reconciler.plan import Plan
+from reconciler.policy import Policy, SecretRules
+from reconciler.redact import Redactor
 from reconciler.transport.pool import Connections
 
 if TYPE_CHECKING:
@@ -129,8 +131,18 @@ class Executor:
         health_min_s: float = 30.0,
         should_stop: Callable[[], bool] = lambda: False,
         concurrency: int = 8,
+        secret_rules: SecretRules | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.desired = desired
+        # Where secrets may be read (the operator's policy; default: its defaults), and
+        # what was read, for the pass to blank out of everything it records or prints.
+        self.secret_rules = secret_rules or Policy().secret_rules(desired.environment)
+        self.redactor = redactor or Redactor()
+        self.secret_names = {
+            s.name: sorted({ref.name for r in s.releases for ref in r.spec.secrets})
+            for s in desired.services
+        }
         self.should_stop = should_stop
         self.conns = conns
         self.haproxies = haproxies
@@ -348,6 +360,7 @@ class Executor:
             a.spec,
             a.image_id,
             self.desired.instance.name,
+            self.desired.instance.label_key,
         )
         started = create_and_start(
             self.client(a.host),
@@ -357,6 +370,8 @@ class Executor:
             image_id=a.image_id,
             address=self.address[a.host],
             host=a.host,
+            secret_rules=self.secret_rules,
+            redactor=self.redactor,
             transport=self.conns.get(a.host),
             pick_port=self._port_picker(a.host),
         )
@@ -388,6 +403,8 @@ class Executor:
                     s.port,
                     health_deadline(a.spec.health, self.health_min_s),
                     self.conns.get(a.host),
+                    self.redactor,
+                    self.secret_names.get(a.service or "", ()),
                 )
             except ReconcilerError as exc:
                 return f"host {a.host}: {exc}"
@@ -422,6 +439,8 @@ class Executor:
                     where[1],
                     health_deadline(health, self.health_min_s),
                     self.conns.get(a.app_host),
+                    self.redactor,
+                    self.secret_names.get(a.service or "", ()),
                 )
             except ContainerError:
                 stop_and_remove(self.client(a.app_host), a.container, grace_s=1)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from reconciler import __version__
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ReconcilerError, printable
 
 if TYPE_CHECKING:
     from reconciler.apply import ApplyResult, StepResult
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from reconciler.manifests import Manifests
     from reconciler.model import DesiredState
     from reconciler.plan import Plan
+    from reconciler.policy import Policy
     from reconciler.source import RepoSpec, Snapshot
     from reconciler.store import Retention
 
@@ -46,13 +47,21 @@ def default_state_dir() -> str:
 
 @dataclass(frozen=True)
 class Source:
-    """Which repository, commit and environment a command reads."""
+    """Which repository, commit and environment a command reads, and the operator's
+    policy file that limits what it may ask of the hosts (None: the default path)."""
 
     repo: str
     branch: str | None
     rev: str | None
     subdir: str
     environment: str | None
+    policy: Path | None = None
+
+    def load_policy(self, state_dir: Path | None) -> Policy:
+        """The operator's policy (``reconciler.policy.load``), denying ``state_dir``."""
+        from reconciler import policy
+
+        return policy.load(self.policy, state_dir)
 
 
 def source_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,9 +75,10 @@ def source_options(f: Callable[..., Any]) -> Callable[..., Any]:
         rev: str | None,
         subdir: str,
         environment: str | None,
+        policy: Path | None,
         **kwargs: Any,
     ) -> Any:
-        return f(*args, src=Source(repo, branch, rev, subdir, environment), **kwargs)
+        return f(*args, src=Source(repo, branch, rev, subdir, environment, policy), **kwargs)
 
     options = [
         click.option(
@@ -99,6 +109,14 @@ def source_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "environment",
             envvar="RECONCILE_ENV",
             help="Environment to act on (required when the repository has several).",
+        ),
+        click.option(
+            "--policy",
+            envvar="RECONCILE_POLICY",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The operator's policy file: allowed bind mounts, secret sources, SSH "
+            "trust; the manifests cannot override it (docs/security.md). Default: "
+            "/etc/reconciler/policy.yaml, or the built-in defaults when it is absent.",
         ),
     ]
     out: Callable[..., Any] = wrapper
@@ -193,9 +211,10 @@ def _desired(
     from reconciler import instance as inst
     from reconciler.manifests import resolve
 
+    policy = src.load_policy(state_dir)
     loaded = _load(src)
     env = _pick_environment(loaded.manifests, src.environment)
-    desired = resolve(loaded.manifests, env, loaded.snapshot.commit)
+    desired = resolve(loaded.manifests, env, loaded.snapshot.commit, policy)
     return loaded, replace(desired, instance=inst.resolve(state_dir, instance, create))
 
 
@@ -290,6 +309,7 @@ def _run_apply(
                 health_min_s=health_timeout,
                 external=external,
                 retention=retention or DEFAULT_RETENTION,
+                policy=src.load_policy(state_dir),
             )
     except ReconcilerError as exc:
         _fail(exc)
@@ -849,8 +869,15 @@ def validate(src: Source, worktree: bool) -> None:
         from reconciler.manifests import load_manifests, resolve
         from reconciler.source import read_directory
 
+        policy = src.load_policy(Path(default_state_dir()))
         if worktree:
             snapshot = read_directory(str(Path(src.repo) / src.subdir))
+            for link in snapshot.skipped:
+                click.echo(
+                    f"note: {printable(link)} is a symbolic link; not read (links are "
+                    "never followed)",
+                    err=True,
+                )
             manifests = load_manifests(snapshot.files)
             label = f"files under {src.repo}"
         else:
@@ -860,7 +887,7 @@ def validate(src: Source, worktree: bool) -> None:
             raise ReconcilerError(f"no manifest files (*.yaml, *.yml) found in {label}")
         envs = [src.environment] if src.environment else manifests.environment_names()
         for env in envs:
-            resolve(manifests, env, snapshot.commit)
+            resolve(manifests, env, snapshot.commit, policy)
     except ReconcilerError as exc:
         _fail(exc)
     click.echo(
@@ -1061,6 +1088,7 @@ def watch(
         gpg_home=gpg_home,
         instance=_or_fail(lambda: inst.resolve(state_dir, instance, create=not detect_only)),
         retention=retention,
+        policy=_or_fail(lambda: src.load_policy(state_dir)),
     )
     watcher = Watcher(cfg, Metrics())
 

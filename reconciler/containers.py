@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.model import ContainerSpec, HealthCheck, SecretRef
+from reconciler.policy import SecretRules
+from reconciler.redact import Redactor, env_of
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
@@ -40,11 +42,20 @@ class Started:
     port: int
 
 
-def read_secret(ref: SecretRef, host: str, transport: Transport | None = None) -> str:
+def read_secret(
+    ref: SecretRef, host: str, rules: SecretRules, transport: Transport | None = None
+) -> str:
     """The value of a secret: a ``file`` is read on the target host (over SFTP for an SSH
-    host), an ``env`` variable from the reconciler's own environment. The message never
-    contains the value."""
+    host), an ``env`` variable from the reconciler's own environment.
+
+    Both within the operator's ``rules`` (validation checked them already; this is the
+    check that holds at the moment of reading): a file lies inside ``rules.directory``
+    and is reached without following any symbolic link below it; a variable starts with
+    ``rules.env_prefix``. Raises ContainerError naming the secret and its source, never
+    the value or anything read from the file."""
     if ref.source == "env":
+        if why := rules.env_problem(ref.location):
+            raise ContainerError(f"secret {ref.name}: variable {ref.location} {why}")
         value = os.environ.get(ref.location)
         if value is None:
             raise ContainerError(
@@ -52,8 +63,14 @@ def read_secret(ref: SecretRef, host: str, transport: Transport | None = None) -
                 f"the reconciler's environment (for host {host})"
             )
         return value
+    inside = rules.relative(ref.location)
+    if inside is None:
+        raise ContainerError(
+            f"secret {ref.name}: {ref.location} is outside the secrets directory "
+            f"{rules.directory} of the operator's policy; not read"
+        )
     try:
-        text = (transport or LocalTransport(host)).read_text(ref.location)
+        text = (transport or LocalTransport(host)).read_confined(rules.directory, inside)
     except TransportError as exc:
         raise ContainerError(
             f"secret {ref.name}: cannot read {ref.location} on host {host}: {exc}"
@@ -126,16 +143,23 @@ def create_and_start(
     image_id: str,
     address: str,
     host: str,
+    secret_rules: SecretRules,
+    redactor: Redactor,
     transport: Transport | None = None,
     pick_port: Callable[[str], int] = free_port,
 ) -> Started:
     """Create and start one container; its port is published on ``address`` (a port
-    from ``pick_port``; one that turns out taken is retried with another, 5 times)."""
+    from ``pick_port``; one that turns out taken is retried with another, 5 times).
+    Secrets are read within ``secret_rules``; every value read (and every secret-looking
+    env value) is given to ``redactor`` before anything can print it."""
     import docker.errors
     from docker.types import LogConfig, Mount
 
     env = dict(spec.env)
-    env.update({ref.name: read_secret(ref, host, transport) for ref in spec.secrets})
+    env.update(
+        {ref.name: read_secret(ref, host, secret_rules, transport) for ref in spec.secrets}
+    )
+    redactor.add_env(env, [ref.name for ref in spec.secrets])
     api = client.api
     for attempt in range(5):
         port = pick_port(address)
@@ -196,10 +220,16 @@ def wait_healthy(
     port: int,
     deadline_s: float,
     transport: Transport | None = None,
+    redactor: Redactor | None = None,
+    secret_names: Collection[str] = (),
 ) -> None:
     """Return when the container is healthy; raise ContainerError with the last health
     output and the log tail when it exits, turns unhealthy or the deadline passes.
-    HTTP and TCP probes are made from the container's host (``transport``)."""
+    HTTP and TCP probes are made from the container's host (``transport``).
+
+    Before raising, the values of ``secret_names`` and of secret-looking keys in the
+    container's own environment go to ``redactor`` and are blanked out of the message:
+    the container may have been started by an earlier pass that read them."""
     transport = transport or LocalTransport()
     deadline = time.monotonic() + deadline_s
     last = "no health result yet"
@@ -227,8 +257,12 @@ def wait_healthy(
             last += f" (no success within {deadline_s:.0f}s)"
             break
         time.sleep(0.1)
+    hide = redactor or Redactor()
+    hide.add_env(env_of(container.attrs.get("Config", {}).get("Env")), secret_names)
     raise ContainerError(
-        f"container {name} is not healthy: {last}\nlast log lines:\n{_log_tail(container)}"
+        hide.scrub(
+            f"container {name} is not healthy: {last}\nlast log lines:\n{_log_tail(container)}"
+        )
     )
 
 
@@ -285,7 +319,9 @@ def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> boo
     except docker.errors.NotFound:
         return False
     try:
-        if container.status == "running":
+        # A crash-looping container ("restarting") must be stopped too: Docker refuses
+        # to remove it otherwise.
+        if container.status in ("running", "restarting"):
             container.stop(timeout=grace_s)
         container.remove(v=False)
     except docker.errors.NotFound:

@@ -9,6 +9,7 @@ with the image resolved to its id, so a moved tag or a changed env value is a di
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -49,13 +50,22 @@ def spec_dict(spec: ContainerSpec, image_id: str) -> dict[str, Any]:
     return data
 
 
-def label_spec(spec: ContainerSpec, image_id: str) -> dict[str, Any]:
+def keyed_digest(key: str, name: str, value: str) -> str:
+    """What a label shows for the value of secret-looking env key ``name``: an HMAC
+    under the instance's host-local ``key`` (the ``label-key`` file of its state dir),
+    so a change is still seen but a short value (``API_TOKEN=4711``) cannot be found
+    by hashing guesses, as it could from a plain digest."""
+    mac = hmac.new(key.encode(), f"{name}={value}".encode(), hashlib.sha256)
+    return "hmac-sha256:" + mac.hexdigest()[:16]
+
+
+def label_spec(spec: ContainerSpec, image_id: str, key: str = "") -> dict[str, Any]:
     """``spec_dict`` as stored in the spec label: values of secret-looking env keys are
-    replaced by a digest, so ``docker ps`` shows no such value yet a change is still seen."""
+    replaced by ``keyed_digest``, so ``docker inspect`` shows no such value yet a change
+    is still seen. ``key``: the instance's label key (``Instance.label_key``)."""
     data = spec_dict(spec, image_id)
     data["env"] = [
-        [k, "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:16] if is_secretish(k) else v]
-        for k, v in data["env"]
+        [k, keyed_digest(key, k, v) if is_secretish(k) else v] for k, v in data["env"]
     ]
     return data
 
@@ -65,10 +75,20 @@ def canonical_json(data: Any) -> str:
 
 
 def config_hash(
-    environment: str, service: str, revision: str, spec: ContainerSpec, image_id: str
+    environment: str,
+    service: str,
+    revision: str,
+    spec: ContainerSpec,
+    image_id: str,
+    key: str = "",
 ) -> str:
-    """sha256 over everything that defines the container (hex, 64 characters)."""
-    payload = canonical_json([environment, service, revision, spec_dict(spec, image_id)])
+    """sha256 over everything that defines the container (hex, 64 characters).
+
+    Taken over ``label_spec`` (secret-looking env values as keyed digests), not over the
+    raw values: the hash is a label and part of the name, and everything else it covers
+    is in the spec label, so a plain hash would let anyone who can list containers test
+    guesses of those values. Without such values it is the hash of the plain spec."""
+    payload = canonical_json([environment, service, revision, label_spec(spec, image_id, key)])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -110,7 +130,9 @@ def container_labels(
     spec: ContainerSpec,
     image_id: str,
     instance: str = "",
+    key: str = "",
 ) -> dict[str, str]:
+    """The labels of a new container (``key``: the instance's label key)."""
     labels = dict(spec.labels)
     if instance:
         labels[INSTANCE] = instance
@@ -123,7 +145,7 @@ def container_labels(
             CONFIG_HASH: chash,
             REPLICA: str(replica),
             COMMIT: commit,
-            SPEC: canonical_json(label_spec(spec, image_id)),
+            SPEC: canonical_json(label_spec(spec, image_id, key)),
         }
     )
     return labels

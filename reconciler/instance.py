@@ -17,12 +17,16 @@ import hashlib
 import json
 import os
 import re
+import secrets
+from dataclasses import replace
 from pathlib import Path
 
+from reconciler import statedir
 from reconciler.errors import ReconcilerError
 from reconciler.model import Instance
 
 FILE = "instance"
+KEY_FILE = "label-key"  # the host-local HMAC key of secret-looking env values in labels
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,23}")
 
 
@@ -44,7 +48,44 @@ def check_name(name: str) -> str:
 def resolve(state_dir: Path, explicit: str | None, create: bool) -> Instance:
     """The instance acting with ``state_dir``. ``explicit`` (``--instance``) must agree
     with the name stored there, if any. ``create``: store the name when the state dir has
-    none yet (apply, watch); plan and status never write. Raises InstanceError."""
+    none yet (apply, watch); plan and status never write. Raises InstanceError.
+
+    The instance carries its label key (``label_key``): read from the state dir, made
+    there (random, 0600) when ``create``; a command that may not write and finds none
+    uses a random key of its own (its plan then names new containers of services with
+    secret-looking env values differently from the first apply)."""
+    found = _resolve_name(state_dir, explicit, create)
+    return replace(found, label_key=label_key(state_dir, create))
+
+
+def label_key(state_dir: Path, create: bool) -> str:
+    """The instance's label key, 64 hex digits (see ``Instance.label_key``)."""
+    path = state_dir / KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    except OSError as exc:
+        raise InstanceError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if key:
+        return key
+    key = secrets.token_hex(32)
+    if create:
+        statedir.ensure(state_dir)
+        tmp = path.with_name(f".{KEY_FILE}.{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        try:
+            os.link(tmp, path)  # never over a key another process made meanwhile
+        except FileExistsError:
+            key = path.read_text().strip()
+        finally:
+            os.unlink(tmp)
+    return key
+
+
+def _resolve_name(state_dir: Path, explicit: str | None, create: bool) -> Instance:
     path = state_dir / FILE
     stored = _read(path)
     if explicit is not None:
@@ -76,7 +117,9 @@ def _read(path: Path) -> Instance | None:
 
 
 def _write(path: Path, instance: Instance) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps({"name": instance.name, "adopt": instance.adopt_unlabelled}) + "\n")
+    statedir.ensure(path.parent)
+    tmp = path.with_name(f".{FILE}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"name": instance.name, "adopt": instance.adopt_unlabelled}) + "\n")
     os.replace(tmp, path)

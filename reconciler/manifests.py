@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler import imageref, safety
+from reconciler import imageref, safety, trust
 from reconciler.errors import ManifestError, Problem, ReconcilerError
 from reconciler.loader import Document, Path, load_yaml
 from reconciler.model import (
@@ -37,6 +37,9 @@ from reconciler.model import (
 )
 from reconciler.schema import check_document
 from reconciler.units import duration_ms, memory_bytes
+
+if TYPE_CHECKING:
+    from reconciler.policy import Policy
 
 DEFAULT_ENVIRONMENT = "default"
 HOSTS_KEY = "#hosts"  # where an LB's hosts came from, beside its frontends' binds
@@ -330,13 +333,21 @@ def _check_env_values(
 # --------------------------------------------------------------------------- resolving
 
 
-def resolve(m: Manifests, environment: str, commit: str) -> DesiredState:
-    """The desired state of ``environment``; raises if it does not exist or is invalid."""
+def resolve(
+    m: Manifests, environment: str, commit: str, policy: Policy | None = None
+) -> DesiredState:
+    """The desired state of ``environment``; raises if it does not exist or is invalid.
+
+    With the operator's ``policy`` (every command that acts on hosts, and ``validate``),
+    what the manifests ask for is also checked against it (``reconciler.trust``: bind
+    mounts, secret sources, SSH hosts), every violation a problem with file:line, and
+    SSH hosts get the policy's trust settings. Without one (``diff``, format checks)
+    only the manifest rules apply."""
     if environment not in m.environment_names():
         known = ", ".join(m.environment_names())
         raise ReconcilerError(f"unknown environment {environment!r} (known: {known})")
     problems: list[Problem] = []
-    state = _resolve(m, environment, commit, problems)
+    state = _resolve(m, environment, commit, problems, policy)
     if problems or state is None:
         raise ManifestError(problems)
     return state
@@ -354,13 +365,19 @@ def _env_text(value: Any) -> str:
 
 
 def _resolve(
-    m: Manifests, env_name: str, commit: str, problems: list[Problem]
+    m: Manifests,
+    env_name: str,
+    commit: str,
+    problems: list[Problem],
+    policy: Policy | None = None,
 ) -> DesiredState | None:
     """Resolve one environment, appending its problems; None when any were found."""
     start = len(problems)
     env_doc = m.environments.get(env_name)
     env_data: dict[str, Any] = env_doc.data if env_doc else {}
     hosts = {name: _host(at) for name, at in m.hosts.items()}
+    if policy is not None:
+        hosts = {name: trust.trusted_host(h, policy) for name, h in hosts.items()}
 
     def check_hosts(names: list[str], at: At, role: str, what: str) -> None:
         for i, h in enumerate(names):
@@ -383,6 +400,8 @@ def _resolve(
         for _, doc in sorted(m.loadbalancers.items())
     ]
     _check_lb_hosts_and_ports([lb for lb in lbs if lb], env_name, problems)
+    if policy is not None:
+        problems += trust.check_environment(m, env_name, env_doc, list(services), policy)
     if len(problems) > start:
         return None
     used = {h for s in services.values() for h in s.hosts}

@@ -189,10 +189,13 @@ class Instance:
     Its containers carry ``name`` in a label and as a name prefix, so two instances on one
     engine never see each other's containers. ``adopt_unlabelled``: also own managed
     containers that carry no instance label (made before instances existed). The default
-    (no name) is the form of tests and of pure callers that never touch an engine."""
+    (no name) is the form of tests and of pure callers that never touch an engine.
+    ``label_key``: the host-local secret that keys the digests of secret-looking env
+    values in labels and config hashes (``identity.keyed_digest``); never printed."""
 
     name: str = ""
     adopt_unlabelled: bool = True
+    label_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,7 @@ def _plan_service(
     images: dict[str, str],
 ) -> None:
     env = desired.environment
+    key = desired.instance.label_key
     by_name = {c.name: c for c in group}
     observed_revisions = {c.label(identity.REVISION) for c in group}
     keep: set[str] = set()
@@ -216,7 +217,7 @@ def _plan_service(
                     reason=f"image {rel.spec.image} is not on host {host}",
                 )
             )
-        chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id)
+        chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id, key)
         for replica in range(svc.replicas):
             name = identity.container_name(
                 env, svc.name, rel.revision, chash, replica, desired.instance.name
@@ -252,7 +253,9 @@ def _plan_service(
                 )
                 reason = _status_reason(existing)
             else:
-                reason = _start_reason(rel, replica, group, observed_revisions, svc, image_id)
+                reason = _start_reason(
+                    rel, replica, group, observed_revisions, svc, image_id, key
+                )
             ph.starts.append(
                 StartContainer(
                     host=host,
@@ -277,10 +280,10 @@ def _plan_service(
             why = _status_reason(c)
         elif found is None:
             why = f"release {rev} removed"
-        elif _replica(c) >= svc.replicas and _same_hash(c, env, svc, found, images):
+        elif _replica(c) >= svc.replicas and _same_hash(c, env, svc, found, images, key):
             why = f"replicas {svc.replicas}: replica {_replica(c)} no longer needed"
         else:
-            changes = _changes(c, found, images)
+            changes = _changes(c, found, images, key)
             why = "replaced: " + ("; ".join(changes) if changes else "configuration changed")
         _retire(ph, host, svc.name, c, why, svc)
 
@@ -293,10 +296,15 @@ def _replica(c: ObservedContainer) -> int:
 
 
 def _same_hash(
-    c: ObservedContainer, env: str, svc: Service, rel: Release, images: dict[str, str]
+    c: ObservedContainer,
+    env: str,
+    svc: Service,
+    rel: Release,
+    images: dict[str, str],
+    key: str,
 ) -> bool:
     chash = identity.config_hash(
-        env, svc.name, rel.revision, rel.spec, images.get(rel.spec.image, "")
+        env, svc.name, rel.revision, rel.spec, images.get(rel.spec.image, ""), key
     )
     return c.label(identity.CONFIG_HASH) == chash
 
@@ -309,8 +317,10 @@ def _old_spec(c: ObservedContainer) -> dict[str, Any]:
     return spec if isinstance(spec, dict) else {}
 
 
-def _changes(c: ObservedContainer, rel: Release, images: dict[str, str]) -> list[str]:
-    new = identity.label_spec(rel.spec, images.get(rel.spec.image, ""))
+def _changes(
+    c: ObservedContainer, rel: Release, images: dict[str, str], key: str
+) -> list[str]:
+    new = identity.label_spec(rel.spec, images.get(rel.spec.image, ""), key)
     old = _old_spec(c)
     if not new["image_id"]:
         new["image_id"] = old.get("image_id", "")  # unknown until pulled: do not claim a move
@@ -324,6 +334,7 @@ def _start_reason(
     observed_revisions: set[str],
     svc: Service,
     image_id: str,
+    key: str,
 ) -> str:
     if not group:
         reason = f"release {rel.revision} at weight {rel.weight}"
@@ -340,7 +351,7 @@ def _start_reason(
             changes = identity.describe_changes(
                 _old_spec(same_replica[0]),
                 identity.label_spec(
-                    rel.spec, image_id or _old_spec(same_replica[0]).get("image_id", "")
+                    rel.spec, image_id or _old_spec(same_replica[0]).get("image_id", ""), key
                 ),
             )
             reason = "; ".join(changes) if changes else "configuration changed"

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from reconciler import statedir
 from reconciler.actions import PullImage
 from reconciler.apply import ApplyResult, Executor, StepResult
 from reconciler.canary.engine import CanaryState, canary_pair, evaluate, overlay
@@ -28,6 +29,8 @@ from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.output import plan_json
 from reconciler.plan import Plan, plan
+from reconciler.policy import Policy
+from reconciler.redact import Redactor
 from reconciler.store import Retention, Store
 from reconciler.transport.pool import Connections
 from reconciler.verify import Mismatch, verify
@@ -43,9 +46,8 @@ class LockTimeout(ReconcilerError):
 def target_lock(state_dir: Path, environment: str, timeout: float) -> Iterator[None]:
     """Exclusive lock of one environment's target; released on exit (and by the kernel
     when the process dies, so a kill -9 never leaves a stale lock)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / f"{environment}.lock"
-    with open(path, "a+") as f:
+    path = statedir.private_file(state_dir / f"{environment}.lock")
+    with open(path, "r+") as f:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -176,6 +178,7 @@ def apply_pass(
     external: HAProxyPaths | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     retention: Retention = DEFAULT_RETENTION,
+    policy: Policy | None = None,
 ) -> PassResult:
     """Observe, plan and execute one pass for ``desired``; record it in the history.
 
@@ -187,7 +190,53 @@ def apply_pass(
     folded into the previous idle run (``Store.finish_idle``), and the history of the
     environment is pruned to ``retention`` at the end. Raises ReconcilerError when live
     state cannot be read.
+
+    Secrets are read within the operator's ``policy`` (default: ``Policy()``). Every
+    secret value the pass reads or finds in a failing container's environment is
+    replaced by ``******`` in everything it records (steps, failures, summary) and
+    returns or reports (``on_step``, the result, a ReconcilerError it raises).
     """
+    redactor = Redactor()
+    try:
+        return _apply_pass(
+            desired,
+            state_dir,
+            source=source,
+            on_plan=on_plan,
+            on_step=on_step,
+            health_min_s=health_min_s,
+            external=external,
+            should_stop=should_stop,
+            retention=retention,
+            policy=policy or Policy(),
+            redactor=redactor,
+        )
+    except ReconcilerError as exc:
+        text = str(exc)
+        if redactor.scrub(text) == text:
+            raise
+        raise ScrubbedError(redactor.scrub(text)) from None
+
+
+class ScrubbedError(ReconcilerError):
+    """An error whose message held a secret value, with the value blanked out."""
+
+
+def _apply_pass(
+    desired: DesiredState,
+    state_dir: Path,
+    *,
+    source: str,
+    on_plan: Callable[[Plan], None],
+    on_step: Callable[[StepResult], None],
+    health_min_s: float,
+    external: HAProxyPaths | None,
+    should_stop: Callable[[], bool],
+    retention: Retention,
+    policy: Policy,
+    redactor: Redactor,
+) -> PassResult:
+    scrub = redactor.scrub
     env = desired.environment
     rollout = desired.rollout
     store = Store(state_dir / "history.sqlite")
@@ -217,7 +266,7 @@ def apply_pass(
         offset = 0
 
         def record(step: StepResult) -> None:
-            step = replace(step, step=step.step + offset)
+            step = replace(step, step=step.step + offset, detail=scrub(step.detail))
             store.record_step(
                 run_id, step.step, step.action.to_json(), step.status, step.detail, step.duration_s
             )
@@ -249,6 +298,8 @@ def apply_pass(
                 health_min_s=health_min_s,
                 should_stop=should_stop,
                 concurrency=rollout.concurrency,
+                secret_rules=policy.secret_rules(env),
+                redactor=redactor,
             )
             done = executor.run(step_plan)
             rolled |= set(group)
@@ -271,10 +322,11 @@ def apply_pass(
                         f"({', '.join(group)}) failed; not rolled: {rest}"
                     )
                     break
-        result.failures = {**pull_failures, **result.failures}
+        result.failures = {k: scrub(v) for k, v in {**pull_failures, **result.failures}.items()}
+        result.steps = [replace(st, detail=scrub(st.detail)) for st in result.steps]
         if not result.stopped and not result.aborted:
             result.mismatches = [
-                str(m)
+                scrub(str(m))
                 for m in settled_outcome(
                     desired,
                     look if changed_any else lambda: observed,
@@ -310,6 +362,7 @@ def apply_pass(
             + (f"; outcome differs ({len(result.mismatches)})" if result.mismatches else "")
             + "".join(f"; {n}" for n in result.notes)
         )
+        summary = scrub(summary)
         if status == "nothing-to-do" and not result.steps:
             # An idle look: folded into the previous one when nothing differs from it.
             run_id = store.finish_idle(run_id, summary)

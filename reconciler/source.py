@@ -32,6 +32,7 @@ class Snapshot:
     commit: str  # full commit id, or "worktree"
     files: tuple[tuple[str, bytes], ...]
     summary: str = ""  # the commit's first message line
+    skipped: tuple[str, ...] = ()  # symbolic links not read (read_directory)
 
     @property
     def short(self) -> str:
@@ -145,10 +146,39 @@ def worktree_changes(repo: git.Repo, subdir: str) -> bool:
 
 
 def read_directory(path: str) -> Snapshot:
-    """Manifest files on disk under ``path`` (no git); for validation before a commit."""
+    """Manifest files on disk under ``path`` (no git); for validation before a commit.
+
+    Symbolic links are skipped, files and folders alike (``skipped`` names them): a link
+    could lead anywhere on the machine, and error messages quote what they read (a link
+    ``x.yaml -> /etc/shadow`` would print its lines). git stores a link as its target's
+    path, never the target's content, so a commit cannot hold what a link points at
+    either. Files are opened with O_NOFOLLOW, so one swapped for a link meanwhile is
+    not followed."""
     root = Path(path)
     if not root.is_dir():
         raise SourceError(f"{path!r} is not a folder")
-    found = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    found: list[str] = []
+    skipped: list[str] = []
+    for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+        here = Path(folder)
+        for name in [*dirs, *files]:
+            rel = (here / name).relative_to(root).as_posix()
+            if (here / name).is_symlink():
+                skipped.append(rel)
+            elif name in files:
+                found.append(rel)
     names = manifest_files(found)
-    return Snapshot(commit="worktree", files=tuple((n, (root / n).read_bytes()) for n in names))
+    return Snapshot(
+        commit="worktree",
+        files=tuple((n, _read_nofollow(root / n)) for n in names),
+        skipped=tuple(sorted(skipped)),
+    )
+
+
+def _read_nofollow(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler import statedir
 from reconciler.model import Host, SshConnection
 
 SCHEMA = """
@@ -131,7 +132,11 @@ class Run:
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite opens it: SQLite gives its -wal and -shm files the mode of
+        # the database file, so none of them is ever readable by other users.
+        statedir.private_file(path)
+        for extra in ("-wal", "-shm"):
+            statedir.tighten_existing(path.with_name(path.name + extra))
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.path = path

@@ -83,7 +83,9 @@ def _expected(
             images = dict(observed.host(host).images)
             for rel in svc.releases:
                 image_id = images.get(rel.spec.image, "")
-                chash = identity.config_hash(env, svc.name, rel.revision, rel.spec, image_id)
+                chash = identity.config_hash(
+                    env, svc.name, rel.revision, rel.spec, image_id, desired.instance.label_key
+                )
                 for replica in range(svc.replicas):
                     name = identity.container_name(
                         env, svc.name, rel.revision, chash, replica, desired.instance.name

@@ -35,6 +35,7 @@ from reconciler.metrics import Metrics
 from reconciler.model import DesiredState, Instance
 from reconciler.observe.live import observe
 from reconciler.plan import plan
+from reconciler.policy import Policy
 from reconciler.run import apply_pass, stored_canaries, target_lock, with_canaries
 from reconciler.source import RepoSpec, Snapshot, open_repo, read_commit
 from reconciler.store import Retention, Store
@@ -61,6 +62,7 @@ class WatchConfig:
     gpg_home: Path | None = None  # GPG signatures: a keyring of the allowed keys
     instance: Instance = field(default_factory=Instance)  # whose containers
     retention: Retention = field(default_factory=Retention)  # of the history database
+    policy: Policy = field(default_factory=Policy)  # the operator's (reconciler.policy)
 
 
 @dataclass
@@ -269,7 +271,8 @@ class Watcher:
             env = self.cfg.environment or (names[0] if len(names) == 1 else "")
             if not env:
                 raise ReconcilerError(f"several environments ({', '.join(names)}): use --env")
-            return snapshot, replace(resolve(manifests, env, sha), instance=self.cfg.instance)
+            desired = resolve(manifests, env, sha, self.cfg.policy)
+            return snapshot, replace(desired, instance=self.cfg.instance)
         except ManifestError as exc:
             self._reject(sha, "\n".join(str(p) for p in exc.problems), "invalid")
             return None
@@ -345,6 +348,7 @@ class Watcher:
                 external=self.cfg.external,
                 should_stop=self.stop.is_set,
                 retention=self.cfg.retention,
+                policy=self.cfg.policy,
             )
         self.state.canary_s = self._canary_interval(desired)
         res = done.result

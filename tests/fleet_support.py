@@ -67,7 +67,24 @@ class Fleet:
 
     # ---------------------------------------------------------------- manifests
 
+    def write_policy(self) -> Path:
+        """The operator policy of the fleet: the simulated hosts' key and known_hosts
+        (a host in ``known_hosts`` with its own file), as the manifests also name them."""
+        policy = {
+            "secrets": {"env_prefix": "STAGING_"},
+            "ssh": {
+                "key": str(self.sim.key),
+                "known_hosts": str(self.sim.known_hosts),
+                "hosts": {name: {"known_hosts": str(path)}
+                          for name, path in self.known_hosts.items()},
+            },
+        }
+        path = self.root / "policy.yaml"
+        path.write_text(json.dumps(policy) + "\n")
+        return path
+
     def write(self, message: str) -> str:
+        self.policy = self.write_policy()
         hosts = {h.name: h for h in [*self.apps, *self.inventory_extra]}
         inventory = [
             {
@@ -139,7 +156,8 @@ class Fleet:
     def cli(self, *args: str) -> tuple[int, str]:
         r = CliRunner().invoke(
             main,
-            [*args, "--repo", str(self.repo), "--env", self.env, "--state-dir", str(self.state)],
+            [*args, "--repo", str(self.repo), "--env", self.env, "--state-dir", str(self.state),
+             "--policy", str(self.policy)],
         )
         if r.exception and not isinstance(r.exception, SystemExit):
             raise r.exception

@@ -14,7 +14,6 @@ restores the last good config and reloads it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -73,9 +72,10 @@ class HAProxy:
         (the temporary file is removed: nothing is installed).
         """
         t = self.transport
-        tmp = self.paths.config.with_name(f".{self.paths.config.name}.{os.getpid()}.new")
         try:
-            t.write_text(str(tmp), text)
+            # A random name, created exclusively: nothing planted beside the config is
+            # written through, and two reconcilers never share a temporary file.
+            tmp = Path(t.write_temp(str(self.paths.config), text))
             proc = t.run([self.binary, "-c", "-f", str(tmp)], timeout=60)
         except TransportError as exc:
             raise HAProxyError(f"{self._on}cannot check the new config: {exc}") from None
@@ -276,9 +276,7 @@ class HAProxy:
     def save_server_state(self) -> None:
         """Dump runtime server states so the next worker keeps weights and drain states."""
         text = self.stats.command("show servers state")
-        tmp = self.paths.server_state.with_name(".server-state.new")
-        self.transport.write_text(str(tmp), text)
-        self.transport.replace(str(tmp), str(self.paths.server_state))
+        self.transport.write_text(str(self.paths.server_state), text)
 
     # ------------------------------------------------------------------ runtime API
 

@@ -72,9 +72,20 @@ class Transport(Protocol):
         """A file's text; None when it does not exist."""
         ...
 
-    def write_text(self, path: str, text: str, mode: int = 0o640) -> None:
-        """Write a file (creating its directory); not atomic: write a temporary beside
-        the target and ``replace`` it over the target for that."""
+    def read_confined(self, root: str, relative: str) -> str | None:
+        """The text of ``root/relative`` reached without following a symbolic link below
+        ``root`` (one there raises TransportError, quoting nothing from any file); None
+        when it does not exist. For secrets: a link cannot lead out of their folder."""
+        ...
+
+    def write_temp(self, beside: str, text: str, mode: int = 0o600) -> str:
+        """Write ``text`` to a new file with a random name in the folder of ``beside``
+        (created if missing), created exclusively and with ``mode`` from the start;
+        returns its path. Check it, then ``replace`` it over the target."""
+        ...
+
+    def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
+        """Atomically replace ``path`` with ``text`` (``write_temp`` + ``replace``)."""
         ...
 
     def replace(self, src: str, dst: str) -> None:

@@ -123,7 +123,8 @@ class _Policy:
                 f"host {self.host.name} ({hostname}): its host key {fingerprint(key)} is not "
                 f"in {self.known_hosts}; refusing to connect (host_key_checking: strict). "
                 "Add the key after checking it out of band (e.g. ssh-keyscan on the host "
-                "itself), or set host_key_checking: accept-new"
+                "itself), or allow accept-new for this host (with its address) in the "
+                "operator's policy and set host_key_checking: accept-new"
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
         client.save_host_keys(self.known_hosts)
@@ -345,14 +346,82 @@ class SshTransport:
         result: str | None = self._files("read", path, op)
         return result
 
-    def write_text(self, path: str, text: str, mode: int = 0o640) -> None:
+    def read_confined(self, root: str, relative: str) -> str | None:
+        """Read ``root/relative`` when no component below ``root`` is a symbolic link
+        (each checked with ``lstat``) and the file is a regular one. SFTP has no
+        O_NOFOLLOW: a link swapped in between the check and the read by someone who
+        can write the secrets folder on the host is not caught (that someone holds the
+        secrets anyway)."""
+
+        def op(sftp: paramiko.SFTPClient) -> str | None:
+            cur = sftp.normalize(root)
+            for part in relative.split("/"):
+                cur = f"{cur.rstrip('/')}/{part}"
+                try:
+                    mode = sftp.lstat(cur).st_mode or 0
+                except FileNotFoundError:
+                    return None
+                if stat.S_ISLNK(mode):
+                    raise TransportError(
+                        f"{self.where}: {root}/{relative}: a symbolic link is in the way "
+                        f"below {root}; secrets are never read through links"
+                    )
+            if not stat.S_ISREG(mode):
+                raise TransportError(f"{self.where}: {root}/{relative}: not a regular file")
+            with sftp.open(cur, "r") as f:
+                data = bytes(f.read())
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TransportError(f"{self.where}: {root}/{relative}: not UTF-8 text") from None
+
+        result: str | None = self._files("read", f"{root}/{relative}", op)
+        return result
+
+    def write_temp(self, beside: str, text: str, mode: int = 0o600) -> str:
+        """A new file with a random name beside ``beside``: SFTP OPEN with CREATE|EXCL
+        (a name that exists, a planted link included, is never opened) and the mode in
+        the request, then set exactly (the server's umask aside) before writing."""
+        import secrets
+
+        from paramiko.sftp import (
+            CMD_HANDLE,
+            CMD_OPEN,
+            SFTP_FLAG_CREATE,
+            SFTP_FLAG_EXCL,
+            SFTP_FLAG_WRITE,
+        )
+        from paramiko.sftp_attr import SFTPAttributes
+        from paramiko.sftp_file import SFTPFile
+
+        folder = os.path.dirname(beside)
+        path = f"{folder}/.{os.path.basename(beside)}.{secrets.token_hex(8)}.new"
+
         def op(sftp: paramiko.SFTPClient) -> None:
-            _makedirs(sftp, os.path.dirname(path))
-            with sftp.open(path, "w") as f:
+            _makedirs(sftp, folder)
+            attrs = SFTPAttributes()
+            attrs.st_mode = mode
+            # paramiko's open() sends no attributes: the request it makes, with them.
+            client: Any = sftp
+            flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+            kind, msg = client._request(CMD_OPEN, path, flags, attrs)
+            if kind != CMD_HANDLE:
+                raise OSError(f"unexpected answer {kind} to OPEN")
+            with SFTPFile(sftp, msg.get_binary(), "wb") as f:
+                f.chmod(mode)
                 f.write(text.encode())
-            sftp.chmod(path, mode)
 
         self._files("write", path, op)
+        return path
+
+    def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
+        """Atomically replace ``path`` with ``text`` (``write_temp`` + ``replace``)."""
+        tmp = self.write_temp(path, text, mode)
+        try:
+            self.replace(tmp, path)
+        except TransportError:
+            self.unlink(tmp)
+            raise
 
     def replace(self, src: str, dst: str) -> None:
         self._files("rename", src, lambda sftp: sftp.posix_rename(src, dst))
@@ -394,7 +463,7 @@ def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
     except FileNotFoundError:
         pass
     _makedirs(sftp, os.path.dirname(path))
-    sftp.mkdir(path, mode=0o750)
+    sftp.mkdir(path, mode=0o700)
 
 
 def docker_over(opener: Any, where: str, timeout: int = 60) -> docker.DockerClient:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
 TEST_LABEL = "io.reconciler-tests.run"
+# The operator policy every CLI call of these tests runs under (also in child
+# processes: `reconcile watch`, `python -m reconciler apply`), unless a test gives its own
+# with --policy. Not the default /etc/reconciler/policy.yaml of this machine.
+POLICY = Path(__file__).resolve().parent.parent / "fixtures" / "policy.yaml"
+os.environ["RECONCILE_POLICY"] = str(POLICY)
 
 
 @pytest.fixture(scope="session")
