@@ -69,15 +69,19 @@ class Fleet:
 
     def write_policy(self) -> Path:
         """The operator policy of the fleet: the simulated hosts' key and known_hosts
-        (a host in ``known_hosts`` with its own file), as the manifests also name them."""
+        (a host in ``known_hosts`` with its own file, one in ``host_key_checking`` with its
+        mode and pinned address), as the manifests also name them."""
+        address = {h.name: h.address for h in self.sim.hosts}
+        hosts: dict[str, dict[str, str]] = {}
+        for name, path in self.known_hosts.items():
+            hosts.setdefault(name, {})["known_hosts"] = str(path)
+        for name, mode in self.host_key_checking.items():
+            # the operator allows trust on first use per host, its address pinned
+            hosts.setdefault(name, {}).update(host_key_checking=mode, address=address[name])
         policy = {
             "secrets": {"env_prefix": "STAGING_"},
-            "ssh": {
-                "key": str(self.sim.key),
-                "known_hosts": str(self.sim.known_hosts),
-                "hosts": {name: {"known_hosts": str(path)}
-                          for name, path in self.known_hosts.items()},
-            },
+            "ssh": {"key": str(self.sim.key), "known_hosts": str(self.sim.known_hosts),
+                    "hosts": hosts},
         }
         path = self.root / "policy.yaml"
         path.write_text(json.dumps(policy) + "\n")
