@@ -264,8 +264,8 @@ class Executor:
             return
         for step, a in configs:
             lb = self.haproxies[a.host]
-            text = self._render(a.host)
             try:
+                text = self._render(a.host)  # PrivilegeError: the host lacks a user
                 self.checked[a.host] = (text, lb.check(text))
             except ReconcilerError as exc:
                 self._emit(StepResult(step, a, "failed", f"{exc} (no LB host was switched)", 0.0))
@@ -497,9 +497,9 @@ class Executor:
 
     def _render(self, lb_host: str) -> str:
         lbdef = next(x for x in self.desired.loadbalancers if lb_host in x.hosts)
-        return render(
-            self.desired, lbdef, self.table.get(lb_host, {}).values(), self.haproxies[lb_host].paths
-        )
+        lb = self.haproxies[lb_host]
+        servers = self.table.get(lb_host, {}).values()
+        return render(self.desired, lbdef, servers, lb.paths, lb.run_as())
 
     def _configure(self, a: ConfigureHAProxy) -> str:
         lb = self.haproxies[a.host]
