@@ -38,7 +38,7 @@ def cache(tmp_path: Path) -> Iterator[None]:
 
 def hostile_program(path: Path, marker: Path, stdout: str = "") -> str:
     """An executable that creates ``marker`` (and prints ``stdout``); its path."""
-    path.write_text(f"#!/bin/sh\ntouch '{marker}'\nprintf '%s' '{stdout}'\nexit 0\n")
+    path.write_text(f"#!/bin/sh\ntouch '{marker}'\ncat <<'EOF'\n{stdout}EOF\nexit 0\n")
     path.chmod(0o755)
     return str(path)
 
@@ -89,10 +89,10 @@ GARBAGE = {
 }
 # What the real programs print for a good signature; git believes it when exit is 0.
 GOOD = {
-    "gpg": "[GNUPG:] NEWSIG\\n[GNUPG:] GOODSIG 0123456789ABCDEF attacker\\n"
+    "gpg": "[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 0123456789ABCDEF attacker\n"
            "[GNUPG:] VALIDSIG 0123456789ABCDEF0123456789ABCDEF01234567 2024-01-01 0 4 0 1 "
-           "8 00 0123456789ABCDEF0123456789ABCDEF01234567\\n[GNUPG:] TRUST_ULTIMATE 0 pgp\\n",
-    "ssh": 'Good \\"git\\" signature for t@t with ED25519 key SHA256:garbage\\n',
+           "8 00 0123456789ABCDEF0123456789ABCDEF01234567\n[GNUPG:] TRUST_ULTIMATE 0 pgp\n",
+    "ssh": 'Good "git" signature for t@t with ED25519 key SHA256:garbage\n',
 }
 
 
