@@ -19,7 +19,8 @@ and re-executes itself on a reload through the master CLI. The workers receive t
 bound sockets and need no file at all after the chroot.
 
 Not root (a reconciler run by an ordinary user, or the image's default user): HAProxy
-cannot change user, and runs as the reconciler's user; nothing is added.
+cannot change user, and runs as the reconciler's user; nothing is added. Such a user
+must not hold the group of the Docker socket (HAProxy would inherit it): refused.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.transport.base import Transport, TransportError
 
 CANDIDATES = ("haproxy", "nobody")
+DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 class PrivilegeError(ReconcilerError):
@@ -68,6 +70,7 @@ def detect(transport: Transport, root: PurePosixPath) -> RunAs | None:
     if not uid.isdigit():  # unknown is not "not root": never start workers as root blindly
         raise PrivilegeError(f"{where}: cannot tell which user the reconciler is (id -u)")
     if uid != "0":
+        _refuse_docker_group(transport, where)
         return None
     for user in CANDIDATES:
         group = _out(transport, ["id", "-gn", user])
@@ -89,6 +92,22 @@ def detect(transport: Transport, root: PurePosixPath) -> RunAs | None:
             f"({listing.stdout.split()[:3] or listing.stderr.strip()}); empty it"
         )
     return RunAs(user=user, group=group, chroot=empty)
+
+
+def _refuse_docker_group(transport: Transport, where: str) -> None:
+    """Raise PrivilegeError when this (non-root) user holds the group that opens the
+    Docker socket: HAProxy would inherit it (only root can shed groups), and a parser
+    bug would then drive the engine, which is root on the host. The image documents
+    running as root for this reason (the workers then run as haproxy, without groups)."""
+    socket_gid = _out(transport, ["stat", "-L", "-c", "%g", DOCKER_SOCKET])
+    groups = _out(transport, ["id", "-G"]).split()
+    if socket_gid and socket_gid != "0" and socket_gid in groups:
+        raise PrivilegeError(
+            f"{where}: not starting HAProxy: the reconciler's user holds group {socket_gid}, "
+            f"which opens {DOCKER_SOCKET}, and HAProxy would inherit it. Run the reconciler "
+            "as root (HAProxy's workers then run as user haproxy without groups), or as a "
+            "user without that group"
+        )
 
 
 def _out(transport: Transport, argv: list[str]) -> str:
