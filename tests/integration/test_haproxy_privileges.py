@@ -58,15 +58,15 @@ def check_workers(dep: Deployment) -> list[int]:
     procs = dep.haproxy.procs()
     master = identity(procs.master_pid)
     assert master["user"] == "root", master  # binds the ports, owns the sockets, reloads
-    empty = chroot_dir(dep.haproxy.paths.root)
-    assert Path(empty).is_dir() and not any(Path(empty).iterdir())
-    assert Path(empty).stat().st_uid == 0 and Path(empty).stat().st_mode & 0o222 == 0
     assert procs.current_pids, procs
-    for pid in procs.current_pids:
-        worker = identity(pid)
+    workers = [identity(pid) for pid in procs.current_pids]
+    for worker in workers:
         assert worker["user"] != "root" and "0" not in worker["uids"], worker
         assert worker["groups"] == [], worker  # e.g. never the docker group
-        assert worker["root"] == str(empty), worker
+    empty = Path(chroot_dir(dep.haproxy.paths.root))
+    assert all(w["root"] == str(empty) for w in workers), workers
+    assert empty.is_dir() and not any(empty.iterdir())
+    assert empty.stat().st_uid == 0 and empty.stat().st_mode & 0o222 == 0
     return list(procs.current_pids)
 
 
@@ -74,9 +74,9 @@ def test_haproxy_workers_run_unprivileged_in_a_chroot(dep: Deployment) -> None:
     code, out = dep.apply()
     assert code == 0, out
     assert "started HAProxy" in out, out
+    first = check_workers(dep)
     config = dep.haproxy.paths.config.read_text()
     assert "\n    user haproxy\n    group haproxy\n" in config, config
-    first = check_workers(dep)
     code, body = dep.get("/")  # port < 1024, bound by the root master
     assert code == 200 and "revision=v1" in body, body
     assert dep.haproxy.paths.stats_socket.stat().st_uid == 0
