@@ -350,7 +350,8 @@ class Watcher:
         if loaded is None:
             return
         snapshot, desired = loaded
-        self.state.good = sha
+        repo_dir = Path(self.repo()[0].git_dir)
+        previous, self.state.good = self.state.good, sha
         self._set_release_metrics(desired)
         store = Store(self.cfg.state_dir / "history.sqlite")
         try:
@@ -377,6 +378,15 @@ class Watcher:
                 )
             return
         with target_lock(self.cfg.state_dir, desired.environment, self.cfg.lock_timeout):
+            # Again under the lock: an operator's rollback (`apply --allow-rollback`) may
+            # have been recorded since _load looked; this pass must not undo it.
+            try:
+                check_forward(repo_dir, desired.environment, self._last(desired.environment), sha)
+            except RollbackRefused as exc:
+                self.state.good = None if previous == sha else previous
+                self.state.rollbacks[sha] = desired.environment
+                self._reject(sha, str(exc), "rollback")
+                return
             done = apply_pass(
                 desired,
                 self.cfg.state_dir,
