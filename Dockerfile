@@ -27,34 +27,41 @@
 # layer is reused until the wheels change, so a code change rebuilds in ~10 s.
 #
 # Run (watch; the embedded HAProxy runs inside this container):
-#   docker run -d --name reconciler --init --network host \
+#   docker run -d --name reconciler --init --network host --user root \
 #     -v /var/run/docker.sock:/var/run/docker.sock \
-#     --group-add "$(stat -c %g /var/run/docker.sock)" \
 #     -v reconciler-state:/var/lib/reconciler \
 #     -v /srv/manifests:/repo:ro \
 #     -v /etc/reconciler/secrets:/etc/reconciler/secrets:ro \
 #     reconciler watch --repo /repo --env production
 # What needs what:
 #   - The Docker socket: the default user (reconciler, uid 10001) can use it only with the
-#     socket's group (--group-add GID as above) or as root (--user root). Either way this
-#     is root-equivalent on the host: whoever drives the engine can start privileged
-#     containers. `plan` and `status` need the socket too; `validate` and `diff` read git
-#     only and need neither the socket nor root.
+#     socket's group (--group-add "$(stat -c %g /var/run/docker.sock)") or as root
+#     (--user root). Either way this is root-equivalent on the host: whoever drives the
+#     engine can start privileged containers. `plan` and `status` need the socket too;
+#     `validate` and `diff` read git only and need neither the socket nor root.
+#   - `watch` and `apply` start the embedded HAProxy: run them as root (--user root, no
+#     --group-add). HAProxy's master stays root (it binds the ports and owns the sockets);
+#     its workers, which parse client traffic, run as user haproxy with no supplementary
+#     group, chrooted to an empty folder. A non-root user holding the socket's group is
+#     refused to start HAProxy: HAProxy would inherit that group (only root can shed
+#     groups), and a parser bug would drive the Docker engine.
 #   - --network host: the reconciler probes containers on the ports they publish on the
 #     host address and the embedded HAProxy binds the host's addresses (127.0.0.1:8080 in
 #     sample-repo). Not needed for `plan`, `status` (socket only), `validate`, `diff`.
-#   - HAProxy binding privileged ports (< 1024, e.g. :80 / :443) on the host network needs
-#     root: --user root (Docker gives a non-root user no effective capabilities, so
-#     --cap-add NET_BIND_SERVICE alone does not help it), or a lower
-#     net.ipv4.ip_unprivileged_port_start on the host. Ports >= 1024 work as uid 10001.
+#   - HAProxy binding privileged ports (< 1024, e.g. :80 / :443) on the host network: the
+#     master binds them as root (--user root, as above) before its workers drop to
+#     haproxy.
 #   - --init: a PID 1 that forwards signals and reaps processes (the embedded HAProxy's
 #     master is a daemon that becomes a child of PID 1 when its parent exits).
 #   - /var/lib/reconciler (RECONCILE_STATE_DIR): HAProxy files, locks and history; keep it
 #     on a volume. It belongs to uid 10001; with --user root any owner works.
-#   - The manifests repository may be owned by any user and mounted read-only (git's
-#     safe.directory check is off for this image: the repository is whatever is mounted).
-#     A git URL over SSH needs a key and known_hosts in /home/reconciler/.ssh (mount them
-#     read-only, readable by uid 10001).
+#   - The manifests repository may be owned by any user and mounted read-only. It is
+#     never trusted: git runs in it only as upload-pack (declared safe for its exact path,
+#     for that call alone), to fetch it into the reconciler's own mirror under
+#     ~/.cache/reconciler, and its .git/config, hooks and index are never used (no
+#     safe.directory '*' here: see docs/security-git-haproxy.md).
+#     A git URL over SSH needs a key and known_hosts in ~/.ssh (/home/reconciler/.ssh, or
+#     /root/.ssh with --user root; mount them read-only).
 
 ARG BASE=reconciler-base:bookworm
 FROM ${BASE}
@@ -65,7 +72,9 @@ RUN set -eu; \
         command -v "$c" >/dev/null || { echo "base image lacks $c (see .ci/base-image)" >&2; exit 1; }; \
     done; \
     python3 -c 'import ensurepip, venv' \
-        || { echo "base image lacks python3-venv (see .ci/base-image)" >&2; exit 1; }
+        || { echo "base image lacks python3-venv (see .ci/base-image)" >&2; exit 1; }; \
+    id -u haproxy >/dev/null \
+        || { echo "base image lacks the haproxy user (Debian's haproxy package)" >&2; exit 1; }
 
 ENV VIRTUAL_ENV=/opt/reconciler \
     PATH=/opt/reconciler/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -91,10 +100,9 @@ RUN /opt/reconciler/bin/pip install -q --no-index --find-links /tmp/wheels /src 
     && test -f /opt/reconciler/lib/python3*/site-packages/reconciler/schemas/service.schema.json \
     && reconcile --version
 
-# The repository is mounted from the host and owned by another uid; without this, git
-# refuses it ("detected dubious ownership").
-RUN git config --system --add safe.directory '*' \
-    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/reconciler \
+# No safe.directory '*': a mounted repository owned by another uid is read through the
+# reconciler's own mirror (reconciler/mirror.py), never trusted as a whole.
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/reconciler \
         --shell /usr/sbin/nologin reconciler \
     && install -d -o reconciler -g reconciler -m 0750 /var/lib/reconciler
 

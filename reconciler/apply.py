@@ -296,8 +296,8 @@ class Executor:
             return
         for step, a in configs:
             lb = self.haproxies[a.host]
-            text = self._render(a.host)
             try:
+                text = self._render(a.host)  # PrivilegeError: the host lacks a user
                 self._check_binds(a.host)
                 self.checked[a.host] = (text, lb.check(text))
             except ReconcilerError as exc:
@@ -539,12 +539,9 @@ class Executor:
         return next(x for x in self.desired.loadbalancers if lb_host in x.hosts)
 
     def _render(self, lb_host: str) -> str:
-        return render(
-            self.desired,
-            self._lbdef(lb_host),
-            self.table.get(lb_host, {}).values(),
-            self.haproxies[lb_host].paths,
-        )
+        lb = self.haproxies[lb_host]
+        servers = self.table.get(lb_host, {}).values()
+        return render(self.desired, self._lbdef(lb_host), servers, lb.paths, lb.run_as())
 
     def _check_binds(self, lb_host: str) -> None:
         """Raise, installing nothing, when the LB host cannot give HAProxy a bind the new

@@ -161,6 +161,7 @@ class Loaded:
     snapshot: Snapshot
     manifests: Manifests
     spec: RepoSpec
+    git_dir: Path  # the reconciler's mirror the snapshot was read from
 
     @property
     def label(self) -> str:
@@ -181,13 +182,13 @@ def _load(src: Source) -> Loaded:
     spec = RepoSpec(location=src.repo, branch=src.branch, subdir=src.subdir)
     git_repo, root = open_repo(spec)
     snapshot = read_commit(git_repo, root, resolve_rev(spec, src.rev))
-    if not spec.is_remote and src.rev is None and worktree_changes(git_repo, root):
+    if src.rev is None and src.branch is None and worktree_changes(spec, snapshot):
         click.echo(
             f"note: uncommitted changes under {src.repo} are ignored; reading "
             f"commit {snapshot.short}",
             err=True,
         )
-    return Loaded(snapshot, load_manifests(snapshot.files), spec)
+    return Loaded(snapshot, load_manifests(snapshot.files), spec, Path(git_repo.git_dir))
 
 
 def _pick_environment(manifests: Manifests, environment: str | None) -> str:
@@ -252,6 +253,8 @@ def _run_plan(
 
         loaded, desired = _desired(src, state_dir, instance)
         store = Store(state_dir / "history.sqlite") if state_dir.exists() else None
+        if store is not None:
+            _warn_rollback(loaded, desired.environment, store.last_commit(desired.environment))
         held = store.failed_services(desired.environment, desired.commit) if store else {}
         retired = retired_hosts(desired, store) if store else []
         observed = observe(desired, state_dir, external, retired=retired)
@@ -263,6 +266,50 @@ def _run_plan(
     sys.exit(0 if result.empty else EXIT_CHANGES)
 
 
+def _warn_rollback(loaded: Loaded, environment: str, last: str | None) -> None:
+    """Say on stderr when ``apply`` would refuse this commit as a rollback."""
+    from reconciler.lineage import RollbackRefused, check_forward
+
+    try:
+        check_forward(loaded.git_dir, environment, last, loaded.snapshot.commit)
+    except RollbackRefused as exc:
+        click.echo(f"warning: apply would refuse this commit: {exc}", err=True)
+
+
+def _check_forward(
+    loaded: Loaded, environment: str, state_dir: Path, allow_rollback: bool
+) -> None:
+    """Refuse (RollbackRefused) a commit that does not descend from the environment's
+    last applied commit, unless ``allow_rollback``: then record the operator's decision
+    as a run of its own (status ``rollback``) before the pass. Call under the lock."""
+    from reconciler.lineage import RollbackRefused, check_forward
+    from reconciler.store import Store
+
+    store = Store(state_dir / "history.sqlite")
+    try:
+        last = store.last_commit(environment)
+        try:
+            check_forward(loaded.git_dir, environment, last, loaded.snapshot.commit)
+        except RollbackRefused:
+            if not allow_rollback or last is None:
+                raise
+            commit = loaded.snapshot.commit
+            run_id = store.start_run(environment, commit, "{}")
+            store.finish_run(
+                run_id,
+                "rollback",
+                {},
+                f"rollback from {last[:7]} to {commit[:7]} by the operator (--allow-rollback)",
+            )
+            click.echo(
+                f"note: rolling environment {environment} back from {last[:7]} to "
+                f"{commit[:7]} (--allow-rollback; recorded as run {run_id})",
+                err=True,
+            )
+    finally:
+        store.close()
+
+
 def _run_apply(
     src: Source,
     state_dir: Path,
@@ -272,9 +319,12 @@ def _run_apply(
     external: HAProxyPaths | None,
     instance: str | None,
     retention: Retention | None = None,
+    allow_rollback: bool = False,
 ) -> None:
     """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise.
-    The history is pruned to ``retention`` (default: ``Retention()``) after the pass."""
+    The history is pruned to ``retention`` (default: ``Retention()``) after the pass.
+    A commit that does not descend from the environment's last applied commit is
+    refused (exit 1, nothing changed) unless ``allow_rollback`` (``reconciler.lineage``)."""
     import json
 
     try:
@@ -300,6 +350,7 @@ def _run_apply(
                 )
 
         with target_lock(state_dir, desired.environment, lock_timeout):
+            _check_forward(loaded, desired.environment, state_dir, allow_rollback)
             done = apply_pass(
                 desired,
                 state_dir,
@@ -438,6 +489,16 @@ def retention_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(out)
 
 
+def rollback_option(f: F) -> F:
+    return click.option(
+        "--allow-rollback",
+        is_flag=True,
+        help="Apply the commit even though it does not descend from the last commit "
+        "applied to the environment (the branch was reset, or --rev names an older "
+        "commit). Recorded in the history as the operator's decision.",
+    )(f)
+
+
 def apply_options(f: F) -> F:
     f = click.option(
         "--lock-timeout",
@@ -466,6 +527,7 @@ def apply_options(f: F) -> F:
 @haproxy_options
 @apply_options
 @retention_options
+@rollback_option
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -478,6 +540,7 @@ def main(
     health_timeout: float,
     external: HAProxyPaths | None,
     retention: Retention,
+    allow_rollback: bool,
 ) -> None:
     """Reconcile Docker hosts and HAProxy with the release manifests in git.
 
@@ -501,7 +564,17 @@ def main(
         return
     if dry_run:
         _run_plan(src, state_dir, output, external, instance)
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance, retention)
+    _run_apply(
+        src,
+        state_dir,
+        output,
+        lock_timeout,
+        health_timeout,
+        external,
+        instance,
+        retention,
+        allow_rollback,
+    )
 
 
 @main.command()
@@ -526,6 +599,7 @@ def plan(
 @haproxy_options
 @apply_options
 @retention_options
+@rollback_option
 def apply(
     src: Source,
     state_dir: Path,
@@ -535,9 +609,24 @@ def apply(
     health_timeout: float,
     external: HAProxyPaths | None,
     retention: Retention,
+    allow_rollback: bool,
 ) -> None:
-    """Apply the plan (the same as `reconcile` without a command)."""
-    _run_apply(src, state_dir, output, lock_timeout, health_timeout, external, instance, retention)
+    """Apply the plan (the same as `reconcile` without a command).
+
+    A commit that does not descend from the last commit applied to the environment (a
+    branch reset to an older commit, or --rev naming one) is refused with exit 1 unless
+    --allow-rollback is given; that decision is recorded in the history."""
+    _run_apply(
+        src,
+        state_dir,
+        output,
+        lock_timeout,
+        health_timeout,
+        external,
+        instance,
+        retention,
+        allow_rollback,
+    )
 
 
 @main.command()

@@ -76,10 +76,36 @@ class Document:
 # turned into YAML 1.1 numbers or booleans.
 _RAW_MAPS = {"env", "labels", "options"}
 MAX_NODES = 100_000  # a guard against alias bombs (a few bytes expanding to millions)
+# Nesting deeper than this is refused before it is built. PyYAML's composer, our builder
+# and every later walk recurse once per level: 1000 levels ("[[[[...", 2 KB) exhausted
+# Python's stack. Real manifests nest about 8 deep.
+MAX_DEPTH = 64
+MAX_FILE_BYTES = 1024 * 1024  # a manifest file is a few KB; checked by load_manifests
 
 
 class _TooBig(Exception):
     pass
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark: Any) -> None:  # a yaml Mark (pure-Python or libyaml's)
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses nesting deeper than ``MAX_DEPTH``."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeep(event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 class _Builder:
@@ -98,6 +124,8 @@ class _Builder:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise _TooBig
+        if len(path) > MAX_DEPTH:  # an alias of a node inside itself: "&a [*a]"
+            raise _TooDeep(node.start_mark)
         doc.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             explicit: set[str] = set()
@@ -153,7 +181,7 @@ def _explain(exc: yaml.MarkedYAMLError) -> str:
 
 def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
     """Parse every document of ``text``; ``file`` is the name used in problems."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     builder = _Builder(file, loader)
     docs: list[Document] = []
     try:
@@ -174,6 +202,13 @@ def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
                 f"more than {MAX_NODES} YAML nodes (aliases expanding too far?); refused",
             )
         )
+    except _TooDeep as exc:
+        line, col = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark else (1, 1)
+        builder.problems.append(
+            Problem(file, line, col, "", f"nested more than {MAX_DEPTH} levels deep; refused")
+        )
+    except RecursionError:  # a guard behind the guards above: never a traceback
+        builder.problems.append(Problem(file, 1, 1, "", "nested too deeply; refused"))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if exc.context_mark and "end of stream" in str(exc.problem):

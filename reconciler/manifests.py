@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import imageref, safety, trust
 from reconciler.errors import ManifestError, Problem, ReconcilerError
-from reconciler.loader import Document, Path, load_yaml
+from reconciler.loader import MAX_FILE_BYTES, Document, Path, load_yaml
 from reconciler.model import (
     CanaryPolicy,
     CanaryStep,
@@ -105,6 +105,19 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
     broken: set[tuple[str, str]] = set()
     unparsed: list[str] = []
     for name, raw in sorted(files):
+        if len(raw) > MAX_FILE_BYTES:
+            problems.append(
+                Problem(
+                    name,
+                    1,
+                    1,
+                    "",
+                    f"file is {len(raw)} bytes, more than the {MAX_FILE_BYTES} a manifest "
+                    "may have; refused",
+                )
+            )
+            unparsed.append(name)
+            continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from reconciler import gitsafe
 from reconciler.errors import SourceError
 from reconciler.manifests import manifest_files
 
@@ -57,42 +58,86 @@ def cache_root() -> Path:
     return Path(base) / "reconciler" / "repos"
 
 
-def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
-    """The git repository of ``spec`` and the manifests root inside it.
+@dataclass(frozen=True)
+class LocalRepo:
+    """A repository on this machine, found without running git in it."""
 
-    A remote is mirrored under the cache folder and fetched when ``fetch`` is true.
-    Raises SourceError with the location when it is not a readable repository.
+    git_dir: Path  # the repository (``.git`` of a work tree, or a bare repository)
+    top: Path | None  # its work tree; None when bare
+    inner: str  # the folder of ``--repo`` inside the work tree ("" at its top)
+
+
+def find_local(location: str) -> LocalRepo:
+    """The repository holding the path ``location`` (it or a parent folder).
+
+    Only the file system is looked at (``.git`` folders and files, bare layouts): git is
+    not run in a repository that may belong to someone else. Raises SourceError when the
+    path does not exist or is in no repository."""
+    path = Path(location).resolve()
+    if not path.exists():
+        raise SourceError(f"repository path {location!r} does not exist")
+    for folder in (path, *path.parents):
+        dotgit = folder / ".git"
+        git_dir: Path | None = None
+        if dotgit.is_dir():
+            git_dir = dotgit
+        elif dotgit.is_file():  # a linked work tree or submodule: "gitdir: <path>"
+            text = dotgit.read_text(errors="replace").strip()
+            if text.startswith("gitdir:"):
+                git_dir = (folder / text.removeprefix("gitdir:").strip()).resolve()
+        if git_dir is not None:
+            inner = path.relative_to(folder).as_posix()
+            return LocalRepo(git_dir, folder, "" if inner == "." else inner)
+        if _is_bare(folder):
+            inner = path.relative_to(folder).as_posix()
+            return LocalRepo(folder, None, "" if inner == "." else inner)
+    raise SourceError(
+        f"{location!r} is not inside a git repository "
+        "(manifests are read from commits; use `git init` and commit them, "
+        "or `validate --worktree` for files on disk)"
+    )
+
+
+def _is_bare(folder: Path) -> bool:
+    return (
+        (folder / "HEAD").is_file() and (folder / "objects").is_dir() and (folder / "refs").is_dir()
+    )
+
+
+def mirror_path(key: str) -> Path:
+    return cache_root() / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
+    """The reconciler's mirror of ``spec``'s repository and the manifests root in it.
+
+    Both a URL and a local path are read through a mirror under the cache folder
+    (``reconciler.mirror``), cloned on first use and fetched when ``fetch`` is true; git
+    never runs in a local source except as upload-pack. Every git command run on the
+    returned repository gets ``reconciler.gitsafe``'s forced settings. Raises
+    SourceError with the location when it is not a readable repository.
     """
     import git  # slow to import: only when a repository is read
 
+    from reconciler import mirror
+
+    safe: tuple[str, ...] = ()
     if spec.is_remote:
-        key = hashlib.sha256(spec.location.encode()).hexdigest()[:16]
-        path = cache_root() / key
-        try:
-            if not (path / "HEAD").exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                repo = git.Repo.clone_from(spec.location, path, mirror=True)
-            else:
-                repo = git.Repo(path)
-                if fetch:
-                    repo.git.fetch("--prune", "origin")
-        except git.GitCommandError as exc:
-            raise SourceError(f"cannot fetch {spec.location}: {exc.stderr.strip()}") from exc
-        return repo, spec.subdir.strip("/")
-    path = Path(spec.location).resolve()
-    if not path.exists():
-        raise SourceError(f"repository path {spec.location!r} does not exist")
+        origin, subdir = spec.location, spec.subdir.strip("/")
+        path = mirror_path(spec.location)  # the key of earlier versions: caches stay
+    else:
+        local = find_local(spec.location)
+        origin = str(local.git_dir)
+        subdir = "/".join(p for p in (local.inner, spec.subdir.strip("/")) if p and p != ".")
+        safe = tuple(str(p) for p in (local.git_dir, local.top) if p is not None)
+        path = mirror_path(f"local:{local.git_dir}")
+    mirror.sync(origin, path, fetch=fetch, safe=safe)
     try:
-        repo = git.Repo(path, search_parent_directories=True)
+        repo = git.Repo(path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise SourceError(
-            f"{spec.location!r} is not inside a git repository "
-            "(manifests are read from commits; use `git init` and commit them, "
-            "or `validate --worktree` for files on disk)"
-        ) from exc
-    top = Path(repo.working_tree_dir or repo.git_dir).resolve()
-    inner = path.relative_to(top).as_posix() if path != top else ""
-    subdir = "/".join(p for p in (inner, spec.subdir.strip("/")) if p and p != ".")
+        raise SourceError(f"the mirror {path} of {spec.location} is not a repository") from exc
+    forced = gitsafe.git_env()
+    repo.git.update_environment(**{k: v for k, v in forced.items() if k.startswith("GIT_")})
     return repo, subdir
 
 
@@ -111,15 +156,7 @@ def read_commit(repo: git.Repo, subdir: str, rev: str) -> Snapshot:
     try:
         commit = repo.commit(rev)
     except (git.BadName, ValueError, git.GitCommandError) as exc:
-        # Ask git itself why: "dubious ownership" (a repository owned by another user)
-        # must not read as an unknown revision.
-        try:
-            repo.git.rev_parse("--verify", f"{rev}^{{commit}}")
-            why = ""
-        except git.GitCommandError as probe:
-            why = str(probe.stderr).strip().removeprefix("stderr: ").strip("'\n ")
-        detail = f": {why}" if why and "dubious ownership" in why else ""
-        raise SourceError(f"unknown revision {rev!r} in {repo.git_dir}{detail}") from exc
+        raise SourceError(f"unknown revision {rev!r} in {repo.git_dir}") from exc
     tree = commit.tree
     if subdir:
         try:
@@ -138,11 +175,23 @@ def read_commit(repo: git.Repo, subdir: str, rev: str) -> Snapshot:
     return Snapshot(commit=commit.hexsha, files=files, summary=message.strip().split("\n")[0])
 
 
-def worktree_changes(repo: git.Repo, subdir: str) -> bool:
-    """True when the working tree differs from HEAD under ``subdir`` (to warn the user)."""
-    if repo.bare:
+def worktree_changes(spec: RepoSpec, snapshot: Snapshot) -> bool:
+    """True when the manifest files on disk under ``spec`` differ from ``snapshot`` (to
+    warn the user); False for a URL or a bare repository.
+
+    Compares the files themselves: no ``git status``, which would run the repository's
+    ``core.fsmonitor`` and filters (programs of whoever owns it)."""
+    if spec.is_remote:
         return False
-    return bool(repo.git.status("--porcelain", "--", subdir or "."))
+    local = find_local(spec.location)
+    if local.top is None:
+        return False
+    root = Path(spec.location).resolve() / spec.subdir.strip("/")
+    try:
+        on_disk = read_directory(str(root))
+    except (SourceError, OSError):
+        return True  # the folder is gone or unreadable: not what was committed
+    return on_disk.files != snapshot.files
 
 
 def read_directory(path: str) -> Snapshot:
@@ -160,6 +209,7 @@ def read_directory(path: str) -> Snapshot:
     found: list[str] = []
     skipped: list[str] = []
     for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git is never read
         here = Path(folder)
         for name in [*dirs, *files]:
             rel = (here / name).relative_to(root).as_posix()

@@ -87,11 +87,14 @@ _ADDED_RUN_COLUMNS = {
 
 
 # The runs of environment :env beyond a Retention (:days, :cutoff, :runs; 0 = no limit),
-# never its newest run.
+# never its newest run, nor its newest run at a commit (the last applied commit, which
+# reconciler.lineage checks new heads against).
 _PRUNED = """
 SELECT id FROM runs
 WHERE environment = :env
   AND id < (SELECT MAX(id) FROM runs WHERE environment = :env)
+  AND id != COALESCE((SELECT MAX(id) FROM runs WHERE environment = :env
+                      AND commit_id != '-'), -1)
   AND (
     (:days > 0 AND COALESCE(last_look_at, finished_at, started_at) < :cutoff)
     OR (:runs > 0 AND id <= (SELECT id FROM runs WHERE environment = :env
@@ -267,6 +270,18 @@ class Store:
             "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
             (environment, commit, service, message, time.time()),
         )
+
+    def last_commit(self, environment: str) -> str | None:
+        """The commit of the environment's newest run: the last commit a pass (or an
+        operator's rollback) moved it to; None before any. Manual records without a
+        commit (``-``: canary decisions, retries) do not count. Pruning keeps the
+        newest run, so this survives retention."""
+        row = self.db.execute(
+            "SELECT commit_id FROM runs WHERE environment = ? AND commit_id != '-' "
+            "ORDER BY id DESC LIMIT 1",
+            (environment,),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def failed_services(self, environment: str, commit: str) -> dict[str, str]:
         """Services whose apply failed at this commit -> message: not retried until a newer

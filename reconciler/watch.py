@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -29,15 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.canary.engine import undecided
 from reconciler.errors import ManifestError, ReconcilerError, SourceError
+from reconciler.gitsafe import run_git
 from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.lineage import RollbackRefused, check_forward
 from reconciler.manifests import load_manifests, resolve
 from reconciler.metrics import Metrics
+from reconciler.mirror import remote_head
 from reconciler.model import DesiredState, Instance
 from reconciler.observe.live import observe
 from reconciler.plan import plan
 from reconciler.policy import Policy
 from reconciler.run import apply_pass, stored_canaries, target_lock, with_canaries
-from reconciler.source import RepoSpec, Snapshot, open_repo, read_commit
+from reconciler.source import RepoSpec, Snapshot, find_local, open_repo, read_commit
 from reconciler.store import Retention, Store
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ class _State:
     last_pass: float = float("-inf")
     canary_s: float | None = None  # a canary under analysis: look again this often
     rejected: dict[str, str] = field(default_factory=dict)  # commit -> why
+    rollbacks: dict[str, str] = field(default_factory=dict)  # commit -> its environment
     failures_in_a_row: int = 0
     retry_at: float = 0.0
     seen_at: float | None = None  # monotonic time of the last successful read of the head
@@ -90,56 +93,59 @@ class Watcher:
     # ------------------------------------------------------------------ source
 
     def repo(self) -> tuple[git.Repo, str]:
+        """The reconciler's mirror of the followed repository, and the manifests root."""
         if self._repo is None:
             self._repo, self._root = open_repo(self.cfg.spec, fetch=False)
         return self._repo, self._root
 
+    def _origin(self) -> tuple[str, tuple[str, ...]]:
+        """Where to ask for the head (URL or a local repository's git dir) and the
+        exact paths to declare safe for that (a local repository owned by another user)."""
+        spec = self.cfg.spec
+        if spec.is_remote:
+            return spec.location, ()
+        local = find_local(spec.location)
+        return str(local.git_dir), tuple(str(p) for p in (local.git_dir, local.top) if p)
+
     def head(self) -> str:
-        """The branch head now; for a remote, fetched only when it moved."""
+        """The branch head now, asked with ``ls-remote`` (git runs in the source only as
+        upload-pack); the mirror is fetched only when it does not have that commit."""
         import git
 
         spec = self.cfg.spec
-        ref = spec.branch or "HEAD"
-        if spec.is_remote:
-            remote_ref = f"refs/heads/{spec.branch}" if spec.branch else "HEAD"
-            try:
-                out = str(git.cmd.Git().ls_remote(spec.location, remote_ref))
-            except git.GitCommandError as exc:
-                raise SourceError(f"cannot reach {spec.location}: {exc.stderr.strip()}") from exc
-            if not out.strip():
-                raise SourceError(f"{spec.location} has no {remote_ref}")
-            sha = out.split(maxsplit=1)[0]
-            repo, _ = self.repo()
-            try:
-                repo.commit(sha)
-            except (ValueError, git.BadName):
-                self._repo, self._root = open_repo(spec, fetch=True)
-            return sha
+        origin, safe = self._origin()
+        ref = f"refs/heads/{spec.branch}" if spec.branch else "HEAD"
+        sha = remote_head(origin, ref, safe=safe)
         repo, _ = self.repo()
         try:
-            return repo.commit(ref).hexsha
-        except (ValueError, git.BadName) as exc:
-            raise SourceError(f"no {ref} in {spec.location}") from exc
+            repo.commit(sha)
+        except (ValueError, git.BadName):
+            self._repo, self._root = open_repo(spec, fetch=True)
+        return sha
 
     def verify_signature(self, sha: str) -> None:
         """Raise SourceError unless ``sha`` carries a good signature by an allowed key.
 
-        Only the keys given count: ``allowed_signers`` for SSH signatures, the keyring
-        of ``gpg_home`` for GPG (and X.509) ones. A kind not given is checked against
-        nothing, never against what the user running the reconciler trusts otherwise
-        (their own GnuPG keyring, an allowed signers file in their git config)."""
+        git runs in the reconciler's mirror with ``reconciler.gitsafe``'s settings
+        forced: the system's gpg and ssh-keygen, and only the operator's allowed signers
+        file (none: no SSH signature passes). Without ``gpg_home`` an empty keyring is
+        used, so no GPG signature passes either: only the keys the operator named count.
+        """
         import os
         import tempfile
 
         repo, _ = self.repo()
-        signers = self.cfg.allowed_signers or os.devnull  # no SSH key is allowed
-        cmd = ["git", "-C", repo.git_dir, "-c", f"gpg.ssh.allowedSignersFile={signers}"]
-        cmd += ["verify-commit", sha]
-        with tempfile.TemporaryDirectory(prefix="reconcile-gpg-") as empty:
-            # Without --gpg-home, an empty keyring: no GPG key is allowed.
-            env = {**os.environ, "GNUPGHOME": str(self.cfg.gpg_home or empty)}
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, env=env, timeout=30, check=False
+        extra = []
+        if self.cfg.allowed_signers:
+            extra.append(("gpg.ssh.allowedSignersFile", str(self.cfg.allowed_signers)))
+        with tempfile.TemporaryDirectory(prefix="reconciler-gnupg-") as empty:
+            home = str(self.cfg.gpg_home) if self.cfg.gpg_home else empty
+            proc = run_git(
+                ["verify-commit", sha],
+                cwd=Path(repo.git_dir),
+                extra=extra,
+                env={**os.environ, "GNUPGHOME": home},
+                timeout=30,
             )
         if proc.returncode != 0:
             why = (proc.stderr or proc.stdout).strip().splitlines()
@@ -170,7 +176,7 @@ class Watcher:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
-        repo, _ = self.repo()
+        git_dir = find_local(self.cfg.spec.location).git_dir  # the source, not the mirror
         wake = self.wake
 
         class Handler(FileSystemEventHandler):
@@ -181,7 +187,6 @@ class Watcher:
                     wake.set()
 
         observer = Observer()
-        git_dir = Path(repo.git_dir)
         observer.schedule(Handler(), str(git_dir / "refs"), recursive=True)
         observer.schedule(Handler(), str(git_dir), recursive=False)  # HEAD, packed-refs
         observer.daemon = True
@@ -208,6 +213,9 @@ class Watcher:
             return
         self.state.head = head
         kind = "commit" if moved else "drift"
+        if head in self.state.rejected and self._rollback_decided(head):
+            del self.state.rejected[head]  # the operator took it: follow it again
+            kind = "commit"
         if head in self.state.rejected:
             # Said once when rejected. Until a new head arrives, drift passes keep the
             # hosts at the last good commit.
@@ -257,6 +265,11 @@ class Watcher:
         )
 
     def _load(self, sha: str) -> tuple[Snapshot, DesiredState] | None:
+        """The commit's snapshot and desired state; None when the commit is rejected
+        (logged and counted once): not signed by an allowed key, manifests that do not
+        load for any reason (a bug of the loader included: a commit never crashes the
+        loop), or not a descendant of the environment's last applied commit.
+        Raises ReconcilerError only for what may pass (the mirror cannot be read)."""
         repo, root = self.repo()
         snapshot = read_commit(repo, root, sha)
         if self.cfg.require_signed:
@@ -271,11 +284,39 @@ class Watcher:
             env = self.cfg.environment or (names[0] if len(names) == 1 else "")
             if not env:
                 raise ReconcilerError(f"several environments ({', '.join(names)}): use --env")
-            desired = resolve(manifests, env, sha, self.cfg.policy)
-            return snapshot, replace(desired, instance=self.cfg.instance)
+            desired = replace(
+                resolve(manifests, env, sha, self.cfg.policy), instance=self.cfg.instance
+            )
         except ManifestError as exc:
             self._reject(sha, "\n".join(str(p) for p in exc.problems), "invalid")
             return None
+        except ReconcilerError as exc:
+            self._reject(sha, str(exc), "invalid")
+            return None
+        except Exception as exc:
+            self._reject(sha, f"cannot load the manifests: {type(exc).__name__}: {exc}", "invalid")
+            return None
+        try:
+            check_forward(Path(repo.git_dir), desired.environment, self._last(env), sha)
+        except RollbackRefused as exc:
+            self.state.rollbacks[sha] = env
+            self._reject(sha, str(exc), "rollback")
+            return None
+        return snapshot, desired
+
+    def _last(self, environment: str) -> str | None:
+        """The last commit applied to ``environment`` (the history database)."""
+        store = Store(self.cfg.state_dir / "history.sqlite")
+        try:
+            return store.last_commit(environment)
+        finally:
+            store.close()
+
+    def _rollback_decided(self, sha: str) -> bool:
+        """True when ``sha`` was rejected as a rollback and the operator has since rolled
+        the environment back to it (``reconcile apply --allow-rollback``)."""
+        env = self.state.rollbacks.get(sha)
+        return env is not None and self._last(env) == sha
 
     def _canary_interval(self, desired: DesiredState) -> float | None:
         """Seconds between looks while a canary needs them; else None.
@@ -313,7 +354,8 @@ class Watcher:
         if loaded is None:
             return
         snapshot, desired = loaded
-        self.state.good = sha
+        repo_dir = Path(self.repo()[0].git_dir)
+        previous, self.state.good = self.state.good, sha
         self._set_release_metrics(desired)
         store = Store(self.cfg.state_dir / "history.sqlite")
         try:
@@ -340,6 +382,15 @@ class Watcher:
                 )
             return
         with target_lock(self.cfg.state_dir, desired.environment, self.cfg.lock_timeout):
+            # Again under the lock: an operator's rollback (`apply --allow-rollback`) may
+            # have been recorded since _load looked; this pass must not undo it.
+            try:
+                check_forward(repo_dir, desired.environment, self._last(desired.environment), sha)
+            except RollbackRefused as exc:
+                self.state.good = None if previous == sha else previous
+                self.state.rollbacks[sha] = desired.environment
+                self._reject(sha, str(exc), "rollback")
+                return
             done = apply_pass(
                 desired,
                 self.cfg.state_dir,

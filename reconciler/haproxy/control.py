@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from reconciler.errors import ObserveError, ReconcilerError
 from reconciler.haproxy.binds import (
@@ -28,6 +28,7 @@ from reconciler.haproxy.binds import (
     parse_listeners,
 )
 from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.haproxy.privileges import RunAs, detect
 from reconciler.haproxy.runtime import (
     MasterProcs,
     RuntimeSocket,
@@ -62,6 +63,17 @@ class HAProxy:
         self.stats = RuntimeSocket(str(paths.stats_socket), transport=self.transport)
         self.master = RuntimeSocket(str(paths.master_socket), transport=self.transport)
         self.host = self.transport.name
+        self._run_as: tuple[RunAs | None] | None = None
+
+    def run_as(self) -> RunAs | None:
+        """The workers' user and chroot for the rendered config (see
+        ``reconciler.haproxy.privileges``); None for an HAProxy the reconciler does not
+        start (``external``: its operator chooses) or when not root on its host. Found
+        once per controller; raises PrivilegeError when the host cannot provide them."""
+        if self._run_as is None:
+            root = PurePosixPath(str(self.paths.root))
+            self._run_as = (detect(self.transport, root) if self.paths.managed else None,)
+        return self._run_as[0]
 
     # ------------------------------------------------------------------ config files
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from reconciler.canary.logs import LOG_FORMAT, RING
 from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.haproxy.privileges import RunAs
 from reconciler.haproxy.sections import request_log, section_digests
 from reconciler.identity import backend_name, frontend_name
 from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
@@ -35,10 +36,16 @@ def _ms(value: int) -> str:
 
 
 def render(
-    desired: DesiredState, lb: LoadBalancer, servers: Iterable[RenderServer], paths: HAProxyPaths
+    desired: DesiredState,
+    lb: LoadBalancer,
+    servers: Iterable[RenderServer],
+    paths: HAProxyPaths,
+    run_as: RunAs | None = None,
 ) -> str:
     """The config text. Backends: every desired service, plus any backend that still has
-    servers (a removed service whose servers are being drained)."""
+    servers (a removed service whose servers are being drained). ``run_as``: the user,
+    group and chroot of the workers (``reconciler.haproxy.privileges``; None: as the
+    user that starts HAProxy)."""
     by_backend: dict[str, list[RenderServer]] = defaultdict(list)
     for srv in servers:
         by_backend[srv.backend].append(srv)
@@ -55,6 +62,7 @@ def render(
         f"    server-state-file {paths.server_state}",
         # Old workers finish their requests, but never linger forever after a reload.
         f"    hard-stop-after {drain_max + 60}s",
+        *(run_as.global_lines() if run_as else []),
         "",
         *_request_log(desired),
         "defaults",

@@ -15,7 +15,7 @@ from reconciler.identity import backend_name, canonical_json, frontend_name, pla
 from reconciler.model import DesiredState, LoadBalancer, Pairs
 
 # Bump when the renderer's output changes, so installed configs are re-rendered.
-RENDER_VERSION = 2
+RENDER_VERSION = 3  # 3: workers run as an unprivileged user in a chroot
 
 
 def request_log(desired: DesiredState) -> bool:

@@ -159,8 +159,8 @@ def test_plan_observes_the_host_engine_through_the_mounted_socket(
     image: str, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     assert stat.S_ISSOCK(os.stat(SOCKET).st_mode), f"{SOCKET} is not a socket"
-    # Owned by root here, read by uid 10001 in the container: git accepts it only thanks
-    # to the image's safe.directory (else: "unknown revision 'HEAD'").
+    # Owned by root here, read by uid 10001 in the container: read through the
+    # reconciler's mirror, with no safe.directory '*' in the image.
     repo = scratch_repo(tmp_path)
     # The non-root user reaches the socket through its group (see the Dockerfile).
     mounts = ["-v", f"{repo}:/repo:ro", "-v", f"{SOCKET}:{SOCKET}",
@@ -183,3 +183,67 @@ def test_plan_observes_the_host_engine_through_the_mounted_socket(
     # The image ids come from the host's engine: it was observed, not guessed.
     host_id = docker_client.images.get("sample-app:v1").id
     assert {a["image_id"] for a in starts} == {host_id}
+
+
+def test_image_trusts_no_repository_config(image: str, tmp_path: Path) -> None:
+    """No safe.directory wildcard; a mounted repository's fsmonitor never runs."""
+    wildcard = _docker_run("--entrypoint", "git", image, "config", "--system", "--get-all",
+                           "safe.directory")
+    assert wildcard.returncode == 1 and not wildcard.stdout.strip(), wildcard.stdout
+    repo = scratch_repo(tmp_path)
+    hook = repo / "evil.sh"  # inside the mount: the path is the same in the container
+    hook.write_text("#!/bin/sh\ntouch /tmp/MARKER\n")
+    hook.chmod(0o755)
+    subprocess.run(["git", "-C", str(repo), "config", "core.fsmonitor", "/repo/evil.sh"],
+                   check=True)
+    probe = _docker_run("-v", f"{repo}:/repo:ro", "--entrypoint", "sh", image, "-c",
+                        "reconcile validate --repo /repo; echo exit=$?; ls /tmp/MARKER")
+    assert "exit=0" in probe.stdout, probe.stdout + probe.stderr
+    assert "No such file" in probe.stderr, "the repository's fsmonitor ran in the image"
+
+
+HAPROXY_PROBE = """
+import json, pathlib
+from reconciler.haproxy.control import HAProxy
+from reconciler.haproxy.paths import HAProxyPaths
+h = HAProxy(HAProxyPaths.embedded(pathlib.Path("/var/lib/reconciler"), "img"))
+run_as = h.run_as()
+h.install("\\n".join([
+    "global",
+    f"    stats socket {h.paths.stats_socket} mode 600 level admin expose-fd listeners",
+    *run_as.global_lines(),
+    "defaults", "    mode http", "    timeout connect 1s", "    timeout client 1s",
+    "    timeout server 1s",
+    "frontend f", "    bind 127.0.0.1:80", "    http-request return status 200",
+]) + "\\n")
+h.start()
+def status(pid):
+    lines = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+    keep = {l.split(":")[0]: l.split(":", 1)[1].split() for l in lines
+            if l.startswith(("Uid", "Groups"))}
+    return keep  # (/proc/PID/root of another uid needs CAP_SYS_PTRACE: checked on the host)
+procs = h.procs()
+print(json.dumps({"run_as": [run_as.user, run_as.group, run_as.chroot],
+                  "master": status(procs.master_pid),
+                  "workers": [status(p) for p in procs.current_pids]}))
+"""  # HAProxy ends with the container (its PID 1, this script, exits)
+
+
+def test_haproxy_in_the_image_never_holds_the_docker_group(image: str) -> None:
+    gid = str(os.stat(SOCKET).st_gid)
+    # The default user with the socket's group: refused to start HAProxy at all.
+    refused = _docker_run("-v", f"{SOCKET}:{SOCKET}", "--group-add", gid, "--entrypoint",
+                          "python", image, "-c", HAPROXY_PROBE)
+    assert refused.returncode != 0
+    assert f"holds group {gid}" in refused.stderr, refused.stderr
+    # As root (the documented way to run watch/apply): the workers run as haproxy, in
+    # the chroot, with no group at all; port 80 is bound by the root master.
+    ok = _docker_run("--user", "root", "-v", f"{SOCKET}:{SOCKET}", "--entrypoint", "python",
+                     image, "-c", HAPROXY_PROBE)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    found = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert found["run_as"][:2] == ["haproxy", "haproxy"], found
+    assert found["master"]["Uid"][0] == "0", found  # binds ports, owns the sockets
+    assert found["workers"], found
+    for worker in found["workers"]:
+        assert worker["Uid"][0] != "0" and worker["Groups"] == [], worker

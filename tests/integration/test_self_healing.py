@@ -143,7 +143,10 @@ def test_watch_repairs_within_a_drift_interval(dep: Deployment,
     drift = 2.0
     w = Watch(dep, drift=drift)
     try:
-        wait_for(lambda: "reconcile_outcome_mismatches 0.0" in w.metrics(), timeout=60,
+        # The gauge reads 0.0 from the start: the pass counter says the first pass ended
+        # (else a fault inflicted meanwhile races with that pass).
+        wait_for(lambda: 'reconcile_passes_total{outcome="ok"} 1.0' in w.metrics()
+                 and "reconcile_outcome_mismatches 0.0" in w.metrics(), timeout=60,
                  what="the watcher's first pass")
         for n, fault in enumerate(["stop-all", "rm-all", "port-taken"], 1):
             imposters = inflict(fault, dep)

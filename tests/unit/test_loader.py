@@ -44,3 +44,37 @@ def test_alias_bomb_is_refused_quickly() -> None:
 def test_unclosed_quote_points_where_it_opens() -> None:
     _, (problem,) = load_yaml("f.yaml", 'a: 1\nb: "open\nc: 2\n')
     assert problem.line == 2 and "quoted scalar" in problem.message
+
+
+def test_deep_nesting_is_a_problem_with_its_line_not_a_recursion_error() -> None:
+    from reconciler.loader import MAX_DEPTH
+
+    for text in ("a: " + "[" * 1000 + "]" * 1000 + "\n",
+                 "a: " + "{b: " * 1000 + "1" + "}" * 1000 + "\n",
+                 "".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "v\n"):
+        docs, problems = load_yaml("services/deep.yaml", text)
+        assert docs == [] and len(problems) == 1, problems
+        assert str(problems[0]).startswith("services/deep.yaml:"), problems
+        assert f"nested more than {MAX_DEPTH} levels deep" in str(problems[0])
+    # As deep as allowed: loads.
+    ok = "a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n"
+    docs, problems = load_yaml("ok.yaml", ok)
+    assert problems == [] and len(docs) == 1
+
+
+def test_an_alias_inside_itself_is_refused() -> None:
+    docs, problems = load_yaml("loop.yaml", "a: &a [*a]\n")
+    assert docs == [] and "nested more than" in str(problems[0]), problems
+
+
+def test_a_huge_manifest_file_is_refused_before_parsing() -> None:
+    import pytest
+
+    from reconciler.errors import ManifestError
+    from reconciler.loader import MAX_FILE_BYTES
+    from reconciler.manifests import load_manifests
+
+    with pytest.raises(ManifestError) as info:
+        load_manifests([("services/big.yaml", b"# " + b"x" * MAX_FILE_BYTES + b"\n")])
+    assert any(p.file == "services/big.yaml" and "bytes, more than" in p.message
+               for p in info.value.problems), info.value.problems
