@@ -286,6 +286,10 @@ class ServerStats:
     hrsp_other: int = 0
     eresp: int = 0
     econ: int = 0
+    # retries and redispatches: a client may still get a 200 while its first attempt
+    # failed (a server closed or gone under it); HAProxy counts it here only
+    wretr: int = 0
+    wredis: int = 0
     rtime_ms: int = 0
     ttime_ms: int = 0
     check_status: str = ""  # e.g. L7OK, L4CON, INI; "" when the server has no check

@@ -120,13 +120,17 @@ def plan(
     # A server HAProxy's own checks hold DOWN counts as an unhealthy container (an HTTP
     # health check has no Docker health status to say so).
     down = {s.server for lb in observed.haproxy for s in lb.stats if s.status.startswith("DOWN")}
-    desired_hosts = {h.name for h in desired.hosts}
+    # A host that is no app host any more (gone from the inventory, or left with the
+    # lb role only) keeps none of the environment's containers.
+    app_hosts = {h.name for h in desired.hosts if "app" in h.roles}
     for obs_host in observed.hosts:
-        if obs_host.name in desired_hosts or obs_host.name in frozen:
+        if obs_host.name in app_hosts or obs_host.name in frozen:
             continue
         why = f"host {obs_host.name} is no longer used by environment {env}"
         for c in sorted(obs_host.containers, key=lambda c: c.name):
-            if c.label(identity.ENVIRONMENT) == env:
+            # a held service stays exactly as it runs, here too: its servers are left in
+            # HAProxy (its backend gets no action), so its containers must stay as well
+            if c.label(identity.ENVIRONMENT) == env and c.label(identity.SERVICE) not in held:
                 _retire(ph, obs_host.name, c.label(identity.SERVICE), c, why, None)
     for host in desired.hosts:
         if "app" not in host.roles or host.name in frozen:

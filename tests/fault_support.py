@@ -41,17 +41,28 @@ class Traffic:
     results: list[tuple[int, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    died: str | None = None  # what ended the thread early, if anything did
+    alive_at_end: bool = False  # the thread was still sending when the block ended
+    ended_at: float = 0.0
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as resp:
-                    self.results.append((resp.status, resp.read().decode().split(" ")[0]))
-            except urllib.error.HTTPError as exc:
-                self.results.append((exc.code, exc.read().decode()[:80]))
-            except (urllib.error.URLError, OSError) as exc:
-                self.results.append((0, str(exc)[:80]))
-            self._stop.wait(0.02)  # pacing of the load generator, not a wait for state
+        try:
+            while not self._stop.is_set():
+                try:
+                    with urllib.request.urlopen(self.url, timeout=5) as resp:
+                        self.results.append((resp.status, resp.read().decode().split(" ")[0]))
+                except urllib.error.HTTPError as exc:
+                    self.results.append((exc.code, exc.read().decode()[:80]))
+                except Exception as exc:  # every failure counts, none ends the thread
+                    # URLError, OSError, but also http.client.IncompleteRead,
+                    # BadStatusLine, RemoteDisconnected, a decode error...
+                    self.results.append((0, f"{type(exc).__name__}: {exc}"[:120]))
+                self._stop.wait(0.02)  # pacing of the load generator, not a wait for state
+        except BaseException as exc:  # the thread must not die unseen
+            self.died = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.ended_at = time.monotonic()
 
     def __enter__(self) -> Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -61,7 +72,11 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         deadline = time.monotonic() + 10
         while len(self.results) < self.minimum and time.monotonic() < deadline:
+            if self._thread is not None and not self._thread.is_alive():
+                break
             time.sleep(0.02)
+        # the thread must have lived up to the end of the block
+        self.alive_at_end = self._thread is not None and self._thread.is_alive()
         self._stop.set()
         if self._thread:
             self._thread.join(10)
@@ -75,6 +90,8 @@ class Traffic:
         return Counter(body for status, body in self.results if status == 200)
 
     def assert_served(self) -> None:
+        assert self.died is None, f"the traffic thread died: {self.died}"
+        assert self.alive_at_end, "the traffic thread ended before the block did"
         assert len(self.results) >= self.minimum, f"only {len(self.results)} requests were made"
         assert not self.failures, (
             f"{len(self.failures)} of {len(self.results)} requests through HAProxy failed: "

@@ -190,8 +190,13 @@ class Fleet:
         return HAProxy(HAProxyPaths.embedded(Path(self.lb.state_dir), self.env))
 
     def haproxy_config(self) -> str:
+        """The LB host's installed haproxy.cfg; fails when none is installed (so that
+        ``"h3." not in fleet.haproxy_config()`` cannot pass on a missing file)."""
         path = Path(self.lb.state_dir) / self.env / "haproxy" / "haproxy.cfg"
-        return path.read_text() if path.exists() else ""
+        assert path.is_file(), f"no HAProxy config installed on the LB host: {path}"
+        text = path.read_text()
+        assert "backend " in text, f"{path} has no backend:\n{text}"
+        return text
 
     def cleanup(self) -> None:
         """Stop the LB host's HAProxy (same PID namespace as ours) and the containers."""

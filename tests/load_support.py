@@ -17,10 +17,12 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 _TOTAL = re.compile(r"^\s*Total:\s+([\d.]+) secs", re.M)
 _SLOWEST = re.compile(r"^\s*Slowest:\s+([\d.]+) secs", re.M)
@@ -186,3 +188,106 @@ class HeyLoad:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+
+
+# --------------------------------------------------------------------------- HAProxy's own view
+
+# What HAProxy hides from clients: a request whose first server failed (connection refused,
+# closed without an answer) is retried (``retries 3``, ``retry-on conn-failure
+# empty-response``) and redispatched (``option redispatch``) to another server, so the
+# client still gets a 200. Only these counters show it.
+HIDDEN_FAILURES = ("wretr", "wredis", "econ", "eresp")
+
+
+class HAProxyCounters:
+    """Polls ``show stat`` of every HAProxy worker, current and old (through the master
+    CLI, ``@!PID show stat``), in a thread, so that a reload (a new worker counts from 0;
+    the old one goes on serving its connections for a while) loses nothing: the count
+    of a server is the sum over workers of (last value seen - value when first seen, or
+    0 for a worker born after the start). A worker that exits between two polls loses
+    at most one poll interval of counts."""
+
+    def __init__(self, haproxy: Any, interval_s: float = 0.05) -> None:
+        self.haproxy = haproxy
+        self.interval_s = interval_s
+        self.base: dict[tuple[int, str, str], dict[str, int]] = {}
+        self.last: dict[tuple[int, str, str], dict[str, int]] = {}
+        self.lock = threading.Lock()
+        self.errors: list[str] = []
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+
+    def poll(self) -> None:
+        from reconciler.haproxy.runtime import parse_stat_csv
+
+        try:
+            procs = self.haproxy.procs()
+        except Exception as exc:  # the master re-executes itself on a reload
+            self.errors.append(f"show proc: {exc}")
+            return
+        for pid in (*procs.current_pids, *procs.old_pids):
+            try:
+                stats = parse_stat_csv(self.haproxy.master.command(f"@!{pid} show stat"))
+            except Exception as exc:  # an old worker may leave between the two commands
+                self.errors.append(f"@!{pid} show stat: {exc}")
+                continue
+            with self.lock:
+                for s in stats:
+                    key = (pid, s.backend, s.server)
+                    values = {name: int(getattr(s, name)) for name in HIDDEN_FAILURES}
+                    if key not in self.base:
+                        # a worker seen at the start counts from its values then; one born
+                        # later (a reload) or a server added later counts from 0
+                        self.base[key] = values if not self._started else dict.fromkeys(
+                            HIDDEN_FAILURES, 0)
+                    self.last[key] = values
+        self.polls += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def __enter__(self) -> HAProxyCounters:
+        self.poll()
+        assert self.polls == 1, f"cannot read HAProxy's counters: {self.errors}"
+        self._started = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.poll()
+
+    def totals(self, backend: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
+        """(backend, server) -> counter -> count since the start, over every worker."""
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        with self.lock:
+            for (pid, be, srv), values in self.last.items():
+                if backend is not None and be != backend:
+                    continue
+                acc = out.setdefault((be, srv), dict.fromkeys(HIDDEN_FAILURES, 0))
+                base = self.base[(pid, be, srv)]
+                for name in HIDDEN_FAILURES:
+                    # a counter below its base: that worker's server was deleted and
+                    # added again under the same name; count from 0
+                    acc[name] += values[name] - base[name] if values[name] >= base[name] \
+                        else values[name]
+        return out
+
+    @staticmethod
+    def nonzero(totals: dict[tuple[str, str], dict[str, int]]) -> dict[str, dict[str, int]]:
+        return {f"{be}/{srv}": {k: v for k, v in c.items() if v}
+                for (be, srv), c in sorted(totals.items()) if any(c.values())}
+
+    @staticmethod
+    def minus(after: dict[tuple[str, str], dict[str, int]],
+              before: dict[tuple[str, str], dict[str, int]]
+              ) -> dict[tuple[str, str], dict[str, int]]:
+        zero = dict.fromkeys(HIDDEN_FAILURES, 0)
+        return {key: {k: v - before.get(key, zero)[k] for k, v in c.items()}
+                for key, c in after.items()}

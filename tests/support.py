@@ -190,6 +190,10 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
             )
             assert all(x.name != name for x in h.containers), f"duplicate container {name}"
             hosts[a.host] = replace(h, containers=(*h.containers, c))
+            # a new container under a known name: HAProxy's checks of it start afresh
+            srv = identity.server_name(a.host, name)
+            for k, lb in lbs.items():
+                lbs[k] = replace(lb, stats=tuple(st for st in lb.stats if st.server != srv))
         elif isinstance(a, AddServer):
             name = renamed.get(a.container, a.container)
             c = next(c for c in host(a.app_host).containers if c.name == name)
@@ -228,7 +232,9 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
                 if (s.backend, s.server) == (a.backend, a.server) else s
                 for s in lb.servers
             )
-            lbs[a.host] = replace(lb, servers=servers)
+            # HAProxy's check of the new address starts afresh (the executor waits for UP)
+            stats = tuple(st for st in lb.stats if (st.backend, st.server) != (a.backend, a.server))
+            lbs[a.host] = replace(lb, servers=servers, stats=stats)
         elif isinstance(a, ConfigureHAProxy):
             # Like the executor: the config says what HAProxy has (no address changes:
             # only AddServer and RepointServer place a server).

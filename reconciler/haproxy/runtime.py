@@ -192,6 +192,8 @@ def parse_stat_csv(text: str) -> tuple[ServerStats, ...]:
                 hrsp_other=num("hrsp_other"),
                 eresp=num("eresp"),
                 econ=num("econ"),
+                wretr=num("wretr"),
+                wredis=num("wredis"),
                 rtime_ms=num("rtime"),
                 ttime_ms=num("ttime"),
                 check_status=row.get("check_status", "").lstrip("* "),

@@ -7,6 +7,7 @@ previous one left), which keeps the suite fast: one HAProxy, a handful of contai
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import ssl
 import subprocess
@@ -35,14 +36,26 @@ def test_first_deploy(dep: Deployment) -> None:
     kinds = {a["kind"] for a in first["actions"]}
     assert kinds == {"start-container", "add-server", "configure-haproxy"}
     assert dep.revisions("web") == ["v1"] and dep.revisions("api") == ["v1"]
-    assert dep.get("/") == (200, dep.get("/")[1])
-    assert "revision=v1 greeting=hello from web" in dep.get("/")[1]
+    status, body = dep.get("/")
+    assert status == 200, (status, body)
+    assert "revision=v1 greeting=hello from web" in body
     assert "greeting=hello from api" in dep.get("/api/users")[1]
     # the secret reached the container, and no output shows it
     api = dep.containers("api")[0]
     assert "DB_PASSWORD=not-a-real-password" in api.attrs["Config"]["Env"]
-    _, history = dep.cli("history", "-n", "5")
-    assert "not-a-real-password" not in history
+    code, history = dep.cli("history", "-n", "5", repo=False)
+    assert code == 0 and " ok " in history, history
+    code, runs = dep.cli("history", "-n", "5", "-o", "json", repo=False)
+    assert code == 0, runs
+    applied = [r["id"] for r in json.loads(runs) if r["status"] == "ok"]
+    assert applied, runs
+    outputs = [history, runs]
+    for fmt in ("text", "json"):
+        code, steps = dep.cli("history", "--run", str(applied[-1]), "-o", fmt, repo=False)
+        assert code == 0 and "api-v1" in steps, steps
+        outputs.append(steps)
+    for out in outputs:
+        assert "not-a-real-password" not in out
 
 
 def test_new_release(dep: Deployment) -> None:

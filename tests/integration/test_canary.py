@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 from deploy_support import Deployment, wait_for
-from load_support import HeyLoad
+from load_support import HAProxyCounters, HeyLoad
 from repo_support import edit
 from watch_support import Watch
 
@@ -85,11 +85,14 @@ def drive(dep: Deployment, until: set[str], timeout: float = 90) -> tuple[dict[s
 
 def test_bad_canary_is_aborted_and_the_baseline_takes_all_traffic(dep: Deployment) -> None:
     dep.edit(WEB, RELEASES, canary_releases("v2", "5"), message="canary v2, 5% errors")
-    with HeyLoad(dep.url(), concurrency=5, qps=40, max_duration_s=120) as load:
+    with HAProxyCounters(dep.haproxy) as counters, \
+            HeyLoad(dep.url(), concurrency=5, qps=40, max_duration_s=120) as load:
         status, _ = drive(dep, {"aborted", "promoted"})
         report = load.stop()
     print(report.summary())
     print(json.dumps(status, indent=1))
+    # what clients cannot see: no retry, redispatch, connection or response error
+    assert not HAProxyCounters.nonzero(counters.totals()), counters.totals()
     assert status["status"] == "aborted", status
     assert status["advice"] == "aborted: revert the commit or push a new revision"
     sides = status["sides"]
@@ -108,12 +111,14 @@ def test_bad_canary_is_aborted_and_the_baseline_takes_all_traffic(dep: Deploymen
 
 def test_good_canary_is_promoted_through_every_step(dep: Deployment) -> None:
     dep.edit(WEB, canary_releases("v2", "5"), canary_releases("v3", "0"), message="canary v3")
-    with HeyLoad(dep.url(), concurrency=5, qps=40, max_duration_s=120) as load:
+    with HAProxyCounters(dep.haproxy) as counters, \
+            HeyLoad(dep.url(), concurrency=5, qps=40, max_duration_s=120) as load:
         status, outputs = drive(dep, {"aborted", "promoted"})
         report = load.stop()
     print(report.summary())
     assert status["status"] == "promoted", status
     assert report.failed == 0 and report.non_2xx == 0, report.summary()
+    assert not HAProxyCounters.nonzero(counters.totals()), counters.totals()
     # The canary's server went 0 -> 20 -> 50 -> 100, the baseline's 100 -> 80 -> 50 -> 0.
     moves = re.findall(r"\] ok +\S+: set weight of be_web/\S+-web-v3-\S+ (\d+) -> (\d+)", outputs)
     assert [int(new) for _, new in moves] == [20, 50, 100], moves

@@ -132,7 +132,14 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
     assert run["status"] == "failed" and "web failed" in run["summary"], run
     r = CliRunner().invoke(main, ["history", "--run", str(run["id"]),
                                   "--state-dir", str(dep.state)])
+    assert r.exit_code == 0, r.output
     recorded = r.output  # the steps of the failed run, and why it failed
+    # (the start step itself reads "ok": its health gate runs after the step was
+    # recorded; the failure is the service's, below, and every later step is skipped)
+    assert re.search(r"skipped\s+local\s+add server \S+-web-v2-", recorded), recorded
+    assert re.search(r"skipped\s+local\s+remove server \S+-web-v1-", recorded), recorded
+    assert "failed: web: host local: container" in recorded, recorded
+    assert "is not healthy" in recorded and "fail_health=1" in recorded, recorded
     _, text = dep.cli("status")
     assert "held: host local: container" in text.lower() and "is not healthy" in text, text
     r = CliRunner().invoke(main, ["history", "--env", dep.env, "--state-dir", str(dep.state)])
@@ -140,11 +147,13 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
 
     # the same commit is not retried: web is held, no container is created
     t1 = time.time()
-    _, out = dep.cli("apply", "--health-timeout", "1")  # exit status: see the report
+    code, out = dep.cli("apply", "--health-timeout", "1")
+    assert code == 0, out  # operations.md: a pass that only holds exits 0
     assert "service web held" in out, out
     assert "start container" not in out, out
     assert container_creates(docker_client, dep.env, t1) == []
     code, plan = dep.plan()
+    assert code == 0, plan  # nothing to change: held services stay as they run
     assert plan["actions"] == [] and any("service web held" in n for n in plan["notes"]), plan
     assert dep.revisions("web") == ["v1"]
 

@@ -242,6 +242,10 @@ def test_master_reload_changes_counter_and_worker(haproxy: HAProxy) -> None:
     assert len(after.current_pids) == 1
     assert set(after.current_pids).isdisjoint(before.current_pids)
     # the new worker took over the admin socket; the runtime weight was not in the config
-    observed = wait_for("the new worker to answer", lambda: haproxy.observe() or None)
-    assert observed.running
+    def new_worker() -> ObservedHAProxy | None:
+        observed = haproxy.observe()
+        return observed if observed.running and observed.worker_pid in after.current_pids \
+            else None
+
+    observed = wait_for("the new worker to answer on the admin socket", new_worker)
     assert observed.servers[0].weight == 10

@@ -21,9 +21,8 @@ from pathlib import Path
 import docker
 import pytest
 from deploy_support import Deployment, free_port, wait_for
+from fault_support import assert_servers_point_at_containers
 from watch_support import Watch
-
-from reconciler import identity
 
 
 def runs_of(dep: Deployment, sha: str) -> list[str]:
@@ -112,11 +111,10 @@ def test_watch_follows_the_branch_repairs_drift_and_stops_cleanly(
     assert code == 0
     events = [e.get("event") for e in w.logs()]
     assert "start" in events and "stop" in events and "pass" in events
-    # after the stop, HAProxy points only at running containers
-    running = {identity.server_name("local", c.name) for c in dep.containers()
-               if c.status == "running"}
-    up = [s for s in dep.haproxy.server_stats() if s.status.startswith("UP")]
-    assert up and all(s.server in running for s in up)
+    # after the stop, HAProxy points only at running containers: every server, in any
+    # state (a DOWN one left on a removed container included), runtime and config file
+    assert any(s.status.startswith("UP") for s in dep.haproxy.server_stats())
+    assert_servers_point_at_containers(dep, docker_client)
 
 
 def test_detect_only_reports_drift_and_changes_nothing(

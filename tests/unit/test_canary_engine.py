@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from support import converge, desired, spec
+from support import converge, desired, simulate, spec
 
 from reconciler.canary.engine import CanaryState, evaluate, overlay, undecided
 from reconciler.haproxy.runtime import info_pid
@@ -18,6 +18,7 @@ from reconciler.model import (
     Service,
 )
 from reconciler.plan import plan
+from reconciler.verify import verify
 
 POLICY = CanaryPolicy(
     steps=(CanaryStep(20, 1000, 10), CanaryStep(100, 1000, 10)), confidence=0.99
@@ -67,8 +68,16 @@ def test_starts_once_deployed_then_moves_by_steps_and_is_promoted() -> None:
     assert states["web"].status == "promoted"
     assert weights(overlay(d, states)) == {"v1": 0, "v2": 100}
     # The planner moves weights only: no container is started or removed.
-    p = plan(overlay(d, states), world)
+    promoted = overlay(d, states)
+    p = plan(promoted, world)
+    assert p.actions, "promotion moved no weight"
     assert {a.kind for a in p.actions} <= {"set-weight", "configure-haproxy"}
+    assert any(a.kind == "set-weight" for a in p.actions)
+    after = simulate(p, world, promoted)
+    assert verify(promoted, after) == ()
+    served = {s.server.split("-web-")[1].split("-")[0]: s.weight
+              for s in after.haproxy[0].servers if s.backend == "be_web"}
+    assert served == {"v1": 0, "v2": 100}, served
 
 
 def test_bad_canary_is_aborted_and_traffic_returns_to_the_declared_weights() -> None:

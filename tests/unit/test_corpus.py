@@ -4,13 +4,13 @@ Each case folder is a small complete manifests repository (the sample repository
 thing broken; ``many-errors`` has several independent errors) and a file ``expected.txt``
 with one line per problem that ``reconcile validate --worktree`` must report::
 
-    FILE:LINE: FIELD: SUBSTRING
+    FILE:LINE:COLUMN: FIELD: MESSAGE
 
-FIELD is the field path as printed (``(document)`` for a whole document) and SUBSTRING a
-distinctive piece of the message, with the bad value where there is one. Other lines
-starting with ``#`` are comments. The check is exact both ways: exit status 1, every
-expected line matched by a reported problem and every reported problem by an expected
-line, one to one. No raw control character (anything ``str.isprintable`` refuses, apart
+FIELD is the field path as printed (``(document)`` for a whole document) and MESSAGE the
+whole message, with the bad value where there is one. Other lines starting with ``#``
+are comments. The check is exact both ways: exit status 1, every expected line equal to
+a reported problem (file, line, column, field and message) and every reported problem
+equal to an expected line, one to one. No raw control character (anything ``str.isprintable`` refuses, apart
 from the line breaks between problems) may appear in the output: values, keys and file
 names are shown escaped.
 
@@ -36,6 +36,7 @@ from hostile_support import (
     hostile,
     template,
 )
+from repo_support import commit, git, scratch_repo
 
 from reconciler.cli import main
 from reconciler.errors import ManifestError
@@ -45,22 +46,24 @@ CORPUS = ROOT / "tests" / "corpus"
 SAMPLE = ROOT / "sample-repo"
 CASES = sorted(p for p in CORPUS.iterdir() if p.is_dir())
 
-_REPORTED = re.compile(r"^error: (?P<file>[^:]+):(?P<line>\d+):\d+: (?P<field>.*?): (?P<msg>.*)$")
-_EXPECTED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<field>.*?): (?P<msg>.+)$")
+_REPORTED = re.compile(
+    r"^error: (?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<field>.*?): (?P<msg>.*)$")
+_EXPECTED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<field>.*?): (?P<msg>.+)$")
 _COUNT = re.compile(r"^(\d+) problem\(s\) found; nothing was changed\.$")
 
 
 @dataclass(frozen=True)
 class Line:
-    """A reported problem, or an expected one (then ``msg`` is a substring)."""
+    """A reported problem, or an expected one."""
 
     file: str
     line: int
+    col: int
     field: str
     msg: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.msg}"
+        return f"{self.file}:{self.line}:{self.col}: {self.field}: {self.msg}"
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,8 @@ def read_expected(case: Path) -> Expectation:
         if not raw.strip() or raw.startswith("#"):
             continue
         m = _EXPECTED.match(raw)
-        assert m, f"{path}:{n}: not FILE:LINE: FIELD: SUBSTRING: {raw!r}"
-        lines.append(Line(m["file"], int(m["line"]), m["field"], m["msg"]))
+        assert m, f"{path}:{n}: not FILE:LINE:COLUMN: FIELD: MESSAGE: {raw!r}"
+        lines.append(Line(m["file"], int(m["line"]), int(m["col"]), m["field"], m["msg"]))
     assert lines, f"{path}: no expected problem"
     return Expectation(tuple(lines))
 
@@ -119,19 +122,16 @@ def parse_reported(stderr: str) -> tuple[list[Line], list[str]]:
         if m is None:
             malformed.append(f"not an 'error: FILE:LINE:COL: FIELD: MESSAGE' line: {raw!r}")
         else:
-            reported.append(Line(m["file"], int(m["line"]), m["field"], m["msg"]))
+            reported.append(
+                Line(m["file"], int(m["line"]), int(m["col"]), m["field"], m["msg"]))
     if count is not None and int(count[1]) != len(reported):
         malformed.append(f"count line says {count[1]}, {len(reported)} problem(s) listed")
     return reported, malformed
 
 
 def matches(expected: Line, reported: Line) -> bool:
-    same_place = (expected.file, expected.line, expected.field) == (
-        reported.file,
-        reported.line,
-        reported.field,
-    )
-    return same_place and expected.msg in reported.msg
+    """Exact: same file, line, column, field and whole message."""
+    return expected == reported
 
 
 def pair(expected: list[Line], reported: list[Line]) -> tuple[list[Line], list[Line]]:
@@ -223,6 +223,44 @@ def test_validate_changes_nothing() -> None:
     for case in CASES:
         outcome_of(case)  # already run (and cached) when test_case ran first
     assert _snapshot(CORPUS) == CORPUS_BEFORE
+
+
+def _git_state(repo: Path) -> dict[str, object]:
+    """What a reader of a repository could change: every file of the work tree and of
+    .git except the index (whose stat cache git itself may refresh), the refs, HEAD,
+    the status and the stash."""
+    return {
+        "files": {k: v for k, v in _snapshot(repo).items() if k != ".git/index"},
+        "refs": git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
+        "head": git(repo, "rev-parse", "HEAD"),
+        "status": git(repo, "status", "--porcelain", "--untracked-files=all"),
+        "stash": git(repo, "stash", "list"),
+        "ls": git(repo, "ls-files", "--stage"),
+    }
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["valid", "many-errors"])
+def test_validate_of_a_git_repository_changes_nothing(tmp_path: Path, broken: bool) -> None:
+    """``validate --repo`` (from the commit) and ``validate --worktree`` leave a git
+    repository exactly as it was: work tree, refs, HEAD, index entries, status; with an
+    uncommitted edit and an untracked file lying around too."""
+    repo = scratch_repo(tmp_path)
+    if broken:
+        for f in (CORPUS / "many-errors").rglob("*.yaml"):
+            target = repo / f.relative_to(CORPUS / "many-errors")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.read_bytes())
+        commit(repo, "broken")
+    (repo / "services" / "web.yaml").write_text(
+        (repo / "services" / "web.yaml").read_text() + "\n# uncommitted\n")
+    (repo / "untracked.yaml").write_text("kind: Nothing\n")
+    before = _git_state(repo)
+    for args in (["--repo", str(repo)], ["--worktree", "--repo", str(repo)]):
+        outcome = validate(*args)
+        assert outcome.crash is None, outcome.crash
+        want = 1 if broken or "--worktree" in args else 0  # the untracked file is bad
+        assert outcome.code == want, (args, outcome.stdout, outcome.stderr)
+        assert _git_state(repo) == before, args
 
 
 # --------------------------------------------------------------------------- hostile input

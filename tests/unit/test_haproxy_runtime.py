@@ -100,7 +100,8 @@ STATS_BEFORE_RELOAD = (
     stats("web", "web4", "UP", 0, 15, hrsp_2xx=13, hrsp_4xx=2, **TIMES, check_status="L4OK"),
     stats("api", "api1", "UP", 50, 114, hrsp_4xx=114, **TIMES, check_status="L7OK"),
     stats("api", "api2", "MAINT", 30, 3, hrsp_4xx=3, **TIMES),
-    stats("api", "api3", "no check", 1, 8, econ=2),  # closed port: 2 x 503 after retries
+    # closed port: 2 x 503 after 3 retries each
+    stats("api", "api3", "no check", 1, 8, econ=2, wretr=6),
     stats("api", "api4", "MAINT", 7, 0),
 )
 STATS_AFTER_RELOAD = tuple(  # counters reset by the reload
