@@ -25,7 +25,7 @@ import docker
 import pytest
 from deploy_support import Deployment, wait_for
 from fault_support import assert_servers_point_at_containers
-from repo_support import commit, git
+from repo_support import git
 from test_watch import Watch, serving
 
 from reconciler import identity
