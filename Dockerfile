@@ -101,7 +101,7 @@ RUN /opt/reconciler/bin/pip install -q --no-index --find-links /tmp/wheels /src 
     && reconcile --version
 
 # No safe.directory '*': a mounted repository owned by another uid is read through the
-# reconciler's own mirror (reconciler/mirror.py), never trusted as a whole.
+# reconciler's own mirror (reconciler/desired/mirror.py), never trusted as a whole.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/reconciler \
         --shell /usr/sbin/nologin reconciler \
     && install -d -o reconciler -g reconciler -m 0750 /var/lib/reconciler

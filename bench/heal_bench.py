@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, remove_containers, run_cmd
 
-from reconciler.haproxy.control import HAProxy
-from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
 
 ROOT = Path(__file__).resolve().parent.parent
 RECONCILE = [sys.executable, "-m", "reconciler"]

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler.output import plan_json
-from reconciler.plan import Plan
+from reconciler.plan.planner import Plan
+from reconciler.present.output import plan_json
 from reconciler.store import Retention, Store
 
 SUMMARY = "0/0 steps ok"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support import converge, desired, service, with_images
 
-from reconciler.plan import plan
+from reconciler.plan.planner import plan
 
 
 def state(n: int, canary_every: int = 0):  # type: ignore[no-untyped-def]

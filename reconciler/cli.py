@@ -22,13 +22,13 @@ from reconciler import __version__
 from reconciler.errors import ReconcilerError, printable
 
 if TYPE_CHECKING:
-    from reconciler.apply import ApplyResult, StepResult
-    from reconciler.haproxy.paths import HAProxyPaths
-    from reconciler.manifests import Manifests
+    from reconciler.apply.executor import ApplyResult, StepResult
+    from reconciler.desired.manifests import Manifests
+    from reconciler.desired.policy import Policy
+    from reconciler.desired.source import RepoSpec, Snapshot
+    from reconciler.lb.haproxy.paths import HAProxyPaths
     from reconciler.model import DesiredState
-    from reconciler.plan import Plan
-    from reconciler.policy import Policy
-    from reconciler.source import RepoSpec, Snapshot
+    from reconciler.plan.planner import Plan
     from reconciler.store import Retention
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,8 +58,8 @@ class Source:
     policy: Path | None = None
 
     def load_policy(self, state_dir: Path | None) -> Policy:
-        """The operator's policy (``reconciler.policy.load``), denying ``state_dir``."""
-        from reconciler import policy
+        """The operator's policy (``reconciler.desired.policy.load``), denying ``state_dir``."""
+        from reconciler.desired import policy
 
         return policy.load(self.policy, state_dir)
 
@@ -170,8 +170,8 @@ class Loaded:
 
 
 def _load(src: Source) -> Loaded:
-    from reconciler.manifests import load_manifests
-    from reconciler.source import (
+    from reconciler.desired.manifests import load_manifests
+    from reconciler.desired.source import (
         RepoSpec,
         open_repo,
         read_commit,
@@ -210,7 +210,7 @@ def _desired(
     from dataclasses import replace
 
     from reconciler import instance as inst
-    from reconciler.manifests import resolve
+    from reconciler.desired.manifests import resolve
 
     policy = src.load_policy(state_dir)
     loaded = _load(src)
@@ -246,9 +246,9 @@ def _run_plan(
 ) -> None:
     try:
         from reconciler.observe.live import observe
-        from reconciler.output import plan_json, plan_text
-        from reconciler.plan import plan
-        from reconciler.run import retired_hosts, with_canaries
+        from reconciler.plan.planner import plan
+        from reconciler.present.output import plan_json, plan_text
+        from reconciler.session import retired_hosts, with_canaries
         from reconciler.store import Store
 
         loaded, desired = _desired(src, state_dir, instance)
@@ -268,7 +268,7 @@ def _run_plan(
 
 def _warn_rollback(loaded: Loaded, environment: str, last: str | None) -> None:
     """Say on stderr when ``apply`` would refuse this commit as a rollback."""
-    from reconciler.lineage import RollbackRefused, check_forward
+    from reconciler.desired.lineage import RollbackRefused, check_forward
 
     try:
         check_forward(loaded.git_dir, environment, last, loaded.snapshot.commit)
@@ -282,7 +282,7 @@ def _check_forward(
     """Refuse (RollbackRefused) a commit that does not descend from the environment's
     last applied commit, unless ``allow_rollback``: then record the operator's decision
     as a run of its own (status ``rollback``) before the pass. Call under the lock."""
-    from reconciler.lineage import RollbackRefused, check_forward
+    from reconciler.desired.lineage import RollbackRefused, check_forward
     from reconciler.store import Store
 
     store = Store(state_dir / "history.sqlite")
@@ -324,12 +324,12 @@ def _run_apply(
     """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise.
     The history is pruned to ``retention`` (default: ``Retention()``) after the pass.
     A commit that does not descend from the environment's last applied commit is
-    refused (exit 1, nothing changed) unless ``allow_rollback`` (``reconciler.lineage``)."""
+    refused (exit 1, nothing changed) unless ``allow_rollback`` (``reconciler.desired.lineage``)."""
     import json
 
     try:
-        from reconciler.output import plan_text
-        from reconciler.run import DEFAULT_RETENTION, apply_pass, target_lock
+        from reconciler.present.output import plan_text
+        from reconciler.session import DEFAULT_RETENTION, apply_pass, target_lock
 
         loaded, desired = _desired(src, state_dir, instance, create=True)
         text = output == "text"
@@ -425,7 +425,7 @@ def haproxy_options(f: Callable[..., Any]) -> Callable[..., Any]:
         haproxy_master_socket: Path | None,
         **kwargs: Any,
     ) -> Any:
-        from reconciler.haproxy.paths import HAProxyPaths
+        from reconciler.lb.haproxy.paths import HAProxyPaths
 
         given = [haproxy_config, haproxy_socket, haproxy_master_socket]
         if any(given) and not all(given):
@@ -679,8 +679,8 @@ def status(
     and per-revision requests, 5xx and response times from HAProxy's counters."""
     try:
         from reconciler.observe.live import observe
-        from reconciler.run import stored_canaries, with_canaries
-        from reconciler.status import status_json, status_text
+        from reconciler.present.status import status_json, status_text
+        from reconciler.session import stored_canaries, with_canaries
         from reconciler.store import Store
 
         loaded, desired = _desired(src, state_dir, instance)
@@ -713,7 +713,7 @@ def history(
     import json
     import time as _time
 
-    from reconciler.status import looks_note
+    from reconciler.present.status import looks_note
     from reconciler.store import Store
 
     if not (state_dir / "history.sqlite").exists():
@@ -808,7 +808,7 @@ def _decide_canary(
 ) -> None:
     """Promote or abort SERVICE's canary by hand, record it, then apply (the weights
     move through the runtime API, as when the analysis decides)."""
-    from reconciler.run import stored_canaries
+    from reconciler.session import stored_canaries
     from reconciler.store import Store
 
     _, desired = _or_fail(lambda: _desired(src, state_dir, instance))
@@ -901,9 +901,9 @@ def haproxy(
       reconcile haproxy reload --env production             # loads renewed certificates
       reconcile haproxy show info --host lb1 --repo . --env production   # an SSH LB host
     """
-    from reconciler.haproxy.console import ask
-    from reconciler.haproxy.control import HAProxy
-    from reconciler.haproxy.paths import HAProxyPaths
+    from reconciler.lb.haproxy.console import ask
+    from reconciler.lb.haproxy.control import HAProxy
+    from reconciler.lb.haproxy.paths import HAProxyPaths
     from reconciler.transport.pool import Connections
 
     conns = Connections()
@@ -955,8 +955,8 @@ def validate(src: Source, worktree: bool) -> None:
     and exits 1 if there are any. Touches no host.
     """
     try:
-        from reconciler.manifests import load_manifests, resolve
-        from reconciler.source import read_directory
+        from reconciler.desired.manifests import load_manifests, resolve
+        from reconciler.desired.source import read_directory
 
         policy = src.load_policy(Path(default_state_dir()))
         if worktree:
@@ -1024,11 +1024,11 @@ def diff(
     pull-request CI with no Docker.
     """
     try:
-        from reconciler.diff import diff_states
-        from reconciler.manifests import load_manifests, resolve
+        from reconciler.desired.diff import diff_states
+        from reconciler.desired.manifests import load_manifests, resolve
+        from reconciler.desired.source import RepoSpec, open_repo, read_commit, resolve_rev
         from reconciler.model import DesiredState
-        from reconciler.output import diff_json, diff_markdown, diff_text
-        from reconciler.source import RepoSpec, open_repo, read_commit, resolve_rev
+        from reconciler.present.output import diff_json, diff_markdown, diff_text
 
         spec = RepoSpec(location=repo, subdir=subdir)
         git_repo, root = open_repo(spec)
@@ -1149,8 +1149,8 @@ def watch(
     import signal
 
     from reconciler import instance as inst
-    from reconciler.metrics import Metrics, serve
-    from reconciler.source import RepoSpec
+    from reconciler.desired.source import RepoSpec
+    from reconciler.present.metrics import Metrics, serve
     from reconciler.watch import JsonFormatter, WatchConfig, Watcher
 
     if require_signed and not (allowed_signers or gpg_home):

@@ -88,7 +88,7 @@ _ADDED_RUN_COLUMNS = {
 
 # The runs of environment :env beyond a Retention (:days, :cutoff, :runs; 0 = no limit),
 # never its newest run, nor its newest run at a commit (the last applied commit, which
-# reconciler.lineage checks new heads against).
+# reconciler.desired.lineage checks new heads against).
 _PRUNED = """
 SELECT id FROM runs
 WHERE environment = :env

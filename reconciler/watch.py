@@ -27,19 +27,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.canary.engine import undecided
+from reconciler.desired.gitsafe import run_git
+from reconciler.desired.lineage import RollbackRefused, check_forward
+from reconciler.desired.manifests import load_manifests, resolve
+from reconciler.desired.mirror import remote_head
+from reconciler.desired.policy import Policy
+from reconciler.desired.source import RepoSpec, Snapshot, find_local, open_repo, read_commit
 from reconciler.errors import ManifestError, ReconcilerError, SourceError
-from reconciler.gitsafe import run_git
-from reconciler.haproxy.paths import HAProxyPaths
-from reconciler.lineage import RollbackRefused, check_forward
-from reconciler.manifests import load_manifests, resolve
-from reconciler.metrics import Metrics
-from reconciler.mirror import remote_head
+from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.model import DesiredState, Instance
 from reconciler.observe.live import observe
-from reconciler.plan import plan
-from reconciler.policy import Policy
-from reconciler.run import apply_pass, stored_canaries, target_lock, with_canaries
-from reconciler.source import RepoSpec, Snapshot, find_local, open_repo, read_commit
+from reconciler.plan.planner import plan
+from reconciler.present.metrics import Metrics
+from reconciler.session import apply_pass, stored_canaries, target_lock, with_canaries
 from reconciler.store import Retention, Store
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class WatchConfig:
     gpg_home: Path | None = None  # GPG signatures: a keyring of the allowed keys
     instance: Instance = field(default_factory=Instance)  # whose containers
     retention: Retention = field(default_factory=Retention)  # of the history database
-    policy: Policy = field(default_factory=Policy)  # the operator's (reconciler.policy)
+    policy: Policy = field(default_factory=Policy)  # the operator's (reconciler.desired.policy)
 
 
 @dataclass
@@ -126,7 +126,7 @@ class Watcher:
     def verify_signature(self, sha: str) -> None:
         """Raise SourceError unless ``sha`` carries a good signature by an allowed key.
 
-        git runs in the reconciler's mirror with ``reconciler.gitsafe``'s settings
+        git runs in the reconciler's mirror with ``reconciler.desired.gitsafe``'s settings
         forced: the system's gpg and ssh-keygen, and only the operator's allowed signers
         file (none: no SSH signature passes). Without ``gpg_home`` an empty keyring is
         used, so no GPG signature passes either: only the keys the operator named count.

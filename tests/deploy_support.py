@@ -20,8 +20,8 @@ from repo_support import commit, edit, scratch_repo
 
 from reconciler import identity, instance
 from reconciler.cli import main
-from reconciler.haproxy.control import HAProxy
-from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
 
 
 def free_port() -> int:

@@ -24,9 +24,9 @@ import docker
 from deploy_support import Deployment
 
 from reconciler import identity, instance
-from reconciler.haproxy.runtime import parse_servers_state
-from reconciler.manifests import load_manifests, resolve
-from reconciler.source import RepoSpec, open_repo, read_commit
+from reconciler.desired.manifests import load_manifests, resolve
+from reconciler.desired.source import RepoSpec, open_repo, read_commit
+from reconciler.lb.haproxy.runtime import parse_servers_state
 
 # --------------------------------------------------------------------------- traffic
 

@@ -18,8 +18,8 @@ from repo_support import commit, git
 
 from reconciler import identity
 from reconciler.cli import main
-from reconciler.haproxy.control import HAProxy
-from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
 
 HEADER = "apiVersion: reconciler/v1\n"
 

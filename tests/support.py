@@ -11,18 +11,7 @@ import hashlib
 from dataclasses import replace
 
 from reconciler import identity
-from reconciler.actions import (
-    AddServer,
-    ConfigureHAProxy,
-    DrainServer,
-    PullImage,
-    RemoveContainer,
-    RemoveServer,
-    RepointServer,
-    SetWeight,
-    StartContainer,
-)
-from reconciler.haproxy.sections import section_digests
+from reconciler.lb.haproxy.sections import section_digests
 from reconciler.model import (
     ContainerSpec,
     DesiredState,
@@ -39,7 +28,18 @@ from reconciler.model import (
     ServerState,
     Service,
 )
-from reconciler.plan import Plan
+from reconciler.plan.actions import (
+    AddServer,
+    ConfigureHAProxy,
+    DrainServer,
+    PullImage,
+    RemoveContainer,
+    RemoveServer,
+    RepointServer,
+    SetWeight,
+    StartContainer,
+)
+from reconciler.plan.planner import Plan
 
 
 def spec(image: str = "app:v1", env: dict[str, str] | None = None, **kw: object) -> ContainerSpec:
@@ -255,7 +255,7 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
 
 def converge(d: DesiredState, obs: ObservedState | None = None) -> ObservedState:
     """The world after applying ``d`` to ``obs`` (empty by default), images present."""
-    from reconciler.plan import plan
+    from reconciler.plan.planner import plan
 
     world = with_images(obs or ObservedState(), d)
     return simulate(plan(d, world), world, d)

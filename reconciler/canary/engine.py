@@ -25,8 +25,8 @@ from typing import Any
 
 from reconciler import identity
 from reconciler.canary.decision import Analysis, Counts, Progress, Step
-from reconciler.canary.logs import LogCursor, parse_events, percentile
 from reconciler.canary.measure import Meter
+from reconciler.lb.haproxy.requestlog import LogCursor, parse_events, percentile
 from reconciler.model import DesiredState, ObservedState, Release, Service
 
 MAX_TIMES = 5000  # response times kept per revision for the percentiles

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reconciler.errors import ObserveError
-from reconciler.haproxy.paths import HAProxyPaths
-from reconciler.haproxy.runtime import observe_haproxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.runtime import observe_haproxy
 from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
 from reconciler.observe.docker import observe_host
 from reconciler.transport.base import HostKeyRefused, TransportError

@@ -135,7 +135,7 @@ def test_installed_package_ships_the_schemas(image: str, tmp_path: Path) -> None
     # A regular folder in the venv, not the source tree's symlink (it would dangle).
     probe = _docker_run(
         "--entrypoint", "python", image, "-c",
-        "import json, reconciler.schema as s; d = s.SCHEMA_DIR; "
+        "import json, reconciler.desired.schema as s; d = s.SCHEMA_DIR; "
         "print(json.dumps([str(d), d.is_symlink(), sorted(p.name for p in d.glob('*.json'))]))")
     assert probe.returncode == 0, probe.stderr
     where, is_link, names = json.loads(probe.stdout)
@@ -204,8 +204,8 @@ def test_image_trusts_no_repository_config(image: str, tmp_path: Path) -> None:
 
 HAPROXY_PROBE = """
 import json, pathlib
-from reconciler.haproxy.control import HAProxy
-from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
 h = HAProxy(HAProxyPaths.embedded(pathlib.Path("/var/lib/reconciler"), "img"))
 run_as = h.run_as()
 h.install("\\n".join([

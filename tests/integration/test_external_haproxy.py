@@ -11,8 +11,8 @@ import docker
 import pytest
 from deploy_support import Deployment, free_port, wait_for
 
-from reconciler.haproxy.control import HAProxy
-from reconciler.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
 
 
 @pytest.fixture

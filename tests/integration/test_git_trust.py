@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from repo_support import git, scratch_repo
 
 from reconciler.cli import main
+from reconciler.desired.source import RepoSpec
 from reconciler.errors import SourceError
-from reconciler.source import RepoSpec
 from reconciler.watch import WatchConfig, Watcher
 
 

@@ -20,7 +20,7 @@ import docker
 import pytest
 from deploy_support import Deployment
 
-from reconciler.haproxy.privileges import chroot_dir
+from reconciler.lb.haproxy.privileges import chroot_dir
 
 
 def free_low_port() -> int:

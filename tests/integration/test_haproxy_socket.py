@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import pytest
 
-from reconciler.haproxy.runtime import (
+from reconciler.lb.haproxy.runtime import (
     MasterProcs,
     RuntimeSocket,
     observe_haproxy,

@@ -12,9 +12,9 @@ from repo_support import commit, edit, scratch_repo
 
 from reconciler import identity, instance
 from reconciler.cli import main
-from reconciler.manifests import load_manifests, resolve
+from reconciler.desired.manifests import load_manifests, resolve
+from reconciler.desired.source import RepoSpec, open_repo, read_commit
 from reconciler.observe.docker import local_client, observe_host
-from reconciler.source import RepoSpec, open_repo, read_commit
 
 
 def start_as_reconciler_would(client: docker.DockerClient, env: str, state, run_id: str,

@@ -1,7 +1,7 @@
 """Bad input in messages and in the files the SSH transport reads.
 
 Escaping (``reconciler.errors.printable``), image references as Docker parses them
-(``reconciler.imageref``), and the SSH key / known_hosts files: an unreadable or
+(``reconciler.desired.imageref``), and the SSH key / known_hosts files: an unreadable or
 unparsable file is one error that quotes nothing from it.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from reconciler import imageref
+from reconciler.desired import imageref
 from reconciler.errors import ManifestError, Problem, ReconcilerError, printable
 from reconciler.model import Host, SshConnection
 from reconciler.transport.base import TransportError

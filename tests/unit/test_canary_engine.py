@@ -7,7 +7,7 @@ from dataclasses import replace
 from support import converge, desired, simulate, spec
 
 from reconciler.canary.engine import CanaryState, evaluate, overlay, undecided
-from reconciler.haproxy.runtime import info_pid
+from reconciler.lb.haproxy.runtime import info_pid
 from reconciler.model import (
     CanaryPolicy,
     CanaryStep,
@@ -17,8 +17,8 @@ from reconciler.model import (
     ServerStats,
     Service,
 )
-from reconciler.plan import plan
-from reconciler.verify import verify
+from reconciler.plan.planner import plan
+from reconciler.plan.verify import verify
 
 POLICY = CanaryPolicy(
     steps=(CanaryStep(20, 1000, 10), CanaryStep(100, 1000, 10)), confidence=0.99

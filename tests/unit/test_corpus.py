@@ -275,7 +275,7 @@ def _loader_memo(monkeypatch: pytest.MonkeyPatch) -> None:
     """Parse and schema-check each unchanged base file once for the whole matrix (both are
     pure functions of the text; the documents are never mutated), so a case costs the
     parse of its one planted file: the matrix runs in seconds."""
-    import reconciler.manifests as manifests
+    import reconciler.desired.manifests as manifests
 
     parsed: dict[tuple[str, str], Any] = {}
     checked: dict[int, Any] = {}
@@ -303,10 +303,10 @@ def _config_shape(text: str) -> list[int]:
 def _rendered(m: Any) -> dict[tuple[str, str], str]:
     """The HAProxy config of every load balancer in every environment, with one server per
     release, host and replica (the renderer is pure; the addresses are the hosts')."""
-    from reconciler.haproxy.paths import HAProxyPaths
-    from reconciler.haproxy.render import RenderServer, render
+    from reconciler.desired.manifests import resolve
     from reconciler.identity import backend_name, container_name, server_name
-    from reconciler.manifests import resolve
+    from reconciler.lb.haproxy.paths import HAProxyPaths
+    from reconciler.lb.haproxy.render import RenderServer, render
 
     out = {}
     for env in m.environment_names():
@@ -324,7 +324,7 @@ def _rendered(m: Any) -> dict[tuple[str, str], str]:
 
 def _env_arrives_verbatim(m: Any, case: Any) -> list[str]:
     """An accepted env value is in the container spec of its service exactly as written."""
-    from reconciler.manifests import resolve
+    from reconciler.desired.manifests import resolve
 
     if case.field.kind != "value" or case.field.path[-2:] != ("env", "{}"):
         return []
@@ -340,7 +340,7 @@ def _env_arrives_verbatim(m: Any, case: Any) -> list[str]:
 
 def _judge(case: Any, base_configs: dict[tuple[str, str], str]) -> list[str]:
     """What is wrong with how the loader treated one planted string (empty: right)."""
-    from reconciler.manifests import load_manifests
+    from reconciler.desired.manifests import load_manifests
 
     files = {**BASE_TEXTS, case.file: case.text}
     try:
@@ -382,7 +382,7 @@ def _cases() -> list[Any]:
 
 
 def test_hostile_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reconciler.manifests import load_manifests
+    from reconciler.desired.manifests import load_manifests
 
     _loader_memo(monkeypatch)
     base = load_manifests([(n, t.encode()) for n, t in BASE_TEXTS.items()])

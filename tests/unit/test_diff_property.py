@@ -25,11 +25,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.diff import NOT_DESIRED, diff_states
+from reconciler.desired.diff import NOT_DESIRED, diff_states
+from reconciler.desired.manifests import load_manifests, resolve
 from reconciler.identity import plain
-from reconciler.manifests import load_manifests, resolve
 from reconciler.model import DesiredState
-from reconciler.output import diff_json, diff_markdown, diff_text
+from reconciler.present.output import diff_json, diff_markdown, diff_text
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 Repo = dict[str, Any]  # file stem -> manifest data

@@ -13,8 +13,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from reconciler.gitsafe import forced, git_env
-from reconciler.haproxy.privileges import PrivilegeError, RunAs, detect
+from reconciler.desired.gitsafe import forced, git_env
+from reconciler.lb.haproxy.privileges import PrivilegeError, RunAs, detect
 from reconciler.transport.base import Completed
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.haproxy.console import command_line, for_master
+from reconciler.lb.haproxy.console import command_line, for_master
 
 
 @pytest.mark.parametrize(("words", "line"), [

@@ -1,4 +1,4 @@
-"""Parsers of reconciler.haproxy.runtime against outputs recorded from HAProxy 2.6.
+"""Parsers of reconciler.lb.haproxy.runtime against outputs recorded from HAProxy 2.6.
 
 The fixtures and the sequence that produced them are described in
 tests/fixtures/haproxy/README.md.
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ObserveError
-from reconciler.haproxy.runtime import (
+from reconciler.lb.haproxy.runtime import (
     MasterProcs,
     RuntimeSocket,
     SocketUnavailable,
@@ -268,9 +268,9 @@ def test_config_servers_are_read_back_from_the_rendered_config() -> None:
 
     from support import converge, desired, service
 
-    from reconciler.haproxy.paths import HAProxyPaths
-    from reconciler.haproxy.render import RenderServer, render
-    from reconciler.haproxy.runtime import parse_config_servers
+    from reconciler.lb.haproxy.paths import HAProxyPaths
+    from reconciler.lb.haproxy.render import RenderServer, render
+    from reconciler.lb.haproxy.runtime import parse_config_servers
 
     d = desired(service("web"), service("api", replicas=1))
     world = converge(d)

@@ -1,4 +1,4 @@
-"""A head must descend from the last applied commit (reconciler.lineage, Store.last_commit)."""
+"""A head must descend from the last applied commit (reconciler.desired.lineage, Store.last_commit)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.lineage import RollbackRefused, check_forward, descends
+from reconciler.desired.lineage import RollbackRefused, check_forward, descends
 from reconciler.store import Retention, Store
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from reconciler.loader import load_yaml
+from reconciler.desired.loader import load_yaml
 
 
 def test_positions_of_values_and_keys() -> None:
@@ -47,7 +47,7 @@ def test_unclosed_quote_points_where_it_opens() -> None:
 
 
 def test_deep_nesting_is_a_problem_with_its_line_not_a_recursion_error() -> None:
-    from reconciler.loader import MAX_DEPTH
+    from reconciler.desired.loader import MAX_DEPTH
 
     for text in ("a: " + "[" * 1000 + "]" * 1000 + "\n",
                  "a: " + "{b: " * 1000 + "1" + "}" * 1000 + "\n",
@@ -70,9 +70,9 @@ def test_an_alias_inside_itself_is_refused() -> None:
 def test_a_huge_manifest_file_is_refused_before_parsing() -> None:
     import pytest
 
+    from reconciler.desired.loader import MAX_FILE_BYTES
+    from reconciler.desired.manifests import load_manifests
     from reconciler.errors import ManifestError
-    from reconciler.loader import MAX_FILE_BYTES
-    from reconciler.manifests import load_manifests
 
     with pytest.raises(ManifestError) as info:
         load_manifests([("services/big.yaml", b"# " + b"x" * MAX_FILE_BYTES + b"\n")])

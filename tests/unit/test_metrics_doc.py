@@ -1,5 +1,5 @@
 """The metrics reference in docs/operations.md and the metrics the code registers
-(``reconciler.metrics.Metrics().registry``) name the same metrics, with the same types
+(``reconciler.present.metrics.Metrics().registry``) name the same metrics, with the same types
 and labels, both ways: neither can change without the other."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from reconciler.metrics import Metrics
+from reconciler.present.metrics import Metrics
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 HEADER = "| metric | type | labels | meaning |"

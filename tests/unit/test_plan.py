@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from support import converge, desired, service, simulate, with_images
 
 from reconciler import identity
-from reconciler.actions import (
+from reconciler.model import Frontend, ObservedContainer, ObservedState
+from reconciler.plan.actions import (
     ConfigureHAProxy,
     DrainServer,
     PullImage,
@@ -19,10 +20,9 @@ from reconciler.actions import (
     SetWeight,
     StartContainer,
 )
-from reconciler.model import Frontend, ObservedContainer, ObservedState
-from reconciler.output import plan_json, plan_text
-from reconciler.plan import plan
-from reconciler.verify import verify
+from reconciler.plan.planner import plan
+from reconciler.plan.verify import verify
+from reconciler.present.output import plan_json, plan_text
 
 
 def kinds(p):  # type: ignore[no-untyped-def]

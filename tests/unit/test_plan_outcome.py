@@ -6,7 +6,7 @@ servers missing, extra, drained, in maintenance or at a wrong weight; a stale co
 file; HAProxy down).
 
 The outcome is checked against the *desired state*, not only against the fixed point of
-the test's own simulator: ``reconciler.verify.verify`` (the pass's own outcome check)
+the test's own simulator: ``reconciler.plan.verify.verify`` (the pass's own outcome check)
 must hold, the containers that run are exactly the desired ones (by the identity
 functions: service, revision, config hash with the image id, replica), a deleted
 service or a retired host keeps none, HAProxy's weights are the desired ones, held
@@ -43,9 +43,9 @@ from reconciler.model import (
     Timeouts,
     Volume,
 )
-from reconciler.output import plan_text
-from reconciler.plan import plan
-from reconciler.verify import verify
+from reconciler.plan.planner import plan
+from reconciler.plan.verify import verify
+from reconciler.present.output import plan_text
 
 HOSTS = ("h1", "h2", "h3")
 NAMES = ("web", "api", "worker", "admin")

@@ -1,4 +1,4 @@
-"""The operator policy (reconciler.policy) and the checks against it (reconciler.trust):
+"""The operator policy (reconciler.desired.policy) and the checks against it (reconciler.desired.trust):
 defaults that keep sample-repo valid, every setting read from a file, bad files reported
 with file:line, bind sources, secret paths and prefixes, SSH trust, scrubbing."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from repo_support import SAMPLE
 
+from reconciler.desired.manifests import load_manifests, manifest_files, resolve
+from reconciler.desired.policy import Policy, PolicyError, load, parse
 from reconciler.errors import ManifestError
-from reconciler.manifests import load_manifests, manifest_files, resolve
-from reconciler.policy import Policy, PolicyError, load, parse
 from reconciler.redact import Redactor
 
 

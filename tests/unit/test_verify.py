@@ -1,4 +1,4 @@
-"""The outcome check (reconciler.verify): each way a world can differ from its promise."""
+"""The outcome check (reconciler.plan.verify): each way a world can differ from its promise."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from support import converge, desired, service
 
 from reconciler.model import Instance, ObservedState, ServerStats
-from reconciler.verify import verify
+from reconciler.plan.verify import verify
 
 
 def world_and_desired() -> tuple[ObservedState, object]:

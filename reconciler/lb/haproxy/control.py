@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from reconciler.errors import ObserveError, ReconcilerError
-from reconciler.haproxy.binds import (
+from reconciler.lb.haproxy.binds import (
     bind_key,
     bind_problems,
     config_binds,
     parse_addresses,
     parse_listeners,
 )
-from reconciler.haproxy.paths import HAProxyPaths
-from reconciler.haproxy.privileges import RunAs, detect
-from reconciler.haproxy.runtime import (
+from reconciler.lb.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.privileges import RunAs, detect
+from reconciler.lb.haproxy.runtime import (
     MasterProcs,
     RuntimeSocket,
     SocketUnavailable,
@@ -67,7 +67,7 @@ class HAProxy:
 
     def run_as(self) -> RunAs | None:
         """The workers' user and chroot for the rendered config (see
-        ``reconciler.haproxy.privileges``); None for an HAProxy the reconciler does not
+        ``reconciler.lb.haproxy.privileges``); None for an HAProxy the reconciler does not
         start (``external``: its operator chooses) or when not root on its host. Found
         once per controller; raises PrivilegeError when the host cannot provide them."""
         if self._run_as is None:

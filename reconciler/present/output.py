@@ -6,9 +6,9 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from reconciler.actions import Action
-from reconciler.diff import EnvironmentDiff
-from reconciler.plan import Plan, count_by_kind
+from reconciler.desired.diff import EnvironmentDiff
+from reconciler.plan.actions import Action
+from reconciler.plan.planner import Plan, count_by_kind
 
 _SYMBOL_ORDER = "+~!-"
 

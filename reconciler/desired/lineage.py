@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reconciler.desired.gitsafe import last_line, run_git
 from reconciler.errors import SourceError
-from reconciler.gitsafe import last_line, run_git
 
 
 class RollbackRefused(SourceError):

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from reconciler import gitsafe
+from reconciler.desired import gitsafe
+from reconciler.desired.manifests import manifest_files
 from reconciler.errors import SourceError
-from reconciler.manifests import manifest_files
 
 if TYPE_CHECKING:
     import git
@@ -112,14 +112,14 @@ def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
     """The reconciler's mirror of ``spec``'s repository and the manifests root in it.
 
     Both a URL and a local path are read through a mirror under the cache folder
-    (``reconciler.mirror``), cloned on first use and fetched when ``fetch`` is true; git
+    (``reconciler.desired.mirror``), cloned on first use and fetched when ``fetch`` is true; git
     never runs in a local source except as upload-pack. Every git command run on the
-    returned repository gets ``reconciler.gitsafe``'s forced settings. Raises
+    returned repository gets ``reconciler.desired.gitsafe``'s forced settings. Raises
     SourceError with the location when it is not a readable repository.
     """
     import git  # slow to import: only when a repository is read
 
-    from reconciler import mirror
+    from reconciler.desired import mirror
 
     safe: tuple[str, ...] = ()
     if spec.is_remote:

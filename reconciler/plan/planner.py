@@ -33,7 +33,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import identity
-from reconciler.actions import (
+from reconciler.lb.haproxy.sections import section_digests
+from reconciler.model import (
+    DesiredState,
+    LoadBalancer,
+    ObservedContainer,
+    ObservedHAProxy,
+    ObservedState,
+    Release,
+    Service,
+)
+from reconciler.plan.actions import (
     Action,
     AddServer,
     ConfigureHAProxy,
@@ -44,16 +54,6 @@ from reconciler.actions import (
     RepointServer,
     SetWeight,
     StartContainer,
-)
-from reconciler.haproxy.sections import section_digests
-from reconciler.model import (
-    DesiredState,
-    LoadBalancer,
-    ObservedContainer,
-    ObservedHAProxy,
-    ObservedState,
-    Release,
-    Service,
 )
 
 

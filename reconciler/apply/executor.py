@@ -28,7 +28,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reconciler import identity
-from reconciler.actions import (
+from reconciler.apply.containers import (
+    ContainerError,
+    Started,
+    create_and_start,
+    free_port,
+    health_deadline,
+    remote_port_picker,
+    stop_and_remove,
+    wait_healthy,
+)
+from reconciler.apply.images import ensure_image
+from reconciler.desired.policy import Policy, SecretRules
+from reconciler.errors import ReconcilerError
+from reconciler.lb.haproxy.control import HAProxy, HAProxyError
+from reconciler.lb.haproxy.render import RenderServer, render
+from reconciler.model import DesiredState, HealthCheck, LoadBalancer, ObservedState
+from reconciler.plan.actions import (
     Action,
     AddServer,
     ConfigureHAProxy,
@@ -40,23 +56,7 @@ from reconciler.actions import (
     SetWeight,
     StartContainer,
 )
-from reconciler.containers import (
-    ContainerError,
-    Started,
-    create_and_start,
-    free_port,
-    health_deadline,
-    remote_port_picker,
-    stop_and_remove,
-    wait_healthy,
-)
-from reconciler.errors import ReconcilerError
-from reconciler.haproxy.control import HAProxy, HAProxyError
-from reconciler.haproxy.render import RenderServer, render
-from reconciler.images import ensure_image
-from reconciler.model import DesiredState, HealthCheck, LoadBalancer, ObservedState
-from reconciler.plan import Plan
-from reconciler.policy import Policy, SecretRules
+from reconciler.plan.planner import Plan
 from reconciler.redact import Redactor
 from reconciler.transport.pool import Connections
 
@@ -82,7 +82,7 @@ class ApplyResult:
     aborted: bool = False
     stopped: bool = False  # asked to stop (SIGTERM): the steps so far are a safe prefix
     notes: list[str] = field(default_factory=list)  # e.g. why a rollout stopped early
-    # what the world shows that the plan did not promise (reconciler.verify), after the pass
+    # what the world shows that the plan did not promise (reconciler.plan.verify), after the pass
     mismatches: list[str] = field(default_factory=list)
 
     @property

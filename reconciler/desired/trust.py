@@ -1,5 +1,5 @@
 """The trust boundary: what one environment's manifests ask for, checked against the
-operator's policy (``reconciler.policy``).
+operator's policy (``reconciler.desired.policy``).
 
 Pure: manifests and policy in, problems (file:line: field: message) and hosts out. Called
 by ``manifests.resolve`` when a command acts for the operator (plan, apply, status,
@@ -12,13 +12,13 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from reconciler.desired.policy import Policy
 from reconciler.errors import Problem
 from reconciler.model import Host
-from reconciler.policy import Policy
 
 if TYPE_CHECKING:
-    from reconciler.loader import Document
-    from reconciler.manifests import Manifests
+    from reconciler.desired.loader import Document
+    from reconciler.desired.manifests import Manifests
 
 
 def check_environment(

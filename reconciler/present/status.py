@@ -16,8 +16,8 @@ from typing import Any
 from reconciler import identity
 from reconciler.canary.engine import CanaryState, canary_pair
 from reconciler.model import DesiredState, ObservedState, ServerStats, Service
+from reconciler.plan.verify import verify
 from reconciler.store import HistorySize, Run
-from reconciler.verify import verify
 
 
 @dataclass
@@ -140,7 +140,7 @@ def status_data(
             for lb in observed.haproxy
         ],
         "services": services,
-        # what `apply` would call a mismatch now (reconciler.verify); [] when it holds
+        # what `apply` would call a mismatch now (reconciler.plan.verify); [] when it holds
         "outcome": [str(m) for m in verify(desired, observed, skip=held)],
     }
 

@@ -6,7 +6,7 @@ command that reads the index (``git status``), ``core.hooksPath`` for hooks,
 says "good signature" defeats ``--require-signed``). The reconciler reads repositories
 owned by others (a mounted manifests repository), so none of that may be honoured:
 
-- manifests are read from the reconciler's own mirror (``reconciler.mirror``), whose
+- manifests are read from the reconciler's own mirror (``reconciler.desired.mirror``), whose
   config git wrote for us; the operator's repository is only ever read through
   ``git-upload-pack`` (clone/fetch/ls-remote), which git documents as safe to run in an
   untrusted repository;

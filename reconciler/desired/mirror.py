@@ -1,7 +1,7 @@
 """The reconciler's own bare copy of a manifests repository (a URL or a local path).
 
 Manifests are never read from the operator's repository itself: its ``.git/config``,
-hooks and index belong to whoever owns it (see ``reconciler.gitsafe``). It is cloned
+hooks and index belong to whoever owns it (see ``reconciler.desired.gitsafe``). It is cloned
 once into a cache folder and fetched from; git then runs in the source only as
 ``git-upload-pack``, which is made to serve untrusted repositories. A local source owned
 by another user passes git's ownership check because its exact path (never ``*``) is
@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from reconciler.desired.gitsafe import last_line, run_git
 from reconciler.errors import SourceError
-from reconciler.gitsafe import last_line, run_git
 
 REFSPECS = (
     "+refs/heads/*:refs/heads/*",

@@ -12,11 +12,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from reconciler.canary.logs import LOG_FORMAT, RING
-from reconciler.haproxy.paths import HAProxyPaths
-from reconciler.haproxy.privileges import RunAs
-from reconciler.haproxy.sections import request_log, section_digests
 from reconciler.identity import backend_name, frontend_name
+from reconciler.lb.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.privileges import RunAs
+from reconciler.lb.haproxy.requestlog import LOG_FORMAT, RING
+from reconciler.lb.haproxy.sections import request_log, section_digests
 from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
 
 MARKER = "# reconciler-section"
@@ -44,7 +44,7 @@ def render(
 ) -> str:
     """The config text. Backends: every desired service, plus any backend that still has
     servers (a removed service whose servers are being drained). ``run_as``: the user,
-    group and chroot of the workers (``reconciler.haproxy.privileges``; None: as the
+    group and chroot of the workers (``reconciler.lb.haproxy.privileges``; None: as the
     user that starts HAProxy)."""
     by_backend: dict[str, list[RenderServer]] = defaultdict(list)
     for srv in servers:

@@ -6,7 +6,7 @@ host. The policy file (``/etc/reconciler/policy.yaml`` by default, ``--policy`` 
 may be bind-mounted, where ``file:`` secrets must live, which variables of the
 reconciler's environment ``env:`` secrets may name, and how each SSH host is trusted
 (known_hosts, key, host key checking). It is read once per command and handed to
-validation (``reconciler.trust``) and to the executor (reading secrets); the planner
+validation (``reconciler.desired.trust``) and to the executor (reading secrets); the planner
 never sees it.
 
 Every setting has a default (``Policy()``), chosen so that ``sample-repo`` validates and
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from reconciler import safety
+from reconciler.desired import safety
+from reconciler.desired.loader import Document, load_yaml
 from reconciler.errors import ManifestError, Problem, ReconcilerError
-from reconciler.loader import Document, load_yaml
 
 DEFAULT_PATH = Path("/etc/reconciler/policy.yaml")
 DEFAULT_BIND_ALLOWED = ("/srv",)

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from reconciler import imageref, safety, trust
+from reconciler.desired import imageref, safety, trust
+from reconciler.desired.loader import MAX_FILE_BYTES, Document, Path, load_yaml
+from reconciler.desired.schema import check_document
+from reconciler.desired.units import duration_ms, memory_bytes
 from reconciler.errors import ManifestError, Problem, ReconcilerError
-from reconciler.loader import MAX_FILE_BYTES, Document, Path, load_yaml
 from reconciler.model import (
     CanaryPolicy,
     CanaryStep,
@@ -35,11 +37,9 @@ from reconciler.model import (
     Timeouts,
     Volume,
 )
-from reconciler.schema import check_document
-from reconciler.units import duration_ms, memory_bytes
 
 if TYPE_CHECKING:
-    from reconciler.policy import Policy
+    from reconciler.desired.policy import Policy
 
 DEFAULT_ENVIRONMENT = "default"
 HOSTS_KEY = "#hosts"  # where an LB's hosts came from, beside its frontends' binds
@@ -352,7 +352,7 @@ def resolve(
     """The desired state of ``environment``; raises if it does not exist or is invalid.
 
     With the operator's ``policy`` (every command that acts on hosts, and ``validate``),
-    what the manifests ask for is also checked against it (``reconciler.trust``: bind
+    what the manifests ask for is also checked against it (``reconciler.desired.trust``: bind
     mounts, secret sources, SSH hosts), every violation a problem with file:line, and
     SSH hosts get the policy's trust settings. Without one (``diff``, format checks)
     only the manifest rules apply."""

@@ -17,23 +17,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import statedir
-from reconciler.actions import PullImage
-from reconciler.apply import ApplyResult, Executor, StepResult
+from reconciler.apply.executor import ApplyResult, Executor, StepResult
+from reconciler.apply.images import ensure_image
 from reconciler.canary.engine import CanaryState, canary_pair, evaluate, overlay
-from reconciler.canary.logs import RING
+from reconciler.desired.policy import Policy
 from reconciler.errors import ReconcilerError
-from reconciler.haproxy.control import HAProxy
-from reconciler.haproxy.paths import HAProxyPaths
-from reconciler.images import ensure_image
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.requestlog import RING
 from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
-from reconciler.output import plan_json
-from reconciler.plan import Plan, plan
-from reconciler.policy import Policy
+from reconciler.plan.actions import PullImage
+from reconciler.plan.planner import Plan, plan
+from reconciler.plan.verify import Mismatch, verify
+from reconciler.present.output import plan_json
 from reconciler.redact import Redactor
 from reconciler.store import Retention, Store
 from reconciler.transport.pool import Connections
-from reconciler.verify import Mismatch, verify
 
 DEFAULT_RETENTION = Retention()
 

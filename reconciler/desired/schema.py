@@ -13,10 +13,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from reconciler.desired.loader import Document
 from reconciler.errors import Problem
-from reconciler.loader import Document
 
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 KINDS = {
     "Service": "service.schema.json",
     "Inventory": "inventory.schema.json",

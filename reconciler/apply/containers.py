@@ -16,9 +16,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from reconciler.desired.policy import SecretRules
 from reconciler.errors import ReconcilerError
 from reconciler.model import ContainerSpec, HealthCheck, SecretRef
-from reconciler.policy import SecretRules
 from reconciler.redact import Redactor, env_of
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reconciler.errors import ReconcilerError
-from reconciler.haproxy.control import HAProxy
-from reconciler.haproxy.runtime import SocketUnavailable
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.runtime import SocketUnavailable
 
 # Commands of the 2.6 master CLI that the workers' stats socket does not have.
 MASTER_ONLY = (("show", "proc"), ("reload",), ("show", "startup-logs"))

@@ -1,0 +1,1 @@
+"""Acting: the executor's step loop, containers and images on a host."""

@@ -1,1 +1,0 @@
-"""HAProxy: runtime API client and parsers of its raw outputs."""

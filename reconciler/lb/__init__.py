@@ -1,0 +1,1 @@
+"""The load balancer: what the executor and the canary code need of it."""

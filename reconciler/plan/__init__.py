@@ -1,0 +1,1 @@
+"""Planning: the pure planner, its actions, and the outcome check (verify)."""

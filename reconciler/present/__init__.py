@@ -1,0 +1,1 @@
+"""Presentation: plan/apply output, status, metrics."""
