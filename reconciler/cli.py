@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from reconciler.lb.haproxy.paths import HAProxyPaths
     from reconciler.model import DesiredState
     from reconciler.plan.planner import Plan
+    from reconciler.session import Session
     from reconciler.store import Retention
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -245,20 +246,15 @@ def _run_plan(
     instance: str | None,
 ) -> None:
     try:
-        from reconciler.observe.live import observe
-        from reconciler.plan.planner import plan
         from reconciler.present.output import plan_json, plan_text
-        from reconciler.session import retired_hosts, with_canaries
-        from reconciler.store import Store
+        from reconciler.session import Session
 
         loaded, desired = _desired(src, state_dir, instance)
-        store = Store(state_dir / "history.sqlite") if state_dir.exists() else None
-        if store is not None:
-            _warn_rollback(loaded, desired.environment, store.last_commit(desired.environment))
-        held = store.failed_services(desired.environment, desired.commit) if store else {}
-        retired = retired_hosts(desired, store) if store else []
-        observed = observe(desired, state_dir, external, retired=retired)
-        result = plan(with_canaries(desired, store), observed, held)
+        with Session(state_dir, external=external, read_only=True) as session:
+            env = desired.environment
+            if session.store is not None:
+                _warn_rollback(loaded, env, session.last_commit(env))
+            result = session.preview(desired).plan
     except ReconcilerError as exc:
         _fail(exc)
     render = plan_json if output == "json" else plan_text
@@ -277,37 +273,31 @@ def _warn_rollback(loaded: Loaded, environment: str, last: str | None) -> None:
 
 
 def _check_forward(
-    loaded: Loaded, environment: str, state_dir: Path, allow_rollback: bool
+    loaded: Loaded, environment: str, session: Session, allow_rollback: bool
 ) -> None:
     """Refuse (RollbackRefused) a commit that does not descend from the environment's
     last applied commit, unless ``allow_rollback``: then record the operator's decision
     as a run of its own (status ``rollback``) before the pass. Call under the lock."""
     from reconciler.desired.lineage import RollbackRefused, check_forward
-    from reconciler.store import Store
 
-    store = Store(state_dir / "history.sqlite")
+    last = session.last_commit(environment)
     try:
-        last = store.last_commit(environment)
-        try:
-            check_forward(loaded.git_dir, environment, last, loaded.snapshot.commit)
-        except RollbackRefused:
-            if not allow_rollback or last is None:
-                raise
-            commit = loaded.snapshot.commit
-            run_id = store.start_run(environment, commit, "{}")
-            store.finish_run(
-                run_id,
-                "rollback",
-                {},
-                f"rollback from {last[:7]} to {commit[:7]} by the operator (--allow-rollback)",
-            )
-            click.echo(
-                f"note: rolling environment {environment} back from {last[:7]} to "
-                f"{commit[:7]} (--allow-rollback; recorded as run {run_id})",
-                err=True,
-            )
-    finally:
-        store.close()
+        check_forward(loaded.git_dir, environment, last, loaded.snapshot.commit)
+    except RollbackRefused:
+        if not allow_rollback or last is None:
+            raise
+        commit = loaded.snapshot.commit
+        run_id = session.record_decision(
+            environment,
+            "rollback",
+            f"rollback from {last[:7]} to {commit[:7]} by the operator (--allow-rollback)",
+            commit=commit,
+        )
+        click.echo(
+            f"note: rolling environment {environment} back from {last[:7]} to "
+            f"{commit[:7]} (--allow-rollback; recorded as run {run_id})",
+            err=True,
+        )
 
 
 def _run_apply(
@@ -329,7 +319,7 @@ def _run_apply(
 
     try:
         from reconciler.present.output import plan_text
-        from reconciler.session import DEFAULT_RETENTION, apply_pass, target_lock
+        from reconciler.session import DEFAULT_RETENTION, Session, target_lock
 
         loaded, desired = _desired(src, state_dir, instance, create=True)
         text = output == "text"
@@ -349,18 +339,19 @@ def _run_apply(
                     f"({step.duration_s:.1f}s){detail}"
                 )
 
-        with target_lock(state_dir, desired.environment, lock_timeout):
-            _check_forward(loaded, desired.environment, state_dir, allow_rollback)
-            done = apply_pass(
+        policy = src.load_policy(state_dir)
+        with (
+            target_lock(state_dir, desired.environment, lock_timeout),
+            Session(state_dir, external=external, policy=policy) as session,
+        ):
+            _check_forward(loaded, desired.environment, session, allow_rollback)
+            done = session.apply(
                 desired,
-                state_dir,
                 source=loaded.label,
                 on_plan=on_plan,
                 on_step=on_step,
                 health_min_s=health_timeout,
-                external=external,
                 retention=retention or DEFAULT_RETENTION,
-                policy=src.load_policy(state_dir),
             )
     except ReconcilerError as exc:
         _fail(exc)
@@ -678,25 +669,32 @@ def status(
     """Show services, releases, weights, containers and their health, HAProxy server states,
     and per-revision requests, 5xx and response times from HAProxy's counters."""
     try:
-        from reconciler.observe.live import observe
         from reconciler.present.status import status_json, status_text
-        from reconciler.session import stored_canaries, with_canaries
-        from reconciler.store import Store
+        from reconciler.session import Session
 
         loaded, desired = _desired(src, state_dir, instance)
-        observed = observe(desired, state_dir, external)
-        store = Store(state_dir / "history.sqlite")
-        runs = store.runs(desired.environment, limit=1)
-        held = store.failed_services(desired.environment, desired.commit)
-        canaries = stored_canaries(store, desired.environment)
-        desired = with_canaries(desired, store)
-        size = store.size()
-        store.close()
+        with Session(state_dir, external=external) as session:
+            preview = session.preview(desired)
+            store = session.require_store()
+            runs = store.runs(desired.environment, limit=1)
+            canaries = session.canaries(desired.environment)
+            size = store.size()
     except ReconcilerError as exc:
         _fail(exc)
     render = status_json if output == "json" else status_text
     last = runs[0] if runs else None
-    click.echo(render(desired, observed, last, held, loaded.label, canaries, size), nl=False)
+    click.echo(
+        render(
+            preview.desired,
+            preview.observed,
+            last,
+            dict(preview.held),
+            loaded.label,
+            canaries,
+            size,
+        ),
+        nl=False,
+    )
 
 
 @main.command()
@@ -710,50 +708,24 @@ def history(
     environment: str | None, limit: int, run_id: int | None, state_dir: Path, output: str
 ) -> None:
     """List past passes (commit, status, duration), or the steps of one run."""
-    import json
-    import time as _time
+    from reconciler.present import history as show
+    from reconciler.session import Session
 
-    from reconciler.present.status import looks_note
-    from reconciler.store import Store
-
-    if not (state_dir / "history.sqlite").exists():
-        click.echo(f"no history yet in {state_dir}")
-        return
-    store = Store(state_dir / "history.sqlite")
-    if run_id is not None:
-        steps = store.steps(run_id)
-        failures = store.failures_of(run_id)
-        if output == "json":
-            doc = {
-                "run": run_id,
-                "plan": store.plan_of(run_id),
-                "steps": steps,
-                "failures": failures,
-            }
-            click.echo(json.dumps(doc, indent=2))
+    with Session(state_dir, read_only=True) as session:
+        store = session.store
+        if store is None:
+            click.echo(f"no history yet in {state_dir}")
             return
-        for st in steps:
-            click.echo(
-                f"[{st['step']:>3}] {st['status']:<7} {st['host']:<10} "
-                f"{st['description']} ({st['duration_s']:.1f}s)"
-            )
-            click.echo(f"      because {st['reason']}")
-            if st["detail"]:
-                click.echo("      " + st["detail"].replace("\n", "\n      "))
-        for service, why in failures.items():
-            click.echo(f"failed: {service}: " + why.replace("\n", "\n      "))
-        return
-    runs = store.runs(environment, limit)
-    if output == "json":
-        click.echo(json.dumps([r.__dict__ for r in runs], indent=2))
-        return
-    for r in runs:
-        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.started_at))
-        took = f"{r.finished_at - r.started_at:6.1f}s" if r.finished_at else "   ... "
-        click.echo(
-            f"run {r.id:>4}  {when}  {r.environment:<12} {r.commit[:7]}  {took}  "
-            f"{r.status:<13} {r.summary}{looks_note(r)}"
-        )
+        if run_id is not None:
+            steps, failures = store.steps(run_id), store.failures_of(run_id)
+            if output == "json":
+                text = show.run_json(run_id, store.plan_of(run_id), steps, failures)
+            else:
+                text = show.run_text(steps, failures)
+        else:
+            runs = store.runs(environment, limit)
+            text = show.runs_json(runs) if output == "json" else show.runs_text(runs)
+    click.echo(text, nl=False)
 
 
 @main.command()
@@ -771,30 +743,19 @@ def retry(service: str | None, environment: str, state_dir: Path, output: str) -
     """Forget the recorded failures of SERVICE (default: every service) of an environment,
     at any commit, so the next pass tries it again; a canary of it (aborted or not)
     starts its analysis again from the first step."""
-    from reconciler.store import Store
+    from reconciler.session import Session
 
-    store = Store(state_dir / "history.sqlite")
-    n = store.clear_failure(environment, service)
-    canaries = store.canaries(environment)
-    restarted = [svc for svc in canaries if service in (None, svc)]
-    for svc in restarted:
-        store.save_canary(environment, svc, None)
-    if restarted:
-        _record_manual(
-            store, environment, "retry", f"canary analysis of {', '.join(restarted)} restarted"
-        )
-    store.close()
+    with Session(state_dir) as session:
+        n, restarted = session.forget_failures(environment, service)
+        if restarted:
+            session.record_decision(
+                environment, "retry", f"canary analysis of {', '.join(restarted)} restarted"
+            )
     canary = f" and restarted the canary analysis of {', '.join(restarted)}" if restarted else ""
     click.echo(
         f"cleared {n} failure(s){canary}; "
         f"the next pass retries {service or 'every service'} of {environment}"
     )
-
-
-def _record_manual(store: Any, environment: str, what: str, summary: str) -> None:
-    """A manual decision, as a run of its own in the history."""
-    run_id = store.start_run(environment, "-", "{}")
-    store.finish_run(run_id, what, {}, summary)
 
 
 def _decide_canary(
@@ -808,18 +769,17 @@ def _decide_canary(
 ) -> None:
     """Promote or abort SERVICE's canary by hand, record it, then apply (the weights
     move through the runtime API, as when the analysis decides)."""
-    from reconciler.session import stored_canaries
-    from reconciler.store import Store
+    from reconciler.session import Session
 
     _, desired = _or_fail(lambda: _desired(src, state_dir, instance))
-    store = Store(state_dir / "history.sqlite")
-    try:
-        state = stored_canaries(store, desired.environment).get(service)
+    env = desired.environment
+    with Session(state_dir) as session:
+        state = session.canaries(env).get(service)
         if state is None:
             _fail(
                 ReconcilerError(
                     f"service {service} has no canary under analysis in environment "
-                    f"{desired.environment} (see `reconcile status`)"
+                    f"{env} (see `reconcile status`)"
                 )
             )
         state.status = status
@@ -827,12 +787,10 @@ def _decide_canary(
             f"{status} by hand (reconcile {'promote' if status == 'promoted' else 'abort'})"
         )
         state.history.append(state.reason)
-        store.save_canary(desired.environment, service, state.to_json())
-        _record_manual(
-            store, desired.environment, status, f"canary {state.canary} of {service} {state.reason}"
+        session.save_canary(env, service, state)
+        session.record_decision(
+            env, status, f"canary {state.canary} of {service} {state.reason}"
         )
-    finally:
-        store.close()
     _run_apply(src, state_dir, output, 30.0, 30.0, external, instance)
 
 

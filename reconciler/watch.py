@@ -36,11 +36,9 @@ from reconciler.desired.source import RepoSpec, Snapshot, find_local, open_repo,
 from reconciler.errors import ManifestError, ReconcilerError, SourceError
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.model import DesiredState, Instance
-from reconciler.observe.live import observe
-from reconciler.plan.planner import plan
 from reconciler.present.metrics import Metrics
-from reconciler.session import apply_pass, stored_canaries, target_lock, with_canaries
-from reconciler.store import Retention, Store
+from reconciler.session import Session, target_lock
+from reconciler.store import Retention
 
 if TYPE_CHECKING:
     import git
@@ -89,6 +87,23 @@ class Watcher:
         self.stop = threading.Event()
         self._repo: git.Repo | None = None
         self._root = ""
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        """The watcher's one session: its history and host connections live across
+        passes (an SSH connection is opened once, not every pass)."""
+        if self._session is None:
+            self._session = Session(
+                self.cfg.state_dir, external=self.cfg.external, policy=self.cfg.policy
+            )
+        return self._session
+
+    def close(self) -> None:
+        """Close the session (history, connections); a later pass opens a new one."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     # ------------------------------------------------------------------ source
 
@@ -168,6 +183,7 @@ class Watcher:
         finally:
             if watcher is not None:
                 watcher.stop()
+            self.close()
 
     def _watch_files(self) -> Any:
         """Wake the loop when refs of a local repository change (a push, a commit)."""
@@ -306,11 +322,7 @@ class Watcher:
 
     def _last(self, environment: str) -> str | None:
         """The last commit applied to ``environment`` (the history database)."""
-        store = Store(self.cfg.state_dir / "history.sqlite")
-        try:
-            return store.last_commit(environment)
-        finally:
-            store.close()
+        return self.session.last_commit(environment)
 
     def _rollback_decided(self, sha: str) -> bool:
         """True when ``sha`` was rejected as a rollback and the operator has since rolled
@@ -325,12 +337,8 @@ class Watcher:
         analysis starts at the next look, so that look must come one interval later,
         not a drift interval later) until it is aborted or promoted. A service held at
         this commit is left as it runs, so its canary is not looked at."""
-        store = Store(self.cfg.state_dir / "history.sqlite")
-        try:
-            states = stored_canaries(store, desired.environment)
-            held = store.failed_services(desired.environment, desired.commit)
-        finally:
-            store.close()
+        states = self.session.canaries(desired.environment)
+        held = self.session.held(desired)
         intervals = [
             r.canary.interval_ms / 1000
             for svc in desired.services
@@ -357,17 +365,12 @@ class Watcher:
         repo_dir = Path(self.repo()[0].git_dir)
         previous, self.state.good = self.state.good, sha
         self._set_release_metrics(desired)
-        store = Store(self.cfg.state_dir / "history.sqlite")
-        try:
-            held = store.failed_services(desired.environment, sha)
-            judged = with_canaries(desired, store)
-        finally:
-            store.close()
+        held = self.session.held(desired)
         if "haproxy" in held:
             return  # HAProxy refused this commit's config: a new commit or `retry`
         label = f"commit {snapshot.short}"
         if self.cfg.detect_only:
-            found = plan(judged, observe(desired, self.cfg.state_dir, self.cfg.external), held)
+            found = self.session.preview(desired).plan
             self.metrics.drift_pending.set(0 if found.empty else 1)
             if not found.empty:
                 self.metrics.drift.inc()
@@ -391,20 +394,16 @@ class Watcher:
                 self.state.rollbacks[sha] = desired.environment
                 self._reject(sha, str(exc), "rollback")
                 return
-            done = apply_pass(
+            done = self.session.apply(
                 desired,
-                self.cfg.state_dir,
                 source=label,
                 health_min_s=self.cfg.health_min_s,
-                external=self.cfg.external,
                 should_stop=self.stop.is_set,
                 retention=self.cfg.retention,
-                policy=self.cfg.policy,
             )
         self.state.canary_s = self._canary_interval(desired)
         res = done.result
-        reloads = sum(1 for s in res.steps if "reloaded HAProxy" in s.detail)
-        self.metrics.reloads.inc(reloads)
+        self.metrics.reloads.inc(res.reloads)
         outcome = "stopped" if res.stopped else "ok" if res.ok else "failed"
         self.metrics.passes.labels(outcome=outcome).inc()
         if kind == "drift" and not done.plan.empty:
@@ -457,7 +456,7 @@ class Watcher:
     def _set_health_metrics(self, desired: DesiredState) -> None:
         from reconciler import identity
 
-        observed = observe(desired, self.cfg.state_dir, self.cfg.external)
+        observed = self.session.observe(desired)
         for svc in desired.services:
             healthy = sum(
                 1

@@ -84,6 +84,7 @@ class ApplyResult:
     notes: list[str] = field(default_factory=list)  # e.g. why a rollout stopped early
     # what the world shows that the plan did not promise (reconciler.plan.verify), after the pass
     mismatches: list[str] = field(default_factory=list)
+    reloads: int = 0  # confirmed HAProxy reloads (on every LB host together)
 
     @property
     def ok(self) -> bool:
@@ -576,6 +577,8 @@ class Executor:
         elif a.host in self.needs_reload or (a.reload and changed):
             lb.reload()
             self.needs_reload.discard(a.host)
+            with self.lock:
+                self.result.reloads += 1
             what = "reloaded HAProxy (confirmed)"
         elif not changed and steps["skipped"] and not steps["ok"]:
             failed = ", ".join(sorted(k for k in self.result.failures if k != "haproxy"))

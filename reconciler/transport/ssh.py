@@ -213,6 +213,14 @@ class SshTransport:
                 t = self._client.get_transport()
                 if t is not None and t.is_active():
                     return t
+                # The connection broke (kept across passes, the host rebooted): what ran
+                # over it goes with it, or it would be used on a dead channel.
+                if self._sftp is not None:
+                    self._sftp.close()
+                    self._sftp = None
+                if self._docker is not None:
+                    self._docker.close()
+                    self._docker = None
                 self._client.close()
                 self._client = None
             known = os.path.expanduser(self.ssh.known_hosts or "~/.ssh/known_hosts")

@@ -1,0 +1,16 @@
+"""The reconcile session (``Session``) and what a pass of it returns; commands and
+``watch`` are adapters over it."""
+
+from reconciler.session.core import DEFAULT_RETENTION, Preview, ScrubbedError, Session
+from reconciler.session.lock import LockTimeout, target_lock
+from reconciler.session.passrun import PassResult
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "LockTimeout",
+    "PassResult",
+    "Preview",
+    "ScrubbedError",
+    "Session",
+    "target_lock",
+]

@@ -1,0 +1,326 @@
+"""One pass of a session: judge canaries, plan, get images, execute in rollout batches,
+verify the outcome, record the run.
+
+Services whose apply failed at this commit are held (left as they run) until a newer
+commit or ``reconcile retry``. App hosts change in rollout batches (``batches``): each
+batch is observed, planned with the later batches' hosts frozen, and executed; a batch
+with a failure ends the rollout unless ``rollout.on_failure`` is continue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from reconciler.apply.executor import ApplyResult, Executor, StepResult
+from reconciler.apply.images import ensure_image
+from reconciler.canary.engine import canary_pair, evaluate, overlay
+from reconciler.errors import ReconcilerError
+from reconciler.lb.haproxy.requestlog import RING
+from reconciler.model import DesiredState, ObservedState
+from reconciler.observe.live import observe
+from reconciler.plan.actions import PullImage
+from reconciler.plan.planner import Plan, plan
+from reconciler.plan.verify import Mismatch, verify
+from reconciler.present.output import plan_json
+from reconciler.redact import Redactor
+from reconciler.store import Retention
+from reconciler.transport.pool import Connections
+
+if TYPE_CHECKING:
+    from reconciler.session.core import Session
+
+
+@dataclass
+class PassResult:
+    plan: Plan
+    result: ApplyResult
+    run_id: int
+
+
+def batches(desired: DesiredState, observed: ObservedState) -> list[list[str]]:
+    """App hosts in rollout batches: ``rollout.limit`` at a time in inventory order
+    (sorted names); hosts being retired come last, in a batch of their own."""
+    apps = sorted(desired.app_host_names)
+    limit = desired.rollout.limit or max(1, len(apps))
+    out = [apps[i : i + limit] for i in range(0, len(apps), limit)] or [[]]
+    retired = sorted({h.name for h in observed.hosts} - set(apps))
+    if retired:
+        out.append(retired)
+    return out
+
+
+def ensure_images(plan_: Plan, conns: Connections, concurrency: int) -> dict[str, str]:
+    """Pull or copy every image the plan needs, hosts in parallel; service -> why failed."""
+    pulls = [a for a in plan_.actions if isinstance(a, PullImage)]
+
+    def one(a: PullImage) -> tuple[str, str | None]:
+        try:
+            ensure_image(conns.hosts[a.host], conns.get(a.host).docker(), a.image)
+        except ReconcilerError as exc:
+            return a.service or "", str(exc)
+        return a.service or "", None
+
+    if not pulls:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        outcomes = list(pool.map(one, pulls))
+    failures: dict[str, str] = {}
+    for service, why in outcomes:
+        if why is not None:
+            failures.setdefault(service, why)
+    return failures
+
+
+class PassRun:
+    """The work of one ``Session.apply``: its plan, batches, result and record."""
+
+    def __init__(
+        self,
+        session: Session,
+        desired: DesiredState,
+        redactor: Redactor,
+        health_min_s: float,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.s = session
+        self.store = session.require_store()
+        self.desired = desired
+        self.redactor = redactor
+        self.health_min_s = health_min_s
+        self.should_stop = should_stop
+        self.held = session.held(desired)
+        self.retired = session.retired(desired)
+        self.conns = session.connections(desired, self.retired)
+        self.result = ApplyResult()
+        self.rolled: set[str] = set()
+        self.failed_hosts: set[str] = set()
+        self.changed_any = self.changed_last = False
+        self.observed = self.look()
+
+    def look(self) -> ObservedState:
+        return observe(self.desired, self.s.state_dir, self.s.external, self.conns, self.retired)
+
+    def run(
+        self,
+        source: str,
+        on_plan: Callable[[Plan], None],
+        on_step: Callable[[StepResult], None],
+        retention: Retention,
+    ) -> PassResult:
+        env = self.desired.environment
+        self.desired = self.judge_canaries()
+        current, pull_failures = self.first_plan()
+        on_plan(current)
+        run_id = self.store.start_run(env, self.desired.commit, plan_json(current, source))
+        offset = 0
+
+        def record(step: StepResult) -> None:
+            step = replace(step, detail=self.redactor.scrub(step.detail))
+            self.store.record_step(
+                run_id, step.step, step.action.to_json(), step.status, step.detail, step.duration_s
+            )
+            on_step(step)
+
+        groups = batches(self.desired, self.observed)
+        for index, group in enumerate(groups):
+            later = {h for g in groups[index + 1 :] for h in g}
+            step_plan = current if len(groups) == 1 else self.batch_plan(index, later)
+            if step_plan is None:
+                self.result.stopped = True
+                break
+            done = self.run_batch(step_plan, group, record_at(record, offset))
+            offset += len(step_plan.actions)
+            if done.aborted or done.stopped:
+                break
+            if done.failures and not self.continue_after(index, groups):
+                break
+        self.result.failures = {**pull_failures, **self.result.failures}
+        self.verify()
+        self.remember(current)
+        return PassResult(current, self.result, self.finish(run_id, current, retention))
+
+    def judge_canaries(self) -> DesiredState:
+        """One look at every canary (reconciler.canary.engine.evaluate), stored; the
+        desired state with the weights that follow from it."""
+        desired, env = self.desired, self.desired.environment
+        before = self.s.canaries(env)
+        if not before and not any(canary_pair(s) for s in desired.services):
+            return desired
+        events: dict[str, str] = {}
+        for host, lb in self.s.lbs(desired).items():
+            try:
+                events[host] = lb.stats.command(f"show events {RING}")
+            except ReconcilerError:
+                continue  # not running yet: no response times this time
+        after = evaluate(desired, self.observed, before, time.time(), events)
+        for service in before.keys() - after.keys():
+            self.s.save_canary(env, service, None)
+        for service, state in after.items():
+            self.s.save_canary(env, service, state)
+        return overlay(desired, after)
+
+    def first_plan(self) -> tuple[Plan, dict[str, str]]:
+        """The pass's plan, once the images it needs are on their hosts (container names
+        depend on image ids: a plan with pulls is made again after them); and the
+        services whose images could not be had (held for the pass)."""
+        current = plan(self.desired, self.observed, self.held)
+        pull_failures = ensure_images(current, self.conns, self.desired.rollout.concurrency)
+        if any(isinstance(a, PullImage) for a in current.actions):
+            self.held = {**self.held, **pull_failures}
+            self.observed = self.look()
+            current = plan(self.desired, self.observed, self.held)
+        return current, pull_failures
+
+    def batch_plan(self, index: int, later: set[str]) -> Plan | None:
+        """The plan of batch ``index`` after the pause between batches (None: asked to
+        stop meanwhile), with the later batches' and failed batches' hosts frozen."""
+        if index > 0:
+            pause = self.desired.rollout.wait_ms / 1000 if self.changed_last else 0
+            if pause and not _pause(pause, self.should_stop):
+                return None
+            self.observed = self.look()
+        return plan(self.desired, self.observed, self.held, frozen=later | self.failed_hosts)
+
+    def run_batch(
+        self, step_plan: Plan, group: list[str], record: Callable[[StepResult], None]
+    ) -> ApplyResult:
+        """Execute one batch's plan; its result, also added to the pass's."""
+        executor = Executor(
+            self.desired,
+            self.observed,
+            self.conns,
+            self.s.lbs(self.desired),
+            on_step=record,
+            health_min_s=self.health_min_s,
+            should_stop=self.should_stop,
+            concurrency=self.desired.rollout.concurrency,
+            secret_rules=self.s.policy.secret_rules(self.desired.environment),
+            redactor=self.redactor,
+        )
+        done = executor.run(step_plan)
+        self.rolled |= set(group)
+        self.changed_last = not step_plan.empty
+        self.changed_any |= self.changed_last
+        res = self.result
+        res.steps += done.steps
+        res.reloads += done.reloads
+        for service, why in done.failures.items():
+            res.failures.setdefault(service, why)
+        res.aborted |= done.aborted
+        res.stopped |= done.stopped
+        if done.failures:
+            self.failed_hosts |= set(group)
+        return done
+
+    def continue_after(self, index: int, groups: list[list[str]]) -> bool:
+        """After a batch with a failure: go on unless ``rollout.on_failure`` is stop
+        (then say which hosts were not rolled)."""
+        if self.desired.rollout.on_failure != "stop" or index + 1 >= len(groups):
+            return True
+        rest = ", ".join(h for g in groups[index + 1 :] for h in g)
+        self.result.notes.append(
+            f"rollout stopped after batch {index + 1}/{len(groups)} "
+            f"({', '.join(groups[index])}) failed; not rolled: {rest}"
+        )
+        return False
+
+    def verify(self) -> None:
+        """Compare the world with the desired state (``settled_outcome``) unless the pass
+        was stopped or aborted; scrub what the result holds."""
+        res, scrub = self.result, self.redactor.scrub
+        res.failures = {k: scrub(v) for k, v in res.failures.items()}
+        res.steps = [replace(st, detail=scrub(st.detail)) for st in res.steps]
+        if res.stopped or res.aborted:
+            return
+        found = settled_outcome(
+            self.desired,
+            self.look if self.changed_any else lambda: self.observed,
+            skip=set(self.held) | set(res.failures),
+            frozen=(self.desired.app_host_names - self.rolled) | self.failed_hosts,
+            settle_s=min(self.health_min_s, SETTLE_S) if self.changed_any else 0.0,
+        )
+        res.mismatches = [scrub(str(m)) for m in found]
+
+    def remember(self, current: Plan) -> None:
+        """Record the failed services and, after a good pass, the app hosts in use
+        (retired hosts that could not be reached stay remembered for a later pass)."""
+        env, res = self.desired.environment, self.result
+        for service, why in res.failures.items():
+            if service != "haproxy":
+                self.store.record_failure(env, self.desired.commit, service, why)
+        if res.ok and not res.stopped:
+            seen = {h.name for h in self.observed.hosts}
+            unreached = [h for h in self.retired if h.name not in seen]
+            now = sorted(self.desired.app_host_names)
+            self.store.set_app_hosts(env, [*(self.desired.host(h) for h in now), *unreached])
+
+    def finish(self, run_id: int, current: Plan, retention: Retention) -> int:
+        """Close the run in the history (an idle look folds into the previous one) and
+        prune the history; the run's id."""
+        res = self.result
+        failures = dict(res.failures)
+        if res.mismatches:
+            failures["outcome"] = "; ".join(res.mismatches)
+        status = (
+            "failed"
+            if not res.ok
+            else "stopped"
+            if res.stopped
+            else "nothing-to-do"
+            if current.empty
+            else "ok"
+        )
+        ok_steps = sum(s.status == "ok" for s in res.steps)
+        summary = self.redactor.scrub(
+            f"{ok_steps}/{len(res.steps)} steps ok"
+            + "".join(f"; {k} failed" for k in res.failures)
+            + (f"; outcome differs ({len(res.mismatches)})" if res.mismatches else "")
+            + "".join(f"; {n}" for n in res.notes)
+        )
+        if status == "nothing-to-do" and not res.steps:
+            run_id = self.store.finish_idle(run_id, summary)
+        else:
+            self.store.finish_run(run_id, status, failures, summary)
+        self.store.prune(self.desired.environment, retention)
+        return run_id
+
+
+def record_at(record: Callable[[StepResult], None], offset: int) -> Callable[[StepResult], None]:
+    """``record`` for a batch whose steps are numbered after ``offset`` earlier ones."""
+    return lambda step: record(replace(step, step=step.step + offset))
+
+
+SETTLE_S = 10.0
+"""How long a pass that changed something waits for HAProxy's checks to agree with it
+before a difference counts (a server added a moment ago may need a check or two)."""
+
+
+def settled_outcome(
+    desired: DesiredState,
+    look: Callable[[], ObservedState],
+    skip: Collection[str],
+    frozen: Collection[str],
+    settle_s: float,
+) -> tuple[Mismatch, ...]:
+    """``verify`` the world as ``look`` reads it, again every half second for up to
+    ``settle_s`` while it differs; the last differences (none: the outcome holds)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = verify(desired, look(), skip, frozen)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _pause(seconds: float, should_stop: Callable[[], bool]) -> bool:
+    """Sleep between batches; False when asked to stop meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if should_stop():
+            return False
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    return True
