@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.errors import ReconcilerError
 from reconciler.model import Host
-from reconciler.observe.docker import local_client
+from reconciler.transport.dockerapi import local_client
 
 if TYPE_CHECKING:
     import docker

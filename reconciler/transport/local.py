@@ -145,7 +145,7 @@ class LocalTransport:
 
     def docker(self) -> docker.DockerClient:
         if self._docker is None:
-            from reconciler.observe.docker import local_client
+            from reconciler.transport.dockerapi import local_client
 
             self._docker = local_client()
         return self._docker

@@ -480,7 +480,7 @@ def docker_over(opener: Any, where: str, timeout: int = 60) -> docker.DockerClie
     Built on the SDK's Unix-socket adapter (same pooling and request handling); only
     how a connection is opened differs. The API version is negotiated once, like
     ``version="auto"`` does."""
-    from reconciler.observe.docker import import_docker_sdk
+    from reconciler.transport.dockerapi import import_docker_sdk
 
     import_docker_sdk()
     import docker

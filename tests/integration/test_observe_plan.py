@@ -14,7 +14,8 @@ from reconciler import identity, instance
 from reconciler.cli import main
 from reconciler.desired.manifests import load_manifests, resolve
 from reconciler.desired.source import RepoSpec, open_repo, read_commit
-from reconciler.observe.docker import local_client, observe_host
+from reconciler.observe.docker import observe_host
+from reconciler.transport.dockerapi import local_client
 
 
 def start_as_reconciler_would(client: docker.DockerClient, env: str, state, run_id: str,
