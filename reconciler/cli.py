@@ -22,7 +22,7 @@ from reconciler import __version__
 from reconciler.errors import ReconcilerError, printable
 
 if TYPE_CHECKING:
-    from reconciler.apply.executor import ApplyResult, StepResult
+    from reconciler.apply.executor import StepResult
     from reconciler.desired.manifests import Manifests
     from reconciler.desired.policy import Policy
     from reconciler.desired.source import RepoSpec, Snapshot
@@ -315,9 +315,8 @@ def _run_apply(
     The history is pruned to ``retention`` (default: ``Retention()``) after the pass.
     A commit that does not descend from the environment's last applied commit is
     refused (exit 1, nothing changed) unless ``allow_rollback`` (``reconciler.desired.lineage``)."""
-    import json
-
     try:
+        from reconciler.present.apply import step_line
         from reconciler.present.output import plan_text
         from reconciler.session import DEFAULT_RETENTION, Session, target_lock
 
@@ -332,12 +331,7 @@ def _run_apply(
 
         def on_step(step: StepResult) -> None:
             if text:
-                mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[step.status]
-                detail = f" - {step.detail}" if step.detail else ""
-                click.echo(
-                    f"  [{step.step:>3}] {mark:<7} {step.action.host}: {step.action.describe()} "
-                    f"({step.duration_s:.1f}s){detail}"
-                )
+                click.echo(step_line(step))
 
         policy = src.load_policy(state_dir)
         with (
@@ -355,54 +349,16 @@ def _run_apply(
             )
     except ReconcilerError as exc:
         _fail(exc)
+    from reconciler.present.apply import apply_json, apply_problems, apply_summary
+
     res = done.result
     if output == "json":
-        click.echo(
-            json.dumps(
-                {
-                    "environment": desired.environment,
-                    "commit": desired.commit,
-                    "run": done.run_id,
-                    "ok": res.ok,
-                    "failures": res.failures,
-                    "mismatches": res.mismatches,
-                    "notes": list(done.plan.notes) + res.notes,
-                    "steps": [
-                        {
-                            "step": s.step,
-                            "status": s.status,
-                            "detail": s.detail,
-                            "duration_s": round(s.duration_s, 3),
-                            **s.action.to_json(),
-                        }
-                        for s in res.steps
-                    ],
-                },
-                indent=2,
-            )
-        )
+        click.echo(apply_json(desired, done))
     elif not done.plan.empty or res.mismatches:
-        for service, why in res.failures.items():
-            click.echo(f"\nerror: {service}: {why}", err=True)
-        if res.mismatches:
-            click.echo("\nerror: the outcome differs from the plan:", err=True)
-            for m in res.mismatches:
-                click.echo(f"  {m}", err=True)
-        for note in res.notes:
-            click.echo(f"\nnote: {note}", err=True)
-        click.echo(f"\nrun {done.run_id}: {_verdict(res)}; see `reconcile history`.")
+        for line in apply_problems(res):
+            click.echo(line, err=True)
+        click.echo(apply_summary(done))
     sys.exit(0 if res.ok else 1)
-
-
-def _verdict(res: ApplyResult) -> str:
-    """The last line of an apply: what happened, naming what failed."""
-    if res.ok:
-        return "applied"
-    what = [f"{k} failed" for k in res.failures]
-    what += ["the outcome differs from the plan"] if res.mismatches else []
-    kept = any(k != "haproxy" for k in res.failures)
-    tail = "; a failed service keeps its old release where it failed" if kept else ""
-    return f"FAILED ({', '.join(what) or 'stopped'}{tail})"
 
 
 def haproxy_options(f: Callable[..., Any]) -> Callable[..., Any]:
