@@ -29,7 +29,7 @@ def _log_to_stderr(log_format: str) -> None:
     """Log (level INFO and up) to stderr as text or one JSON object per line."""
     import logging
 
-    from reconciler.watch import JsonFormatter
+    from reconciler.present.logs import JsonFormatter
 
     handler = logging.StreamHandler()
     handler.setFormatter(
