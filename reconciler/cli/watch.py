@@ -9,6 +9,7 @@ import click
 
 from reconciler.cli.common import fail, or_fail
 from reconciler.cli.options import (
+    F,
     Source,
     apply_options,
     haproxy_options,
@@ -80,7 +81,7 @@ def _run(cfg: WatchConfig, src: Source, metrics_addr: str) -> None:
         fail(exc)
 
 
-def _signature_options(f: click.decorators.FC) -> click.decorators.FC:
+def _signature_options(f: F) -> F:
     f = click.option(
         "--gpg-home",
         type=click.Path(file_okay=False, path_type=Path),
@@ -100,7 +101,7 @@ def _signature_options(f: click.decorators.FC) -> click.decorators.FC:
     )(f)
 
 
-def _loop_options(f: click.decorators.FC) -> click.decorators.FC:
+def _loop_options(f: F) -> F:
     f = click.option(
         "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
     )(f)
