@@ -17,31 +17,25 @@ stale the view of the repository is.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from reconciler.canary.engine import undecided
-from reconciler.desired.gitsafe import run_git
 from reconciler.desired.lineage import RollbackRefused, check_forward
 from reconciler.desired.manifests import load_manifests, resolve
-from reconciler.desired.mirror import remote_head
 from reconciler.desired.policy import Policy
-from reconciler.desired.source import RepoSpec, Snapshot, find_local, open_repo, read_commit
+from reconciler.desired.source import RepoSpec, Snapshot, read_commit
 from reconciler.errors import ManifestError, ReconcilerError, SourceError
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.model import DesiredState, Instance
 from reconciler.present.metrics import Metrics
-from reconciler.session import Session, target_lock
+from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
-
-if TYPE_CHECKING:
-    import git
+from reconciler.watch_source import BranchSource
 
 log = logging.getLogger("reconciler.watch")
 
@@ -85,8 +79,7 @@ class Watcher:
         self.state = _State()
         self.wake = threading.Event()
         self.stop = threading.Event()
-        self._repo: git.Repo | None = None
-        self._root = ""
+        self.source = BranchSource(cfg.spec, cfg.allowed_signers, cfg.gpg_home)
         self._session: Session | None = None
 
     @property
@@ -105,75 +98,11 @@ class Watcher:
         if session is not None:
             session.close()
 
-    # ------------------------------------------------------------------ source
-
-    def repo(self) -> tuple[git.Repo, str]:
-        """The reconciler's mirror of the followed repository, and the manifests root."""
-        if self._repo is None:
-            self._repo, self._root = open_repo(self.cfg.spec, fetch=False)
-        return self._repo, self._root
-
-    def _origin(self) -> tuple[str, tuple[str, ...]]:
-        """Where to ask for the head (URL or a local repository's git dir) and the
-        exact paths to declare safe for that (a local repository owned by another user)."""
-        spec = self.cfg.spec
-        if spec.is_remote:
-            return spec.location, ()
-        local = find_local(spec.location)
-        return str(local.git_dir), tuple(str(p) for p in (local.git_dir, local.top) if p)
-
-    def head(self) -> str:
-        """The branch head now, asked with ``ls-remote`` (git runs in the source only as
-        upload-pack); the mirror is fetched only when it does not have that commit."""
-        import git
-
-        spec = self.cfg.spec
-        origin, safe = self._origin()
-        ref = f"refs/heads/{spec.branch}" if spec.branch else "HEAD"
-        sha = remote_head(origin, ref, safe=safe)
-        repo, _ = self.repo()
-        try:
-            repo.commit(sha)
-        except (ValueError, git.BadName):
-            self._repo, self._root = open_repo(spec, fetch=True)
-        return sha
-
-    def verify_signature(self, sha: str) -> None:
-        """Raise SourceError unless ``sha`` carries a good signature by an allowed key.
-
-        git runs in the reconciler's mirror with ``reconciler.desired.gitsafe``'s settings
-        forced: the system's gpg and ssh-keygen, and only the operator's allowed signers
-        file (none: no SSH signature passes). Without ``gpg_home`` an empty keyring is
-        used, so no GPG signature passes either: only the keys the operator named count.
-        """
-        import os
-        import tempfile
-
-        repo, _ = self.repo()
-        extra = []
-        if self.cfg.allowed_signers:
-            extra.append(("gpg.ssh.allowedSignersFile", str(self.cfg.allowed_signers)))
-        with tempfile.TemporaryDirectory(prefix="reconciler-gnupg-") as empty:
-            home = str(self.cfg.gpg_home) if self.cfg.gpg_home else empty
-            proc = run_git(
-                ["verify-commit", sha],
-                cwd=Path(repo.git_dir),
-                extra=extra,
-                env={**os.environ, "GNUPGHOME": home},
-                timeout=30,
-            )
-        if proc.returncode != 0:
-            why = (proc.stderr or proc.stdout).strip().splitlines()
-            raise SourceError(
-                f"commit {sha[:7]} is not signed by an allowed key: "
-                f"{why[-1] if why else 'no signature'}"
-            )
-
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
         """Loop until ``stop`` is set (SIGTERM); a pass in progress stops between steps."""
-        watcher = self._watch_files()
+        watcher = self.source.watch_files(self.wake)
         try:
             while not self.stop.is_set():
                 self.step()
@@ -185,37 +114,13 @@ class Watcher:
                 watcher.stop()
             self.close()
 
-    def _watch_files(self) -> Any:
-        """Wake the loop when refs of a local repository change (a push, a commit)."""
-        if self.cfg.spec.is_remote:
-            return None
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        git_dir = find_local(self.cfg.spec.location).git_dir  # the source, not the mirror
-        wake = self.wake
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: Any) -> None:
-                # Reading a ref (as every check of the head does) is an event too; only
-                # a change may wake the loop, or it would spin.
-                if event.event_type not in ("opened", "closed_no_write"):
-                    wake.set()
-
-        observer = Observer()
-        observer.schedule(Handler(), str(git_dir / "refs"), recursive=True)
-        observer.schedule(Handler(), str(git_dir), recursive=False)  # HEAD, packed-refs
-        observer.daemon = True
-        observer.start()
-        return observer
-
     def step(self) -> None:
         """One iteration: read the head; pass if it moved or drift is due."""
         now = time.monotonic()
         if now < self.state.retry_at:
             return
         try:
-            head = self.head()
+            head = self.source.head()
         except SourceError as exc:
             self.metrics.source_up.set(0)
             self._transient("source", exc)
@@ -286,11 +191,11 @@ class Watcher:
         load for any reason (a bug of the loader included: a commit never crashes the
         loop), or not a descendant of the environment's last applied commit.
         Raises ReconcilerError only for what may pass (the mirror cannot be read)."""
-        repo, root = self.repo()
+        repo, root = self.source.repo()
         snapshot = read_commit(repo, root, sha)
         if self.cfg.require_signed:
             try:
-                self.verify_signature(sha)
+                self.source.verify_signature(sha)
             except SourceError as exc:
                 self._reject(sha, str(exc), "signature")
                 return None
@@ -362,28 +267,43 @@ class Watcher:
         if loaded is None:
             return
         snapshot, desired = loaded
-        repo_dir = Path(self.repo()[0].git_dir)
         previous, self.state.good = self.state.good, sha
         self._set_release_metrics(desired)
         held = self.session.held(desired)
         if "haproxy" in held:
             return  # HAProxy refused this commit's config: a new commit or `retry`
-        label = f"commit {snapshot.short}"
         if self.cfg.detect_only:
-            found = self.session.preview(desired).plan
-            self.metrics.drift_pending.set(0 if found.empty else 1)
-            if not found.empty:
-                self.metrics.drift.inc()
-                log.warning(
-                    "drift detected (not repaired): %d action(s) pending",
-                    len(found.actions),
-                    extra={
-                        "event": "drift",
-                        "commit": sha,
-                        "actions": [a.describe() for a in found.actions],
-                    },
-                )
+            self._detect(desired, sha)
             return
+        done = self._apply(desired, sha, f"commit {snapshot.short}", previous)
+        if done is None:
+            return
+        self.state.canary_s = self._canary_interval(desired)
+        self._report(done, sha, kind)
+        self._set_health_metrics(desired)
+
+    def _detect(self, desired: DesiredState, sha: str) -> None:
+        """Detect-only: report drift (log, metrics) and change nothing."""
+        found = self.session.preview(desired).plan
+        self.metrics.drift_pending.set(0 if found.empty else 1)
+        if not found.empty:
+            self.metrics.drift.inc()
+            log.warning(
+                "drift detected (not repaired): %d action(s) pending",
+                len(found.actions),
+                extra={
+                    "event": "drift",
+                    "commit": sha,
+                    "actions": [a.describe() for a in found.actions],
+                },
+            )
+
+    def _apply(
+        self, desired: DesiredState, sha: str, label: str, previous: str | None
+    ) -> PassResult | None:
+        """One pass under the target's lock; None when ``sha`` turns out to be refused
+        as a rollback there (it is rejected, and ``previous`` is the good commit again)."""
+        repo_dir = Path(self.source.repo()[0].git_dir)
         with target_lock(self.cfg.state_dir, desired.environment, self.cfg.lock_timeout):
             # Again under the lock: an operator's rollback (`apply --allow-rollback`) may
             # have been recorded since _load looked; this pass must not undo it.
@@ -393,15 +313,17 @@ class Watcher:
                 self.state.good = None if previous == sha else previous
                 self.state.rollbacks[sha] = desired.environment
                 self._reject(sha, str(exc), "rollback")
-                return
-            done = self.session.apply(
+                return None
+            return self.session.apply(
                 desired,
                 source=label,
                 health_min_s=self.cfg.health_min_s,
                 should_stop=self.stop.is_set,
                 retention=self.cfg.retention,
             )
-        self.state.canary_s = self._canary_interval(desired)
+
+    def _report(self, done: PassResult, sha: str, kind: str) -> None:
+        """Metrics and log lines of a pass: outcome, reloads, drift, failures."""
         res = done.result
         self.metrics.reloads.inc(res.reloads)
         outcome = "stopped" if res.stopped else "ok" if res.ok else "failed"
@@ -443,7 +365,6 @@ class Watcher:
                     "outcome": outcome,
                 },
             )
-        self._set_health_metrics(desired)
 
     def _set_release_metrics(self, desired: DesiredState) -> None:
         self.metrics.release_weight.clear()
@@ -468,19 +389,3 @@ class Watcher:
                 and c.health != "unhealthy"
             )
             self.metrics.healthy.labels(service=svc.name).set(healthy)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, message and the record's extra fields."""
-
-    _standard = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
-        doc.update({k: v for k, v in vars(record).items() if k not in self._standard})
-        return json.dumps(doc, default=str)

@@ -127,7 +127,7 @@ def test_repository_signature_program_cannot_pass_require_signed(
                       gpg_home=gnupg if kind == "gpg" else None,
                       allowed_signers=signers if kind == "ssh" else None)
     watcher = Watcher(cfg)
-    watcher.head()  # as the loop does: the head is read (and fetched) first
+    watcher.source.head()  # as the loop does: the head is read (and fetched) first
     with pytest.raises(SourceError, match="not signed by an allowed key"):
-        watcher.verify_signature(forged)
+        watcher.source.verify_signature(forged)
     assert not marker.exists(), f"the repository's {kind} program ran"
