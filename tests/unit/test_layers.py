@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"apply"},
     {"present"},
     {"session"},
+    {"watch_source"},
     {"cli", "watch", "__main__"},
 ]
 
@@ -31,21 +32,18 @@ MAX_FUNCTION_LINES = 60
 # Exceptions, each with its reason; the list may only shrink.
 LONG_MODULES: dict[str, str] = {
     "apply.executor": "being split (issue 11)",
-    "cli": "being split (issue 11)",
     "desired.manifests": "being split (issue 11)",
     "lb.haproxy.control": "being split (issue 11)",
     "lb.haproxy.runtime": "being split (issue 11)",
     "plan.planner": "being split (issue 11)",
     "transport.ssh": "being split (issue 11)",
-    "watch": "being split (issue 11)",
 }
 LONG_FUNCTIONS: dict[str, str] = {
+    "cli.watch.watch": "its 16 options are its parameters and its docstring is the --help "
+    "text; the body is 20 lines",
     "apply.containers.create_and_start": "being split (issue 11)",
     "apply.executor.__init__": "being split (issue 11)",
     "canary.engine.evaluate": "being split (issue 11)",
-    "cli._run_apply": "being split (issue 11)",
-    "cli.haproxy": "being split (issue 11)",
-    "cli.watch": "being split (issue 11)",
     "desired.manifests._check_repository": "being split (issue 11)",
     "desired.manifests._service": "being split (issue 11)",
     "desired.manifests._loadbalancer": "being split (issue 11)",
@@ -57,7 +55,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "present.status.status_data": "being split (issue 11)",
     "present.status.status_text": "being split (issue 11)",
     "transport.ssh.connect": "being split (issue 11)",
-    "watch._pass": "being split (issue 11)",
 }
 
 
