@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from reconciler.apply.executor import ApplyResult, StepResult
+    from reconciler.apply.passresult import PassResult
     from reconciler.model import DesiredState
-    from reconciler.session import PassResult
 
 _MARKS = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}
 

@@ -1,9 +1,9 @@
 """The reconcile session (``Session``) and what a pass of it returns; commands and
 ``watch`` are adapters over it."""
 
+from reconciler.apply.passresult import PassResult
 from reconciler.session.core import DEFAULT_RETENTION, Preview, ScrubbedError, Session
 from reconciler.session.lock import LockTimeout, target_lock
-from reconciler.session.passrun import PassResult
 
 __all__ = [
     "DEFAULT_RETENTION",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.apply.executor import StepResult
+from reconciler.apply.passresult import PassResult
 from reconciler.canary.engine import CanaryState, canary_pair, overlay
 from reconciler.desired.policy import Policy
 from reconciler.errors import ReconcilerError
@@ -17,7 +18,7 @@ from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.plan.planner import Plan, plan
 from reconciler.redact import Redactor
-from reconciler.session.passrun import PassResult, PassRun
+from reconciler.session.passrun import PassRun
 from reconciler.store import Retention, Store
 from reconciler.transport.pool import Connections
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from reconciler.apply.executor import ApplyResult, Executor, StepResult
 from reconciler.apply.images import ensure_image
+from reconciler.apply.passresult import PassResult
 from reconciler.canary.engine import canary_pair, evaluate, overlay
 from reconciler.errors import ReconcilerError
 from reconciler.lb.haproxy.requestlog import RING
@@ -32,13 +33,6 @@ from reconciler.transport.pool import Connections
 
 if TYPE_CHECKING:
     from reconciler.session.core import Session
-
-
-@dataclass
-class PassResult:
-    plan: Plan
-    result: ApplyResult
-    run_id: int
 
 
 def batches(desired: DesiredState, observed: ObservedState) -> list[list[str]]:
