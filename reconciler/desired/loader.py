@@ -4,15 +4,28 @@ PyYAML's composer gives nodes with marks; we build plain data from them ourselve
 that every value and every mapping key keeps its (line, column). Duplicate keys, which
 PyYAML silently accepts, are reported. Loading never raises for bad YAML: it returns
 the problems instead, so one run can report every file of a repository.
+
+Two parsers feed the same composer, builder and checks. libyaml's (``CParser``, about
+20 times faster than PyYAML's pure-Python one) reads a file first, unless its text holds
+something the two read differently (``_C_UNSAFE``: a tab, a control character, a tag,
+...); a file it cannot read without a problem, or where its events may differ (an empty
+value: ``_Unsure``), is read again from the start by the pure-Python parser, whose
+marks and messages every problem is reported with. So the fast path changes no answer:
+tests/unit/test_loader.py compares the two on every file of the corpus, the hostile
+strings, the known parting points and random YAML.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from reconciler.errors import Problem
 
@@ -92,8 +105,8 @@ class _TooDeep(Exception):
         self.mark = mark
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses nesting deeper than ``MAX_DEPTH``."""
+class _DepthCap(Composer):
+    """A composer that refuses nesting deeper than ``MAX_DEPTH``."""
 
     depth = 0
 
@@ -101,15 +114,66 @@ class _Loader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+                event: yaml.Event = self.peek_event()  # type: ignore[attr-defined]
                 raise _TooDeep(event.start_mark)
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 
 
+class _Loader(_DepthCap, yaml.SafeLoader):
+    """PyYAML's pure-Python SafeLoader, depth-capped: the reference reader."""
+
+
+# Where libyaml and PyYAML read alike: printable text, line feeds and carriage returns
+# (tests/unit/test_loader.py compares them). Not a tab (libyaml takes it where PyYAML
+# refuses it), a byte-order mark (PyYAML gives it no column), NEL or the Unicode line
+# and paragraph separators, a surrogate or a control character; not a block scalar
+# header followed by "#" without a space (libyaml reads a comment, PyYAML refuses); no
+# "?" in a file with a flow collection (in one, PyYAML ends a plain scalar at "?"); and
+# no "!" where a tag may start (libyaml takes tags that PyYAML refuses).
+_C_UNSAFE = re.compile(
+    r"[^\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+    r"|[|>][-+0-9]*#"
+    r"|^(?=[^?]*[?])(?=[^\[{]*[\[{])"
+    r"|(?<![^\s,\[\]{}])!",
+)
+
+
+class _Unsure(Exception):
+    """libyaml's events may differ from PyYAML's here: read the file with PyYAML."""
+
+
+_CLoader: Callable[[str], Any] | None = None
+try:
+    from yaml._yaml import CParser
+except ImportError:  # PyYAML built without libyaml: every file takes the Python path
+    pass
+else:
+
+    class _CParsed(_DepthCap, CParser, SafeConstructor, Resolver):
+        """libyaml's parser (events) under the same depth-capped Python composer."""
+
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+        def compose_scalar_node(self, anchor: Any) -> yaml.ScalarNode:
+            event: Any = self.peek_event()
+            if event.value == "" and not event.style:
+                # An empty plain scalar (a key or value left out, an empty document):
+                # libyaml marks it where the next token starts, PyYAML where the one
+                # before it ends.
+                raise _Unsure
+            return super().compose_scalar_node(anchor)
+
+    _CLoader = _CParsed
+
+
 class _Builder:
-    def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
+    def __init__(self, file: str, loader: Any) -> None:  # _Loader or _CLoader
         self.file = file
         self.loader = loader
         self.problems: list[Problem] = []
@@ -180,8 +244,22 @@ def _explain(exc: yaml.MarkedYAMLError) -> str:
 
 
 def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
-    """Parse every document of ``text``; ``file`` is the name used in problems."""
-    loader = _Loader(text)
+    """Parse every document of ``text``; ``file`` is the name used in problems.
+
+    libyaml reads it when it can and finds nothing wrong; otherwise PyYAML reads it
+    again, from the start, and says what is wrong (see the module's docstring)."""
+    if _CLoader is not None and not _C_UNSAFE.search(text):
+        try:
+            docs, problems = _load(file, _CLoader(text))
+        except _Unsure:
+            pass
+        else:
+            if not problems:
+                return docs, problems
+    return _load(file, _Loader(text))
+
+
+def _load(file: str, loader: Any) -> tuple[list[Document], list[Problem]]:
     builder = _Builder(file, loader)
     docs: list[Document] = []
     try:
