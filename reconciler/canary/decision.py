@@ -49,18 +49,33 @@ def _logsumexp(values: list[float]) -> float:
 def log_likelihood_ratio(canary: Counts, baseline: Counts, psi: float) -> float:
     """log P_psi(X = x) / P_1(X = x) for the canary's errors x given both sides'
     requests and the interval's total errors (Fisher's noncentral hypergeometric)."""
+    return log_likelihood_ratios(canary, baseline, (psi,))[0]
+
+
+def log_likelihood_ratios(
+    canary: Counts, baseline: Counts, odds_ratios: tuple[float, ...]
+) -> list[float]:
+    """``log_likelihood_ratio`` for each odds ratio: the hypergeometric weights, which do
+    not depend on it, are computed once."""
     n1, n2 = canary.requests, baseline.requests
     m = canary.errors + baseline.errors
     lo, hi = max(0, m - n2), min(n1, m)
     if m == 0 or lo == hi:
-        return 0.0  # the margins fix x: no information
+        return [0.0] * len(odds_ratios)  # the margins fix x: no information
     log_w = [_log_comb(n1, u) + _log_comb(n2, m - u) for u in range(lo, hi + 1)]
-    log_psi = math.log(psi)
-    numerator = canary.errors * log_psi
-    return numerator - (
-        _logsumexp([w + u * log_psi for u, w in zip(range(lo, hi + 1), log_w, strict=True)])
-        - _logsumexp(log_w)
-    )
+    log_null = _logsumexp(log_w)
+    out = []
+    for psi in odds_ratios:
+        log_psi = math.log(psi)
+        numerator = canary.errors * log_psi
+        out.append(
+            numerator
+            - (
+                _logsumexp([w + u * log_psi for u, w in zip(range(lo, hi + 1), log_w, strict=True)])
+                - log_null
+            )
+        )
+    return out
 
 
 @dataclass
@@ -76,8 +91,9 @@ class EProcess:
             self.log_products = [0.0] * len(self.odds_ratios)
 
     def update(self, canary: Counts, baseline: Counts) -> None:
-        for i, psi in enumerate(self.odds_ratios):
-            self.log_products[i] += log_likelihood_ratio(canary, baseline, psi)
+        ratios = log_likelihood_ratios(canary, baseline, self.odds_ratios)
+        for i, r in enumerate(ratios):
+            self.log_products[i] += r
 
     @property
     def value(self) -> float:
