@@ -368,6 +368,7 @@ BASE_TEXTS = base_files()
 FIELDS = all_fields()
 
 
+@cache
 def _cases() -> list[Any]:
     cases = []
     for field in FIELDS:
@@ -381,14 +382,23 @@ def _cases() -> list[Any]:
     return cases
 
 
-def test_hostile_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+# The matrix in shards (every SHARDS-th case), so that `pytest -n` spreads it over CPUs.
+SHARDS = 4
+
+
+def test_hostile_matrix_is_big_enough() -> None:
+    assert len(_cases()) >= 1000
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_hostile_matrix(monkeypatch: pytest.MonkeyPatch, shard: int) -> None:
     from reconciler.desired.manifests import load_manifests
 
     _loader_memo(monkeypatch)
     base = load_manifests([(n, t.encode()) for n, t in BASE_TEXTS.items()])
     base_configs = _rendered(base)
     assert base_configs, "the base renders no HAProxy config"
-    cases = _cases()
+    cases = _cases()[shard::SHARDS]
     failures = []
     for case in cases:
         try:
@@ -396,7 +406,7 @@ def test_hostile_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
         except Exception:  # a traceback is a failure of the case, reported with the others
             wrong = [f"crashed:\n{traceback.format_exc()}"]
         failures += [f"{case.field} [{case.variant}]: {w}" for w in wrong]
-    assert len(cases) >= 1000
+    assert cases
     assert not failures, f"{len(failures)} of {len(cases)} cases:\n" + "\n".join(failures[:40])
 
 

@@ -27,7 +27,7 @@ def server() -> Iterator[tuple[str, list[bytes]]]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
-    listener.settimeout(0.2)
+    listener.settimeout(0.02)  # how soon the server sees it should stop
     cycle: list[bytes] = [RESPONSES["ok"]]
     stop = threading.Event()
 

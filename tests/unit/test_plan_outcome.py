@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+import pytest
 from hypothesis import HealthCheck as HypothesisHealth
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -296,10 +297,16 @@ def check_outcome(after: DesiredState, world: ObservedState, held: dict[str, str
     assert again.empty, (text, plan_text(again, "x"))
 
 
-@settings(max_examples=300, deadline=None,
+# 300 examples in 3 shards of 100, each its own random search, so that `pytest -n`
+# spreads them over CPUs.
+SHARDS, EXAMPLES = 3, 300
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+@settings(max_examples=EXAMPLES // SHARDS, deadline=None,
           suppress_health_check=[HypothesisHealth.too_slow, HypothesisHealth.data_too_large])
 @given(data=st.data(), before=states(), after=states())
-def test_plan_reaches_the_desired_state_from_any_world(data, before, after) -> None:  # type: ignore[no-untyped-def]
+def test_plan_reaches_the_desired_state_from_any_world(shard, data, before, after) -> None:  # type: ignore[no-untyped-def]
     frozen = frozenset(data.draw(st.lists(st.sampled_from(HOSTS), max_size=1, unique=True)))
     names = sorted({s.name for s in after.services} | {s.name for s in before.services})
     held = {n: "failed at this commit" for n in data.draw(
