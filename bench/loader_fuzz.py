@@ -95,7 +95,7 @@ def main() -> int:
                 continue
             fast += 1
             c = answer(lambda t=t: loader.load_yaml("f.yaml", t))
-            py = answer(lambda t=t: loader._load("f.yaml", loader._Loader(t)))
+            py = answer(lambda t=t: loader.read_python("f.yaml", t))
             if c != py:
                 differ += 1
                 print(f"differ: {t!r}\n  libyaml: {c[:300]}\n  python:  {py[:300]}")

@@ -182,7 +182,17 @@ class _Builder:
     def _scalar(self, node: yaml.Node, raw: bool) -> Any:
         if raw and isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:null":
             return str(node.value)
-        return self.loader.construct_object(node, deep=True)
+        return self._construct(node)
+
+    def _construct(self, node: yaml.Node) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+            # PyYAML's constructors crash on some values of an explicit tag ("!!int ''")
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid {tag}", node.start_mark
+            ) from exc
 
     def build(self, node: yaml.Node, path: Path, doc: Document) -> Any:
         self.nodes += 1
@@ -230,7 +240,7 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), doc) for i, item in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+        return self._construct(node)
 
 
 def _explain(exc: yaml.MarkedYAMLError) -> str:
@@ -256,7 +266,23 @@ def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
         else:
             if not problems:
                 return docs, problems
-    return _load(file, _Loader(text))
+    return read_python(file, text)
+
+
+def read_python(file: str, text: str) -> tuple[list[Document], list[Problem]]:
+    """``load_yaml``'s answer, always by PyYAML's pure-Python parser: the reference."""
+    try:
+        loader = _Loader(text)  # checks every character first
+    except yaml.reader.ReaderError as exc:
+        lines = re.split("\r\n|[\n\r\x85\u2028\u2029]", text[: exc.position])
+        column = len(lines[-1].replace("\ufeff", "")) + 1  # (as PyYAML counts columns)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        message = (
+            f"YAML syntax error: the character U+{code:04X} may not be written as it is "
+            f'(escape it in a double-quoted string: "\\u{code:04x}")'
+        )
+        return [], [Problem(file, len(lines), column, "", message)]
+    return _load(file, loader)
 
 
 def _load(file: str, loader: Any) -> tuple[list[Document], list[Problem]]:

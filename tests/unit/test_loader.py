@@ -126,7 +126,7 @@ def _fast_path_taken(text: str) -> bool:
 
 def _same_answer(text: str) -> None:
     fast = _answer(lambda: loader.load_yaml("f.yaml", text))
-    assert fast == _answer(lambda: loader._load("f.yaml", loader._Loader(text))), repr(text)
+    assert fast == _answer(lambda: loader.read_python("f.yaml", text)), repr(text)
 
 
 @needs_libyaml
@@ -202,3 +202,17 @@ _PIECES = (
 @given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=30).map("".join))
 def test_both_parsers_answer_alike_on_random_yaml(text: str) -> None:
     _same_answer(text)
+
+
+def test_a_raw_control_character_is_a_problem_at_its_place_not_a_traceback() -> None:
+    for text, (line, column) in (("a: 1\nb: x\x1by\n", (2, 5)), ("a:\r\n  b: '\x00'\n", (2, 7))):
+        docs, (problem,) = load_yaml("f.yaml", text)
+        assert not docs and (problem.line, problem.column) == (line, column), problem
+        assert "may not be written as it is" in problem.message
+
+
+def test_a_value_its_explicit_tag_cannot_take_is_a_problem_not_a_traceback() -> None:
+    for value in ('!!int ""', "!!float ''", "!!bool maybe", "!!timestamp x", "!!int 0x"):
+        docs, (problem,) = load_yaml("f.yaml", f"a: 1\nb: {value}\n")
+        assert not docs and (problem.line, problem.column) == (2, 4), problem
+        assert "is not a valid !!" in problem.message
