@@ -29,6 +29,9 @@ KIND_SCHEMAS = {
     "Environment": "environment.schema.json",
 }
 MARKER = "HOSTILEMARKER7"
+# libyaml's emitter when there is one: the same text as PyYAML's for every file the
+# matrix writes (compared), several times faster.
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 _CANARY = {
     "steps": [{"weight": 10, "min_duration": "1m", "min_requests": 10}],
@@ -327,7 +330,7 @@ def template(field: Field, file: str, path: tuple[Any, ...]) -> Template:
         parent.update(items)
     else:
         _get(doc, path)[MARKER] = "x"
-    text = yaml.safe_dump(doc, sort_keys=False, width=10**6, allow_unicode=True)
+    text = yaml.dump(doc, Dumper=DUMPER, sort_keys=False, width=10**6, allow_unicode=True)
     line = next(n for n, raw in enumerate(text.splitlines(), 1) if MARKER in raw)
     return Template(field, file, text, line)
 
@@ -342,6 +345,6 @@ def base_value(field: Field, file: str, path: tuple[Any, ...]) -> str:
 
 def base_files() -> dict[str, str]:
     return {
-        name: yaml.safe_dump(doc, sort_keys=False, width=10**6, allow_unicode=True)
+        name: yaml.dump(doc, Dumper=DUMPER, sort_keys=False, width=10**6, allow_unicode=True)
         for name, doc in BASE.items()
     }
