@@ -17,6 +17,7 @@ the test until it is varied here.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import fields, replace
 
 import pytest
@@ -97,29 +98,39 @@ def specs(draw, revision: str) -> ContainerSpec:  # type: ignore[no-untyped-def]
     return ContainerSpec(**values)
 
 
+SPECS = {r: specs(r) for r in ("v1", "v2", "v3")}
 POLICY = CanaryPolicy(steps=(CanaryStep(20), CanaryStep(100)))
+
+
+# Strategies built once (building one per draw was a fifth of the test's time).
+REVISIONS = st.lists(st.sampled_from(["v1", "v2", "v3"]), min_size=1, max_size=3, unique=True)
+CUTS = [st.lists(st.integers(0, 100), min_size=n, max_size=n) for n in range(3)]
+HOST_SETS = {hosts: st.lists(st.sampled_from(hosts), min_size=1, unique=True)
+             for n in range(1, len(HOSTS) + 1) for hosts in itertools.permutations(HOSTS, n)}
+REPLICAS = st.integers(0, 3)
+BALANCES = st.sampled_from(["roundrobin", "leastconn", "random"])
+TIMEOUTS = st.sampled_from([Timeouts(), Timeouts(connect_ms=2000, server_ms=5000)])
+DRAINS = st.sampled_from([1, 10, 30])
 
 
 @st.composite
 def services(draw, name: str, app_hosts: tuple[str, ...]) -> Service:  # type: ignore[no-untyped-def]
-    revs = draw(st.lists(st.sampled_from(["v1", "v2", "v3"]), min_size=1, max_size=3,
-                         unique=True))
+    revs = draw(REVISIONS)
     if len(revs) == 2 and draw(st.booleans()):  # a canary at 0 next to its baseline
         weights, canary = [100, 0], [None, POLICY]
     else:
-        cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=len(revs) - 1,
-                                    max_size=len(revs) - 1)))
+        cuts = sorted(draw(CUTS[len(revs) - 1]))
         weights = [b - a for a, b in zip([0, *cuts], [*cuts, 100], strict=True)]
         canary = [None] * len(revs)
     return Service(
         name=name,
-        releases=tuple(Release(r, w, draw(specs(r)), canary=c)
+        releases=tuple(Release(r, w, draw(SPECS[r]), canary=c)
                        for r, w, c in zip(revs, weights, canary, strict=True)),
-        replicas=draw(st.integers(0, 3)),
-        hosts=tuple(draw(st.lists(st.sampled_from(app_hosts), min_size=1, unique=True))),
-        balance=draw(st.sampled_from(["roundrobin", "leastconn", "random"])),
-        timeouts=draw(st.sampled_from([Timeouts(), Timeouts(connect_ms=2000, server_ms=5000)])),
-        drain_timeout_s=draw(st.sampled_from([1, 10, 30])),
+        replicas=draw(REPLICAS),
+        hosts=tuple(draw(HOST_SETS[app_hosts])),
+        balance=draw(BALANCES),
+        timeouts=draw(TIMEOUTS),
+        drain_timeout_s=draw(DRAINS),
     )
 
 
@@ -149,6 +160,15 @@ def states(draw) -> DesiredState:  # type: ignore[no-untyped-def]
                                   for h in d.hosts))
 
 
+CONTAINER_FATES = st.sampled_from(
+    ["keep", "keep", "keep", "exited", "gone", "unhealthy", "starting"])
+ONE_IN_TEN = st.integers(0, 9)
+SERVER_FATES = st.sampled_from(["keep", "keep", "weight", "drain", "maint", "gone", "moved",
+                                "down"])
+WEIGHTS = st.integers(0, 256)
+STALENESS = st.sampled_from(["fresh", "fresh", "servers", "sections", "none"])
+
+
 @st.composite
 def perturbed(draw, world: ObservedState, frozen: frozenset[str],  # type: ignore[no-untyped-def]
               held: frozenset[str]) -> ObservedState:
@@ -166,8 +186,7 @@ def perturbed(draw, world: ObservedState, frozen: frozenset[str],  # type: ignor
             if c.label(identity.SERVICE) in held:
                 cs.append(c)
                 continue
-            fate = draw(st.sampled_from(
-                ["keep", "keep", "keep", "exited", "gone", "unhealthy", "starting"]))
+            fate = draw(CONTAINER_FATES)
             if fate == "exited":
                 cs.append(replace(c, status="exited"))
             elif fate in ("unhealthy", "starting"):
@@ -176,12 +195,12 @@ def perturbed(draw, world: ObservedState, frozen: frozenset[str],  # type: ignor
                 cs.append(c)
         images = dict(h.images)
         for ref in sorted(images):
-            if draw(st.integers(0, 9)) == 0:  # the tag moved to another image
+            if draw(ONE_IN_TEN) == 0:  # the tag moved to another image
                 images[ref] = image_id(ref + "@moved")
         hosts.append(replace(h, containers=tuple(cs), images=tuple(sorted(images.items()))))
     lbs = []
     for lb in world.haproxy:
-        if draw(st.integers(0, 9)) == 0:  # HAProxy is not running
+        if draw(ONE_IN_TEN) == 0:  # HAProxy is not running
             lbs.append(replace(lb, running=False, servers=(), stats=()))
             continue
         servers: list[ServerState] = []
@@ -190,12 +209,11 @@ def perturbed(draw, world: ObservedState, frozen: frozenset[str],  # type: ignor
             if s.server.partition(".")[0] in frozen or s.backend in held_backends:
                 servers.append(s)
                 continue
-            fate = draw(st.sampled_from(["keep", "keep", "weight", "drain", "maint", "gone",
-                                         "moved", "down"]))
+            fate = draw(SERVER_FATES)
             if fate == "gone":
                 continue
             if fate == "weight":
-                s = replace(s, weight=draw(st.integers(0, 256)))
+                s = replace(s, weight=draw(WEIGHTS))
             elif fate in ("drain", "maint"):
                 s = replace(s, admin=(fate,), weight=0 if fate == "drain" else s.weight)
             elif fate == "moved":  # pointing at a port nothing publishes
@@ -209,7 +227,7 @@ def perturbed(draw, world: ObservedState, frozen: frozenset[str],  # type: ignor
                                        "running", ()))
         config_servers = lb.config_servers
         sections = lb.config_sections
-        stale = draw(st.sampled_from(["fresh", "fresh", "servers", "sections", "none"]))
+        stale = draw(STALENESS)
         # (the config lines of a frozen host's servers stay: the pass leaves them too)
         kept = tuple(c for c in config_servers
                      if c[1].partition(".")[0] in frozen or c[0] in held_backends)
