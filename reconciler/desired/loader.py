@@ -256,17 +256,25 @@ def _explain(exc: yaml.MarkedYAMLError) -> str:
 def load_yaml(file: str, text: str) -> tuple[list[Document], list[Problem]]:
     """Parse every document of ``text``; ``file`` is the name used in problems.
 
-    libyaml reads it when it can and finds nothing wrong; otherwise PyYAML reads it
-    again, from the start, and says what is wrong (see the module's docstring)."""
+    libyaml reads it when it can and finds nothing wrong (or only too many nodes);
+    otherwise PyYAML reads it again, from the start, and says what is wrong (see the
+    module's docstring)."""
     if _CLoader is not None and not _C_UNSAFE.search(text):
         try:
             docs, problems = _load(file, _CLoader(text))
         except _Unsure:
             pass
         else:
-            if not problems:
+            # (the node cap's problem has no position: PyYAML would only take longer to
+            # find it, a whole file's worth on a big file)
+            if not problems or problems == [_too_big(file)]:
                 return docs, problems
     return read_python(file, text)
+
+
+def _too_big(file: str) -> Problem:
+    message = f"more than {MAX_NODES} YAML nodes (aliases expanding too far?); refused"
+    return Problem(file, 1, 1, "", message)
 
 
 def read_python(file: str, text: str) -> tuple[list[Document], list[Problem]]:
@@ -297,15 +305,7 @@ def _load(file: str, loader: Any) -> tuple[list[Document], list[Problem]]:
             doc.data = builder.build(node, (), doc)
             docs.append(doc)
     except _TooBig:
-        builder.problems.append(
-            Problem(
-                file,
-                1,
-                1,
-                "",
-                f"more than {MAX_NODES} YAML nodes (aliases expanding too far?); refused",
-            )
-        )
+        builder.problems.append(_too_big(file))
     except _TooDeep as exc:
         line, col = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark else (1, 1)
         builder.problems.append(
