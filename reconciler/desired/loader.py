@@ -8,9 +8,10 @@ the problems instead, so one run can report every file of a repository.
 Two parsers feed the same composer, builder and checks. libyaml's (``CParser``, about
 20 times faster than PyYAML's pure-Python one) reads a file first, unless its text holds
 something the two read differently (``_C_UNSAFE``: a tab, a control character, a tag,
-...); a file it cannot read without a problem, or where its events may differ (an empty
-value: ``_Unsure``), is read again from the start by the pure-Python parser, whose
-marks and messages every problem is reported with. So the fast path changes no answer:
+...); a file it cannot read without a problem (but for too many nodes, a problem without
+a position), or where its events may differ (an empty value: ``_Unsure``), is read again
+from the start by the pure-Python parser, whose marks and messages every problem is
+reported with. So the fast path changes no answer:
 tests/unit/test_loader.py compares the two on every file of the corpus, the hostile
 strings, the known parting points and random YAML.
 """
