@@ -3,9 +3,9 @@
 The loop is level-based: every pass reads live state afresh. A pass runs when the branch
 head moves (seen at once through file-system events for a local repository, or by a
 cheap ``ls-remote`` every ``poll`` seconds for a remote one, fetching only when it moved)
-and every ``drift`` seconds (repairing drift: containers stopped by hand, HAProxy edited
-by hand, weights changed through the runtime API). In detect-only mode drift is reported
-(log, metrics) and nothing changes.
+and every ``drift`` seconds (repairing drift: containers stopped by hand, server lines of
+the HAProxy config edited by hand, weights changed through the runtime API). In detect-only
+mode drift is reported (log, metrics) and nothing changes.
 
 Errors: an invalid or wrongly signed commit is rejected once and not read again until the
 head moves; services whose apply failed are held at that commit (``reconcile retry``);
