@@ -12,8 +12,8 @@ engine and a real HAProxy, through the real CLI (`python -m reconciler watch`):
    delay times a jitter factor in [0.5, 1.5], logged (`delay_s`) and waited; HAProxy
    keeps serving and nothing is changed meanwhile; the first good pass resets the count.
 3. Drift by hand, repaired within a drift interval without a reload, and counted and
-   logged as drift: a weight set over the stats socket, a weight changed in the
-   installed config file, a server line deleted from it.
+   logged as drift: a weight or the maint state set over the stats socket, a weight
+   changed in the installed config file, a server line deleted from it.
 
 1 and 3 share one deployment and one watcher (module scope); 2 has its own (its watcher
 reaches the engine through a socket path the test takes away). Test_watch.py holds the
@@ -248,6 +248,18 @@ def _runtime_weight(dep: Deployment) -> Callable[[], bool]:
     return lambda: servers(dep)[("be_web", server)] == 100
 
 
+def _runtime_maint(dep: Deployment) -> Callable[[], bool]:
+    server = web_server(dep)
+
+    def admin() -> tuple[str, ...]:
+        text = dep.haproxy.stats.command("show servers state be_web")
+        return next(s.admin for s in parse_servers_state(text) if s.server == server)
+
+    assert dep.haproxy.stats.command(f"set server be_web/{server} state maint").strip() == ""
+    assert admin() == ("maint",)
+    return lambda: admin() == ()
+
+
 def _file(dep: Deployment, change: Callable[[list[str]], list[str]]) -> Callable[[], bool]:
     path = dep.haproxy.paths.config
     installed = path.read_bytes()
@@ -283,6 +295,7 @@ def _file_server_removed(dep: Deployment) -> Callable[[], bool]:
 
 DRIFTS: dict[str, Callable[[Deployment], Callable[[], bool]]] = {
     "weight-set-over-the-stats-socket": _runtime_weight,
+    "maint-set-over-the-stats-socket": _runtime_maint,
     "weight-changed-in-the-config-file": _file_weight,
     "server-line-deleted-from-the-config-file": _file_server_removed,
 }
