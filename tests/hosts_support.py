@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -162,6 +163,10 @@ class SimHost:
     cgroup_parent: str = ""
     bip: str = ""
     registry: str = ""   # the --insecure-registry given to dockerd
+    # Directories this host does not share with the machine: its sshd (and so whatever
+    # runs over SSH on it, HAProxy included) sees an empty tmpfs of its own at each of
+    # them (a private mount namespace). Takes effect at the next start of its sshd.
+    own_dirs: tuple[str, ...] = ()
     _dockerd: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _client: Any = field(default=None, repr=False, compare=False)
@@ -291,12 +296,23 @@ class SimHost:
             self._dockerd = None
 
     # ---- sshd ----------------------------------------------------------------------
+    def sshd_argv(self) -> list[str]:
+        """sshd in this host's network namespace; with ``own_dirs``, also in a mount
+        namespace of its own where a fresh tmpfs is mounted on each of them (sh execs
+        sshd: the pid stays the one of the pid file)."""
+        sshd = [SSHD, "-D", "-f", str(self.sshd_config), "-E", str(self.sshd_log)]
+        if not self.own_dirs:
+            return self.nsenter(*sshd)
+        mounts = [f"mount -t tmpfs -o mode=0755,size=8m rtsim-own {shlex.quote(d)}"
+                  for d in self.own_dirs]
+        script = " && ".join([*mounts, f"exec {shlex.join(sshd)}"])
+        return self.nsenter("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+
     def spawn_sshd(self) -> None:
         if self.sshd_pid() is not None:
             raise RuntimeError(f"{self.name}: sshd already running")
         self._sshd = subprocess.Popen(
-            self.nsenter(SSHD, "-D", "-f", str(self.sshd_config), "-E", str(self.sshd_log)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self.sshd_argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=_env(), start_new_session=True,
         )
 
