@@ -39,6 +39,10 @@ STEP = re.compile(r"^\s+\[\s*(\d+)\] (\w+)\s+([\w-]+): (.*)$", re.M)
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimHosts]:
+    # Not shared with test_ssh_hosts (a session fixture would save ~4 s of start and
+    # close): test_sim_hosts, which runs between the two, starts and removes hosts of its
+    # own on the one network, and both modules leave state behind on the hosts (images,
+    # a broken v3 tag, HAProxy on h4:8080) that the other's assertions would see.
     hosts = start_hosts(5)
     try:
         yield hosts
@@ -196,12 +200,13 @@ def pair(sim: SimHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
         h5.start_sshd()
 
 
-def _sftp(sim: SimHosts, host: SimHost) -> paramiko.SFTPClient:
+def _ssh(sim: SimHosts, host: SimHost) -> paramiko.SSHClient:
+    """An SSH connection to ``host`` as the operator would open one (close it)."""
     client = paramiko.SSHClient()
     client.load_host_keys(str(sim.known_hosts))
     client.connect(host.address, username="root", key_filename=str(sim.key),
                    look_for_keys=False, allow_agent=False, timeout=10)
-    return client.open_sftp()
+    return client
 
 
 def _https(url: str) -> int:
@@ -213,14 +218,15 @@ def _https(url: str) -> int:
 
 
 def test_a_config_one_lb_host_rejects_switches_no_lb_host(pair: Fleet, sim: SimHosts) -> None:
+    # The host that rejects is the later one in plan order (h4's config step comes first):
+    # installing host by host without checking them all first would switch h4.
     h4, h5 = pair.lbs
     cert = sim.base / "certs" / "edge.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
                     "/CN=edge.test", "-keyout", str(cert), "-out", str(cert)],
                    check=True, capture_output=True)
-    sftp5 = _sftp(sim, h5)
-    with pytest.raises(FileNotFoundError):
+    with _ssh(sim, h5) as ssh5, ssh5.open_sftp() as sftp5, pytest.raises(FileNotFoundError):
         sftp5.stat(str(cert))  # deployed to h4 only
     configs = {lb.name: (pair.haproxy_dir(lb) / "haproxy.cfg").read_bytes() for lb in pair.lbs}
     procs = {lb.name: pair.haproxy(lb).procs() for lb in pair.lbs}
@@ -254,8 +260,8 @@ def test_a_config_one_lb_host_rejects_switches_no_lb_host(pair: Fleet, sim: SimH
     assert "HELD" not in text, text  # nothing held: every pass tries again
 
     # The fix: the certificate deployed to h5 too. The next pass (same commit) switches both.
-    sftp5.put(str(cert), str(cert))
-    sftp5.close()
+    with _ssh(sim, h5) as ssh5, ssh5.open_sftp() as sftp5:
+        sftp5.put(str(cert), str(cert))
     code, out = pair.apply()
     assert code == 0, out
     for lb in pair.lbs:
