@@ -3,9 +3,9 @@
 The loop is level-based: every pass reads live state afresh. A pass runs when the branch
 head moves (seen at once through file-system events for a local repository, or by a
 cheap ``ls-remote`` every ``poll`` seconds for a remote one, fetching only when it moved)
-and every ``drift`` seconds (repairing drift: containers stopped by hand, HAProxy edited
-by hand, weights changed through the runtime API). In detect-only mode drift is reported
-(log, metrics) and nothing changes.
+and every ``drift`` seconds (repairing drift: containers stopped by hand, server lines of
+the HAProxy config edited by hand, weights changed through the runtime API). In detect-only
+mode drift is reported (log, metrics) and nothing changes.
 
 Errors: an invalid or wrongly signed commit is rejected once and not read again until the
 head moves; services whose apply failed are held at that commit (``reconcile retry``);
@@ -38,6 +38,24 @@ from reconciler.store import Retention
 from reconciler.watch_source import BranchSource
 
 log = logging.getLogger("reconciler.watch")
+
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+JITTER = (0.5, 1.5)
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the ``attempt``-th transient failure in a row (1-based):
+    1 s doubling per attempt up to 60 s, times a jitter factor drawn uniformly from
+    [0.5, 1.5] (so at most 90 s), so that watchers that failed together do not retry in
+    step. Any number of attempts is fine (the exponent is capped: no OverflowError after
+    a day-long outage). ``rng`` is for tests; the default is the module's generator.
+    ValueError when ``attempt`` < 1."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, not {attempt}")
+    base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** min(attempt - 1, 32))
+    return base * (rng or random).uniform(*JITTER)  # jitter, not crypto
 
 
 @dataclass
@@ -155,10 +173,14 @@ class Watcher:
         self.state.last_pass = time.monotonic()
 
     def _transient(self, what: str, exc: Exception) -> None:
-        """Back off exponentially with jitter (1 s doubling to 60 s); hosts stay as they are."""
+        """Back off exponentially with jitter (``backoff_delay``); hosts stay as they are.
+
+        The attempt number counts transient failures since the last pass that ended
+        (``step`` resets it then); the log line carries it and the delay (``attempt``,
+        ``delay_s``), so an operator sees when the next attempt comes."""
         self.metrics.failures.labels(kind=what).inc()
         n = self.state.failures_in_a_row = self.state.failures_in_a_row + 1
-        delay = min(60.0, 2.0 ** (n - 1)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
+        delay = backoff_delay(n)
         self.state.retry_at = time.monotonic() + delay
         stale = (
             "never read"
@@ -171,7 +193,13 @@ class Watcher:
             stale,
             delay,
             exc,
-            extra={"event": "transient-error", "attempt": n, "stale": stale},
+            extra={
+                "event": "transient-error",
+                "what": what,
+                "attempt": n,
+                "delay_s": round(delay, 3),
+                "stale": stale,
+            },
         )
 
     def _reject(self, sha: str, why: str, kind: str) -> None:

@@ -302,7 +302,10 @@ class Executor:
                 self._check_binds(a.host)
                 self.checked[a.host] = (text, lb.check(text))
             except ReconcilerError as exc:
-                self._emit(StepResult(step, a, "failed", f"{exc} (no LB host was switched)", 0.0))
+                why = f"{exc} (no LB host was switched)"
+                with self.lock:
+                    self._fail(a, why)  # recorded as "haproxy failed", as from _step
+                self._emit(StepResult(step, a, "failed", why, 0.0))
 
     def _fail(self, action: Action, why: str) -> None:
         key = action.service or "haproxy"
