@@ -1,5 +1,5 @@
 """Documented promises of `reconcile watch` (docs/operations.md "Watching a branch",
-"Changed by hand", the metrics table; reconciler/watch.py) held against the real Docker
+"Changed by hand", the metrics table; reconciler/watch/) held against the real Docker
 engine and a real HAProxy, through the real CLI (`python -m reconciler watch`):
 
 1. Bad input changes nothing: a head whose manifests fail the checks is rejected once
@@ -40,7 +40,7 @@ from fault_support import History, Traffic
 from repo_support import edit
 from watch_support import Watch
 
-from reconciler.haproxy.runtime import parse_servers_state
+from reconciler.lb.haproxy.runtime import parse_servers_state
 
 DRIFT = 2.0  # --drift-interval of the watchers here
 BAD_SPOT = "environments/staging.yaml:15:15: services.web.replicas: 'one' is not of type 'integer'"

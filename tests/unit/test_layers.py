@@ -23,7 +23,6 @@ LAYERS: list[set[str]] = [
     {"apply"},
     {"present"},
     {"session"},
-    {"watch_source"},
     {"cli", "watch", "__main__"},
 ]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.desired.source import RepoSpec
 from reconciler.errors import ReconcilerError
-from reconciler.source import RepoSpec
 from reconciler.watch import BACKOFF_MAX_S, WatchConfig, Watcher, backoff_delay
 
 
@@ -56,8 +56,9 @@ class Flaky(Watcher):
 
     broken = True
 
-    def head(self) -> str:
-        return "c0ffee"
+    def __init__(self, cfg: WatchConfig) -> None:
+        super().__init__(cfg)
+        self.source.head = lambda: "c0ffee"  # type: ignore[method-assign]
 
     def _pass(self, sha: str, kind: str) -> None:
         if self.broken:

@@ -18,7 +18,6 @@ stale the view of the repository is.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -35,27 +34,11 @@ from reconciler.model import DesiredState, Instance
 from reconciler.present.metrics import Metrics
 from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
-from reconciler.watch_source import BranchSource
+from reconciler.watch.backoff import backoff_delay
+from reconciler.watch.report import report_pass, set_healthy, set_release_weights
+from reconciler.watch.source import BranchSource
 
 log = logging.getLogger("reconciler.watch")
-
-
-BACKOFF_FIRST_S = 1.0
-BACKOFF_MAX_S = 60.0
-JITTER = (0.5, 1.5)
-
-
-def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds to wait after the ``attempt``-th transient failure in a row (1-based):
-    1 s doubling per attempt up to 60 s, times a jitter factor drawn uniformly from
-    [0.5, 1.5] (so at most 90 s), so that watchers that failed together do not retry in
-    step. Any number of attempts is fine (the exponent is capped: no OverflowError after
-    a day-long outage). ``rng`` is for tests; the default is the module's generator.
-    ValueError when ``attempt`` < 1."""
-    if attempt < 1:
-        raise ValueError(f"attempt must be >= 1, not {attempt}")
-    base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** min(attempt - 1, 32))
-    return base * (rng or random).uniform(*JITTER)  # jitter, not crypto
 
 
 @dataclass
@@ -296,7 +279,7 @@ class Watcher:
             return
         snapshot, desired = loaded
         previous, self.state.good = self.state.good, sha
-        self._set_release_metrics(desired)
+        set_release_weights(self.metrics, desired)
         held = self.session.held(desired)
         if "haproxy" in held:
             return  # HAProxy refused this commit's config: a new commit or `retry`
@@ -307,8 +290,8 @@ class Watcher:
         if done is None:
             return
         self.state.canary_s = self._canary_interval(desired)
-        self._report(done, sha, kind)
-        self._set_health_metrics(desired)
+        report_pass(self.metrics, done, sha, kind)
+        set_healthy(self.metrics, desired, self.session.observe(desired))
 
     def _detect(self, desired: DesiredState, sha: str) -> None:
         """Detect-only: report drift (log, metrics) and change nothing."""
@@ -349,71 +332,3 @@ class Watcher:
                 should_stop=self.stop.is_set,
                 retention=self.cfg.retention,
             )
-
-    def _report(self, done: PassResult, sha: str, kind: str) -> None:
-        """Metrics and log lines of a pass: outcome, reloads, drift, failures."""
-        res = done.result
-        self.metrics.reloads.inc(res.reloads)
-        outcome = "stopped" if res.stopped else "ok" if res.ok else "failed"
-        self.metrics.passes.labels(outcome=outcome).inc()
-        if kind == "drift" and not done.plan.empty:
-            self.metrics.drift.inc()
-        self.metrics.mismatches.set(len(res.mismatches))
-        if res.mismatches:
-            self.metrics.failures.labels(kind="outcome").inc()
-            log.error(
-                "the outcome at commit %s differs from the plan: %s",
-                sha[:7],
-                "; ".join(res.mismatches),
-                extra={"event": "outcome-differs", "commit": sha, "mismatches": res.mismatches},
-            )
-        for service in res.failures:
-            self.metrics.failures.labels(kind="apply").inc()
-            log.error(
-                "%s failed at commit %s",
-                service,
-                sha[:7],
-                extra={"event": "apply-failed", "commit": sha, "service": service},
-            )
-        if res.ok and not res.stopped:
-            self.metrics.set_applied(sha)
-        self.metrics.drift_pending.set(0)
-        if not done.plan.empty:
-            log.info(
-                "pass %s at commit %s: %d step(s), %s",
-                done.run_id,
-                sha[:7],
-                len(res.steps),
-                outcome,
-                extra={
-                    "event": "pass",
-                    "commit": sha,
-                    "run": done.run_id,
-                    "reason": kind,
-                    "outcome": outcome,
-                },
-            )
-
-    def _set_release_metrics(self, desired: DesiredState) -> None:
-        self.metrics.release_weight.clear()
-        for svc in desired.services:
-            for rel in svc.releases:
-                self.metrics.release_weight.labels(service=svc.name, revision=rel.revision).set(
-                    rel.weight
-                )
-
-    def _set_health_metrics(self, desired: DesiredState) -> None:
-        from reconciler import identity
-
-        observed = self.session.observe(desired)
-        for svc in desired.services:
-            healthy = sum(
-                1
-                for h in svc.hosts
-                for c in observed.host(h).containers
-                if c.label(identity.ENVIRONMENT) == desired.environment
-                and c.label(identity.SERVICE) == svc.name
-                and c.status == "running"
-                and c.health != "unhealthy"
-            )
-            self.metrics.healthy.labels(service=svc.name).set(healthy)
