@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,12 +471,24 @@ class Executor:
             old = table.get((a.backend, a.server))
             weight = old.weight if old else 0
             table[(a.backend, a.server)] = RenderServer(a.backend, a.server, address, port, weight)
-        if lb.wait_up([(a.backend, a.server)], timeout=self.health_min_s):
+        timeout = self._up_timeout([a.backend])
+        if lb.wait_up([(a.backend, a.server)], timeout=timeout):
             raise HAProxyError(
                 f"server {a.backend}/{a.server} did not come UP at {address}:{port} "
-                f"within {self.health_min_s:.0f}s"
+                f"within {timeout:.0f}s"
             )
         return f"now at {address}:{port}, UP"
+
+    def _up_timeout(self, backends: Iterable[str]) -> float:
+        """How long servers of ``backends`` may take to be UP after a completed check in
+        HAProxy: ``health_min_s`` (--health-timeout), but at least one check interval
+        and check timeout of their service, since HAProxy's first check of a server it
+        has just loaded may come up to one interval later."""
+        longest = 0.0
+        for backend in backends:
+            h = self.health.get(backend.removeprefix("be_"), HealthCheck(kind="none"))
+            longest = max(longest, (h.interval_ms + h.timeout_ms) / 1000)
+        return max(self.health_min_s, longest)
 
     def _remove_container(self, a: RemoveContainer) -> str | None:
         detail = self._wait_old_sessions(a)
@@ -595,7 +607,7 @@ class Executor:
             what = "config written" if changed else "config unchanged"
         added = self.added.pop(a.host, [])
         if added and a.reload:
-            not_up = lb.wait_up(added, timeout=self.health_min_s)
+            not_up = lb.wait_up(added, timeout=self._up_timeout(b for b, _ in added))
             for backend, server in added:
                 if f"{backend}/{server}" in not_up:
                     service = backend.removeprefix("be_")

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ObserveError
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.runtime import (
     MasterProcs,
     RuntimeSocket,
@@ -280,3 +282,25 @@ def test_config_servers_are_read_back_from_the_rendered_config() -> None:
     assert parse_config_servers(text) == tuple(sorted(
         (s.backend, s.name, s.address, s.port, s.weight) for s in servers))
     assert len(parse_config_servers(text)) == 3
+
+
+def _stat(status: str, check: str) -> ServerStats:
+    return ServerStats(backend="be_web", server="local.c0", status=status, weight=100,
+                       current_sessions=0, total_sessions=0, check_status=check)
+
+
+@pytest.mark.parametrize("seen, not_up", [
+    # HAProxy shows a server it has just loaded UP before its first check (INI): wait
+    ([("UP 1/3", "INI"), ("UP", "L7OK")], []),
+    ([("UP 1/3", "INI"), ("DOWN", "L7STS")], ["be_web/local.c0"]),
+    ([("UP 1/3", "INI")], ["be_web/local.c0"]),  # never checked within the timeout
+    ([("UP", "")], []),  # a server without checks
+])
+def test_wait_up_counts_only_up_after_a_completed_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seen: list[tuple[str, str]],
+        not_up: list[str]) -> None:
+    lb = HAProxy(HAProxyPaths.embedded(tmp_path, "t"))
+    answers = [(_stat(status, check),) for status, check in seen]
+    monkeypatch.setattr(lb, "server_stats", lambda: answers.pop(0) if len(answers) > 1
+                        else answers[0])
+    assert lb.wait_up([("be_web", "local.c0")], timeout=0.5) == not_up

@@ -350,7 +350,10 @@ class HAProxy:
         return parse_stat_csv(self.stats.command("show stat"))
 
     def wait_up(self, servers: Iterable[tuple[str, str]], timeout: float) -> list[str]:
-        """Wait until every (backend, server) is UP; the ones that are not by the deadline."""
+        """Wait until every (backend, server) is UP after a completed health check; the
+        ones that are not by the deadline. A server HAProxy has just loaded shows UP
+        before its first check (check status INI): that does not count, or a server
+        whose checks fail would be taken for UP until its first check marks it DOWN."""
         pending = set(servers)
         deadline = time.monotonic() + timeout
         while pending:
@@ -397,6 +400,7 @@ def _alerts(output: str) -> str:
 
 
 def _is_up(s: ServerStats | None) -> bool:
-    # HAProxy starts a server UP; its first check may come up to `inter` later. The
-    # reconciler's own health gate has passed already, so UP in HAProxy is enough here.
-    return s is not None and s.status.startswith("UP")
+    # HAProxy starts a server UP, before its first check (status INI), which may come up
+    # to `inter` later: only UP after a completed check (or without checks) is UP. The
+    # reconciler's own gate is no substitute: HAProxy checks again, on its own.
+    return s is not None and s.status.startswith("UP") and s.check_status != "INI"
