@@ -35,7 +35,6 @@ LONG_MODULES: dict[str, str] = {
     "desired.manifests": "being split (issue 11)",
     "lb.haproxy.control": "being split (issue 11)",
     "lb.haproxy.runtime": "being split (issue 11)",
-    "plan.planner": "being split (issue 11)",
     "transport.ssh": "being split (issue 11)",
     "watch": "being split (issue 11)",
 }
@@ -50,9 +49,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "desired.manifests._service": "being split (issue 11)",
     "desired.manifests._loadbalancer": "being split (issue 11)",
     "observe.live.observe": "being split (issue 11)",
-    "plan.planner.plan": "being split (issue 11)",
-    "plan.planner._plan_service": "being split (issue 11)",
-    "plan.planner._plan_lb": "being split (issue 11)",
     "present.metrics.__init__": "being split (issue 11)",
     "present.status.status_data": "being split (issue 11)",
     "present.status.status_text": "being split (issue 11)",
