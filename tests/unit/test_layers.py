@@ -32,7 +32,6 @@ MAX_FUNCTION_LINES = 60
 LONG_MODULES: dict[str, str] = {
     "apply.executor": "being split (issue 11)",
     "cli": "being split (issue 11)",
-    "desired.manifests": "being split (issue 11)",
     "lb.haproxy.control": "being split (issue 11)",
     "lb.haproxy.runtime": "being split (issue 11)",
     "transport.ssh": "being split (issue 11)",
@@ -45,9 +44,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "cli._run_apply": "being split (issue 11)",
     "cli.haproxy": "being split (issue 11)",
     "cli.watch": "being split (issue 11)",
-    "desired.manifests._check_repository": "being split (issue 11)",
-    "desired.manifests._service": "being split (issue 11)",
-    "desired.manifests._loadbalancer": "being split (issue 11)",
     "observe.live.observe": "being split (issue 11)",
     "present.metrics.__init__": "being split (issue 11)",
     "present.status.status_data": "being split (issue 11)",
