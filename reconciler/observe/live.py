@@ -12,9 +12,9 @@ from pathlib import Path
 
 from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.paths import HAProxyPaths
-from reconciler.lb.haproxy.runtime import observe_haproxy
 from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
 from reconciler.observe.docker import observe_host
+from reconciler.observe.haproxy import observe_haproxy
 from reconciler.transport.base import HostKeyRefused, TransportError
 from reconciler.transport.pool import Connections
 

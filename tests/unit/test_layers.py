@@ -32,8 +32,6 @@ MAX_FUNCTION_LINES = 60
 LONG_MODULES: dict[str, str] = {
     "apply.executor": "being split (issue 11)",
     "cli": "being split (issue 11)",
-    "lb.haproxy.control": "being split (issue 11)",
-    "lb.haproxy.runtime": "being split (issue 11)",
     "transport.ssh": "being split (issue 11)",
     "watch": "being split (issue 11)",
 }
