@@ -32,7 +32,6 @@ MAX_FUNCTION_LINES = 60
 LONG_MODULES: dict[str, str] = {
     "apply.executor": "being split (issue 11)",
     "cli": "being split (issue 11)",
-    "transport.ssh": "being split (issue 11)",
     "watch": "being split (issue 11)",
 }
 LONG_FUNCTIONS: dict[str, str] = {
@@ -46,7 +45,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "present.metrics.__init__": "being split (issue 11)",
     "present.status.status_data": "being split (issue 11)",
     "present.status.status_text": "being split (issue 11)",
-    "transport.ssh.connect": "being split (issue 11)",
     "watch._pass": "being split (issue 11)",
 }
 
