@@ -42,8 +42,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "cli.haproxy": "being split (issue 11)",
     "cli.watch": "being split (issue 11)",
     "present.metrics.__init__": "being split (issue 11)",
-    "present.status.status_data": "being split (issue 11)",
-    "present.status.status_text": "being split (issue 11)",
     "watch._pass": "being split (issue 11)",
 }
 
