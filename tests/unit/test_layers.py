@@ -41,7 +41,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "cli._run_apply": "being split (issue 11)",
     "cli.haproxy": "being split (issue 11)",
     "cli.watch": "being split (issue 11)",
-    "present.metrics.__init__": "being split (issue 11)",
     "watch._pass": "being split (issue 11)",
 }
 
