@@ -26,7 +26,7 @@ from deploy_support import Deployment
 from reconciler import identity, instance
 from reconciler.desired.manifests import load_manifests, resolve
 from reconciler.desired.source import RepoSpec, open_repo, read_commit
-from reconciler.lb.haproxy.runtime import parse_servers_state
+from reconciler.lb.haproxy.stats import parse_servers_state
 
 # --------------------------------------------------------------------------- traffic
 

@@ -231,7 +231,7 @@ class HAProxyCounters:
         self._started = False
 
     def poll(self) -> None:
-        from reconciler.lb.haproxy.runtime import parse_stat_csv
+        from reconciler.lb.haproxy.stats import parse_stat_csv
 
         try:
             procs = self.haproxy.procs()

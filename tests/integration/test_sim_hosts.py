@@ -164,7 +164,7 @@ def test_wrong_host_key_is_refused(sim: SimHosts, tmp_path: Path) -> None:
 
 
 def test_each_host_has_its_own_engine(sim: SimHosts) -> None:
-    from reconciler.transport.ssh import open_streamlocal
+    from reconciler.transport.ssh_channels import open_streamlocal
 
     roots = set()
     for host in sim.hosts:

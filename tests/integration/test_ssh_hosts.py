@@ -30,7 +30,7 @@ from fleet_support import Fleet
 from hosts_support import SimHost, SimHosts, main_engine, push_image, start_hosts, start_registry
 from load_support import TRAFFIC, HAProxyCounters, HeyLoad, HeyReport
 
-from reconciler.transport.ssh import fingerprint
+from reconciler.transport.ssh_keys import fingerprint
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from support import converge, desired, simulate, spec
 
 from reconciler.canary.engine import CanaryState, evaluate, overlay, undecided
-from reconciler.lb.haproxy.runtime import info_pid
+from reconciler.lb.haproxy.stats import info_pid
 from reconciler.model import (
     CanaryPolicy,
     CanaryStep,

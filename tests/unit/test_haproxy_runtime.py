@@ -1,4 +1,5 @@
-"""Parsers of reconciler.lb.haproxy.runtime against outputs recorded from HAProxy 2.6.
+"""HAProxy parsers (reconciler.lb.haproxy: stats, proc, installed) against outputs
+recorded from HAProxy 2.6; the runtime socket client and observe_haproxy.
 
 The fixtures and the sequence that produced them are described in
 tests/fixtures/haproxy/README.md.
@@ -15,20 +16,13 @@ import pytest
 
 from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.installed import parse_config_header, parse_config_servers
 from reconciler.lb.haproxy.paths import HAProxyPaths
-from reconciler.lb.haproxy.runtime import (
-    MasterProcs,
-    RuntimeSocket,
-    SocketUnavailable,
-    WorkerProc,
-    admin_names,
-    observe_haproxy,
-    parse_config_header,
-    parse_servers_state,
-    parse_show_proc,
-    parse_stat_csv,
-)
+from reconciler.lb.haproxy.proc import MasterProcs, WorkerProc, parse_show_proc
+from reconciler.lb.haproxy.runtime import RuntimeSocket, SocketUnavailable
+from reconciler.lb.haproxy.stats import admin_names, parse_servers_state, parse_stat_csv
 from reconciler.model import ObservedHAProxy, ServerState, ServerStats
+from reconciler.observe.haproxy import observe_haproxy
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "haproxy"
 
@@ -272,8 +266,6 @@ def test_config_servers_are_read_back_from_the_rendered_config() -> None:
 
     from reconciler.lb.haproxy.paths import HAProxyPaths
     from reconciler.lb.haproxy.render import RenderServer, render
-    from reconciler.lb.haproxy.runtime import parse_config_servers
-
     d = desired(service("web"), service("api", replicas=1))
     world = converge(d)
     servers = [RenderServer(s.backend, s.server, s.address, s.port, s.weight)

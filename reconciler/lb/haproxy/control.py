@@ -10,6 +10,9 @@ with ``haproxy -c``, and only then renamed over it (the previous one is kept as
 the master's reload counter moved, no failure was counted, and none of the previous
 workers is still the current one (HAProxy 2.6 reports nothing itself). A failed reload
 restores the last good config and reloads it.
+
+What HAProxy says about itself (running, processes, server stats, waits on them) is read
+through ``process.HAProxyProcess``, which ``HAProxy`` extends.
 """
 
 from __future__ import annotations
@@ -29,14 +32,7 @@ from reconciler.lb.haproxy.binds import (
 )
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs, detect
-from reconciler.lb.haproxy.runtime import (
-    MasterProcs,
-    RuntimeSocket,
-    SocketUnavailable,
-    parse_show_proc,
-    parse_stat_csv,
-)
-from reconciler.model import ServerStats
+from reconciler.lb.haproxy.process import HAProxyProcess
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
@@ -45,8 +41,9 @@ class HAProxyError(ReconcilerError):
     """HAProxy refused a config, did not start, or did not reload."""
 
 
-class HAProxy:
-    """One HAProxy in master-worker mode, its files under ``paths``."""
+class HAProxy(HAProxyProcess):
+    """One HAProxy in master-worker mode, its files under ``paths``: what it says about
+    itself (``HAProxyProcess``), and every change to it."""
 
     def __init__(
         self,
@@ -55,14 +52,10 @@ class HAProxy:
         timeout: float = 15.0,
         transport: Transport | None = None,
     ) -> None:
-        self.paths = paths
-        self.transport = transport or LocalTransport()
+        super().__init__(paths, transport or LocalTransport())
         local = isinstance(self.transport, LocalTransport)
         self.binary = binary or (shutil.which("haproxy") if local else None) or "haproxy"
         self.timeout = timeout
-        self.stats = RuntimeSocket(str(paths.stats_socket), transport=self.transport)
-        self.master = RuntimeSocket(str(paths.master_socket), transport=self.transport)
-        self.host = self.transport.name
         self._run_as: tuple[RunAs | None] | None = None
 
     def run_as(self) -> RunAs | None:
@@ -125,9 +118,7 @@ class HAProxy:
         if self.running():
             procs = self.procs()
             own = {procs.master_pid, *procs.current_pids, *procs.old_pids}
-        return bind_problems(
-            new, parse_addresses(addrs.stdout), parse_listeners(socks.stdout), own
-        )
+        return bind_problems(new, parse_addresses(addrs.stdout), parse_listeners(socks.stdout), own)
 
     @property
     def _on(self) -> str:
@@ -153,21 +144,6 @@ class HAProxy:
         return True
 
     # ------------------------------------------------------------------ process
-
-    def running(self) -> bool:
-        """True when the master CLI answers (a reset while it starts up is retried)."""
-        for attempt in range(5):
-            try:
-                self.master.command("show proc")
-            except SocketUnavailable:
-                return False
-            except ObserveError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.1)
-                continue
-            return True
-        return False
 
     def start(self) -> None:
         """Start HAProxy (daemon, master-worker) on the installed config; wait for its sockets.
@@ -218,28 +194,6 @@ class HAProxy:
         self.transport.run(["kill", "-TERM", str(pid)])
         self._wait(lambda: not self._alive(pid), f"HAProxy master {pid} to exit")
 
-    def _recorded_pid(self) -> int | None:
-        """The master's pid from the pid file; None when there is none."""
-        try:
-            return int((self.transport.read_text(str(self.paths.pid_file)) or "").split()[0])
-        except (TransportError, ValueError, IndexError):
-            return None
-
-    def _alive(self, pid: int) -> bool:
-        return self.transport.run(["kill", "-0", str(pid)]).returncode == 0
-
-    def procs(self) -> MasterProcs:
-        """The master's view of its processes. The master re-executes itself on every
-        reload, so a refused or reset connection is retried for a moment."""
-        deadline = time.monotonic() + 3.0
-        while True:
-            try:
-                return parse_show_proc(self.master.command("show proc"))
-            except ObserveError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
     def reload(self) -> None:
         """Reload and confirm it took; on failure restore the last good config and raise."""
         try:
@@ -285,11 +239,6 @@ class HAProxy:
             )
         self._wait(lambda: self._answers(self.stats), "the new worker's stats socket")
 
-    def save_server_state(self) -> None:
-        """Dump runtime server states so the next worker keeps weights and drain states."""
-        text = self.stats.command("show servers state")
-        self.transport.write_text(str(self.paths.server_state), text)
-
     # ------------------------------------------------------------------ runtime API
 
     def runtime(self, *commands: str) -> None:
@@ -327,63 +276,12 @@ class HAProxy:
                 raise HAProxyError(f"HAProxy refused to delete {backend}/{server}: {answer}")
             time.sleep(0.05)
 
-    def old_worker_sessions(self, servers: Iterable[tuple[str, str]]) -> int:
-        """Current sessions on ``servers`` in HAProxy processes of earlier configs (the
-        drain only saw the current process); addressed through the master CLI."""
-        wanted = set(servers)
-        total = 0
-        for pid in self.procs().old_pids:
-            try:
-                text = self.master.command(f"@!{pid} show stat")
-                stats = parse_stat_csv(text)
-            except (ObserveError, ValueError):
-                continue  # the process exited meanwhile
-            total += sum(s.current_sessions for s in stats if (s.backend, s.server) in wanted)
-        return total
-
     def drain(self, backend: str, server: str) -> None:
         self.runtime(
             f"set weight {backend}/{server} 0", f"set server {backend}/{server} state drain"
         )
 
-    def server_stats(self) -> tuple[ServerStats, ...]:
-        return parse_stat_csv(self.stats.command("show stat"))
-
-    def wait_up(self, servers: Iterable[tuple[str, str]], timeout: float) -> list[str]:
-        """Wait until every (backend, server) is UP after a completed health check; the
-        ones that are not by the deadline. A server HAProxy has just loaded shows UP
-        before its first check (check status INI): that does not count, or a server
-        whose checks fail would be taken for UP until its first check marks it DOWN."""
-        pending = set(servers)
-        deadline = time.monotonic() + timeout
-        while pending:
-            stats = {(s.backend, s.server): s for s in self.server_stats()}
-            pending = {k for k in pending if not _is_up(stats.get(k))}
-            if not pending or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        return sorted(f"{b}/{s}" for b, s in pending)
-
-    def wait_drained(self, backend: str, server: str, timeout: float) -> bool:
-        """True when the server's current sessions reached 0 before ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stats = {(s.backend, s.server): s for s in self.server_stats()}
-            s = stats.get((backend, server))
-            if s is None or s.current_sessions == 0:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-
     # ------------------------------------------------------------------ helpers
-
-    def _answers(self, sock: RuntimeSocket) -> bool:
-        try:
-            sock.command("show info")
-        except SocketUnavailable:
-            return False
-        return True
 
     def _wait(self, cond: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -397,10 +295,3 @@ def _alerts(output: str) -> str:
     """HAProxy's ALERT lines without their prefix (the NOTICE lines say nothing useful)."""
     alerts = [line.split(" : ", 1)[-1] for line in output.splitlines() if "[ALERT]" in line]
     return "\n".join(alerts) if alerts else output.strip()
-
-
-def _is_up(s: ServerStats | None) -> bool:
-    # HAProxy starts a server UP, before its first check (status INI), which may come up
-    # to `inter` later: only UP after a completed check (or without checks) is UP. The
-    # reconciler's own gate is no substitute: HAProxy checks again, on its own.
-    return s is not None and s.status.startswith("UP") and s.check_status != "INI"
