@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +41,7 @@ from reconciler.apply.containers import (
 from reconciler.apply.images import ensure_image
 from reconciler.desired.policy import Policy, SecretRules
 from reconciler.errors import ReconcilerError
-from reconciler.lb.haproxy.control import HAProxy, HAProxyError
-from reconciler.lb.haproxy.render import RenderServer, render
+from reconciler.lb.port import LBError, LoadBalancerPort, NoSuchServer, ServerEntry
 from reconciler.model import DesiredState, HealthCheck, LoadBalancer, ObservedState
 from reconciler.plan.actions import (
     Action,
@@ -127,7 +126,7 @@ class Executor:
         desired: DesiredState,
         observed: ObservedState,
         conns: Connections,
-        haproxies: dict[str, HAProxy],
+        haproxies: Mapping[str, LoadBalancerPort],
         on_step: Callable[[StepResult], None] | None = None,
         health_min_s: float = 30.0,
         should_stop: Callable[[], bool] = lambda: False,
@@ -166,9 +165,9 @@ class Executor:
             if c.published
         }
         # LB host -> (backend, server) -> what the next rendered config says
-        self.table: dict[str, dict[tuple[str, str], RenderServer]] = {
+        self.table: dict[str, dict[tuple[str, str], ServerEntry]] = {
             lb.host: {
-                (s.backend, s.server): RenderServer(
+                (s.backend, s.server): ServerEntry(
                     s.backend, s.server, s.address, s.port, s.weight
                 )
                 for s in lb.servers
@@ -234,7 +233,7 @@ class Executor:
             self.result.aborted = True
         finally:
             for host, (_, path) in self.checked.items():  # verified, never installed
-                self.haproxies[host].transport.unlink(str(path))
+                self.haproxies[host].discard(path)
         return self.result
 
     def _emit(self, res: StepResult) -> None:
@@ -281,7 +280,7 @@ class Executor:
                 detail = self._do(action) or ""
             except _Skipped as exc:
                 status, detail = "skipped", str(exc)
-            except ReconcilerError as exc:  # ContainerError, HAProxyError, ObserveError
+            except ReconcilerError as exc:  # ContainerError, LBError, ObserveError
                 status, detail = "failed", str(exc)
                 with self.lock:
                     self._fail(action, str(exc))
@@ -452,7 +451,7 @@ class Executor:
 
     def _add_server(self, a: AddServer) -> str | None:
         address, port = self._gated_address(a)
-        self.table.setdefault(a.host, {})[(a.backend, a.server)] = RenderServer(
+        self.table.setdefault(a.host, {})[(a.backend, a.server)] = ServerEntry(
             a.backend, a.server, address, port, a.weight
         )
         self.added.setdefault(a.host, []).append((a.backend, a.server))
@@ -467,9 +466,9 @@ class Executor:
             table = self.table.setdefault(a.host, {})
             old = table.get((a.backend, a.server))
             weight = old.weight if old else 0
-            table[(a.backend, a.server)] = RenderServer(a.backend, a.server, address, port, weight)
+            table[(a.backend, a.server)] = ServerEntry(a.backend, a.server, address, port, weight)
         if lb.wait_up([(a.backend, a.server)], timeout=self.health_min_s):
-            raise HAProxyError(
+            raise LBError(
                 f"server {a.backend}/{a.server} did not come UP at {address}:{port} "
                 f"within {self.health_min_s:.0f}s"
             )
@@ -507,7 +506,7 @@ class Executor:
         lb = self.haproxies[a.host]
         try:
             lb.delete_server(a.backend, a.server, timeout=self.drain_s.get(a.service or "", 30))
-        except HAProxyError as exc:
+        except LBError as exc:
             with self.lock:
                 self.needs_reload.add(a.host)  # the config without it is loaded instead
             return f"{exc}; HAProxy will be reloaded instead"
@@ -519,7 +518,7 @@ class Executor:
             if (backend, server) not in table:
                 return
             old = table[(backend, server)]
-            table[(backend, server)] = RenderServer(
+            table[(backend, server)] = ServerEntry(
                 old.backend, old.name, old.address, old.port, weight
             )
 
@@ -527,10 +526,8 @@ class Executor:
         lb = self.haproxies[a.host]
         try:
             lb.drain(a.backend, a.server)
-        except HAProxyError as exc:
-            if "No such" in str(exc):
-                return "not in HAProxy any more"
-            raise
+        except NoSuchServer:
+            return "not in HAProxy any more"
         self._set_table_weight(a.host, a.backend, a.server, 0)
         if not lb.wait_drained(a.backend, a.server, a.timeout_s):
             return f"sessions still open after {a.timeout_s}s; removed anyway"
@@ -542,7 +539,7 @@ class Executor:
     def _render(self, lb_host: str) -> str:
         lb = self.haproxies[lb_host]
         servers = self.table.get(lb_host, {}).values()
-        return render(self.desired, self._lbdef(lb_host), servers, lb.paths, lb.run_as())
+        return lb.config_text(self.desired, self._lbdef(lb_host), servers)
 
     def _check_binds(self, lb_host: str) -> None:
         """Raise, installing nothing, when the LB host cannot give HAProxy a bind the new
@@ -553,7 +550,7 @@ class Executor:
         problems = lb.bind_problems(binds)
         if problems:
             on = "" if self.hosts[lb_host].is_local else f"LB host {lb_host}: "
-            raise HAProxyError(
+            raise LBError(
                 f"{on}the new config binds what this host cannot give HAProxy; nothing "
                 "installed: " + "; ".join(problems)
             )
@@ -565,7 +562,7 @@ class Executor:
         text = self._render(a.host)
         verified, path = self.checked.pop(a.host, (None, None))
         if path is not None and verified != text:
-            lb.transport.unlink(str(path))
+            lb.discard(path)
             path = None
         if path is None:
             self._check_binds(a.host)

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reconciler.errors import ObserveError
+from reconciler.lb.haproxy.control import HAProxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
-from reconciler.lb.haproxy.runtime import observe_haproxy
 from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
 from reconciler.observe.docker import observe_host
 from reconciler.transport.base import HostKeyRefused, TransportError
@@ -80,9 +80,7 @@ def observe(
         host = desired.host(name)
         paths = lb_paths(desired, state_dir, external, host)
         try:
-            return observe_haproxy(
-                name, str(paths.stats_socket), str(paths.config), conns.get(name)
-            )
+            return HAProxy(paths, transport=conns.get(name)).observe()
         except HostKeyRefused as exc:
             raise ObserveError(str(exc)) from None
         except TransportError as exc:

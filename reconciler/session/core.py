@@ -13,6 +13,7 @@ from reconciler.desired.policy import Policy
 from reconciler.errors import ReconcilerError
 from reconciler.lb.haproxy.control import HAProxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
+from reconciler.lb.port import LoadBalancerPort
 from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.plan.planner import Plan, plan
@@ -94,7 +95,7 @@ class Session:
             self._conns.add(h)
         return self._conns
 
-    def lbs(self, desired: DesiredState) -> dict[str, HAProxy]:
+    def lbs(self, desired: DesiredState) -> dict[str, LoadBalancerPort]:
         """The HAProxy controller of each LB host, on that host's connection."""
         conns = self.connections(desired)
         return {

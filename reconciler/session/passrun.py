@@ -19,7 +19,6 @@ from reconciler.apply.executor import ApplyResult, Executor, StepResult
 from reconciler.apply.images import ensure_image
 from reconciler.canary.engine import canary_pair, evaluate, overlay
 from reconciler.errors import ReconcilerError
-from reconciler.lb.haproxy.requestlog import RING
 from reconciler.model import DesiredState, ObservedState
 from reconciler.observe.live import observe
 from reconciler.plan.actions import PullImage
@@ -153,7 +152,7 @@ class PassRun:
         events: dict[str, str] = {}
         for host, lb in self.s.lbs(desired).items():
             try:
-                events[host] = lb.stats.command(f"show events {RING}")
+                events[host] = lb.request_events()
             except ReconcilerError:
                 continue  # not running yet: no response times this time
         after = evaluate(desired, self.observed, before, time.time(), events)

@@ -269,12 +269,13 @@ def test_config_servers_are_read_back_from_the_rendered_config() -> None:
     from support import converge, desired, service
 
     from reconciler.lb.haproxy.paths import HAProxyPaths
-    from reconciler.lb.haproxy.render import RenderServer, render
+    from reconciler.lb.haproxy.render import render
     from reconciler.lb.haproxy.runtime import parse_config_servers
+    from reconciler.lb.port import ServerEntry
 
     d = desired(service("web"), service("api", replicas=1))
     world = converge(d)
-    servers = [RenderServer(s.backend, s.server, s.address, s.port, s.weight)
+    servers = [ServerEntry(s.backend, s.server, s.address, s.port, s.weight)
                for s in world.haproxy[0].servers]
     text = render(d, d.loadbalancers[0], servers, HAProxyPaths.embedded(P("/x"), "prod"))
     assert parse_config_servers(text) == tuple(sorted(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from reconciler.errors import ObserveError, ReconcilerError
+from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.binds import (
     bind_key,
     bind_problems,
@@ -29,24 +29,33 @@ from reconciler.lb.haproxy.binds import (
 )
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs, detect
+from reconciler.lb.haproxy.render import render
+from reconciler.lb.haproxy.requestlog import RING
 from reconciler.lb.haproxy.runtime import (
     MasterProcs,
     RuntimeSocket,
     SocketUnavailable,
+    observe_haproxy,
     parse_show_proc,
     parse_stat_csv,
 )
-from reconciler.model import ServerStats
+from reconciler.lb.port import LBError, NoSuchServer, ServerEntry
+from reconciler.model import DesiredState, LoadBalancer, ObservedHAProxy, ServerStats
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
 
-class HAProxyError(ReconcilerError):
+class HAProxyError(LBError):
     """HAProxy refused a config, did not start, or did not reload."""
 
 
+class HAProxyNoSuchServer(HAProxyError, NoSuchServer):
+    """HAProxy answered that the server (or its backend) does not exist."""
+
+
 class HAProxy:
-    """One HAProxy in master-worker mode, its files under ``paths``."""
+    """One HAProxy in master-worker mode, its files under ``paths``: the load-balancer
+    port (``reconciler.lb.port.LoadBalancerPort``; each method's contract is there)."""
 
     def __init__(
         self,
@@ -75,7 +84,25 @@ class HAProxy:
             self._run_as = (detect(self.transport, root) if self.paths.managed else None,)
         return self._run_as[0]
 
+    def observe(self) -> ObservedHAProxy:
+        return observe_haproxy(
+            self.host, str(self.paths.stats_socket), str(self.paths.config), self.transport
+        )
+
+    def request_events(self) -> str:
+        """``show events`` of the request-log ring."""
+        return self.stats.command(f"show events {RING}")
+
     # ------------------------------------------------------------------ config files
+
+    def config_text(
+        self, desired: DesiredState, lb: LoadBalancer, servers: Iterable[ServerEntry]
+    ) -> str:
+        """The rendered config; the workers' user and chroot found on the host."""
+        return render(desired, lb, servers, self.paths, self.run_as())
+
+    def discard(self, checked: Path) -> None:
+        self.transport.unlink(str(checked))
 
     def check(self, text: str) -> Path:
         """Write ``text`` beside the live config and verify it; the checked file's path.
@@ -297,7 +324,8 @@ class HAProxy:
         raise with HAProxy's answer otherwise."""
         answer = self.stats.commands(list(commands)).strip()
         if answer:
-            raise HAProxyError(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
+            error = HAProxyNoSuchServer if "No such" in answer else HAProxyError
+            raise error(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         self.runtime(
