@@ -22,7 +22,7 @@ from reconciler import __version__
 from reconciler.errors import ReconcilerError, printable
 
 if TYPE_CHECKING:
-    from reconciler.apply.executor import ApplyResult, StepResult
+    from reconciler.apply.results import ApplyResult, StepResult
     from reconciler.desired.manifests import Manifests
     from reconciler.desired.policy import Policy
     from reconciler.desired.source import RepoSpec, Snapshot

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.apply.executor import StepResult
+from reconciler.apply.results import StepResult
 from reconciler.canary.engine import CanaryState, canary_pair, overlay
 from reconciler.desired.policy import Policy
 from reconciler.errors import ReconcilerError

@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from reconciler.apply.executor import ApplyResult, Executor, StepResult
+from reconciler.apply.engines import DockerEngines
 from reconciler.apply.images import ensure_image
+from reconciler.apply.results import ApplyResult, StepResult
+from reconciler.apply.steps import Executor
 from reconciler.canary.engine import canary_pair, evaluate, overlay
 from reconciler.errors import ReconcilerError
 from reconciler.model import DesiredState, ObservedState
@@ -188,17 +190,18 @@ class PassRun:
         self, step_plan: Plan, group: list[str], record: Callable[[StepResult], None]
     ) -> ApplyResult:
         """Execute one batch's plan; its result, also added to the pass's."""
+        engines = DockerEngines(
+            self.conns, self.s.policy.secret_rules(self.desired.environment), self.redactor
+        )
         executor = Executor(
             self.desired,
             self.observed,
-            self.conns,
+            engines,
             self.s.lbs(self.desired),
             on_step=record,
             health_min_s=self.health_min_s,
             should_stop=self.should_stop,
             concurrency=self.desired.rollout.concurrency,
-            secret_rules=self.s.policy.secret_rules(self.desired.environment),
-            redactor=self.redactor,
         )
         done = executor.run(step_plan)
         self.rolled |= set(group)
