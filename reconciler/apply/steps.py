@@ -6,9 +6,13 @@ type to the handler of its kind (``ContainerSteps``, ``LBSteps``). What the loop
 the health gate and failure isolation:
 
 - A service whose step fails (a container that cannot start, a new container that fails
-  its health gate, a server that does not come UP) fails as a whole: the containers the
-  run started for it are removed on every host and every later step of it is skipped,
-  so its old release keeps all of its traffic; other services go on.
+  its health gate, a server pointed at its container that does not come UP) fails as a
+  whole: the containers the run started for it are removed on every host and every
+  later step of it is skipped, so its old release keeps all of its traffic; other
+  services go on. A server added for a reload that is not UP after it is drained and
+  fails its service (``LBSteps.configure``); its container is left running.
+- A config step after only skipped server steps writes nothing, reloads nothing and
+  says why; a drain that times out removes the server anyway (not a failure).
 - A config that the load balancer rejects, or a reload that does not take, stops the run
   (nothing installed, or the last good config restored); the next pass repairs the rest.
 - Asked to stop (``should_stop``), the run ends between two steps: every prefix of a plan
@@ -103,27 +107,27 @@ class Executor:
         self.concurrency = max(1, concurrency)
         self.ledger = Ledger()
         self.result = self.ledger.result
-        self.containers = ContainerSteps(desired, observed, engines, self.ledger, health_min_s)
-        self.lbs = LBSteps(
-            desired, observed, lbs, self.ledger, self.containers.gated_address, health_min_s
+        self.container_steps = ContainerSteps(desired, observed, engines, self.ledger, health_min_s)
+        self.lb_steps = LBSteps(
+            desired, observed, lbs, self.ledger, self.container_steps.gated_address, health_min_s
         )
         self.registry: dict[type[Action], Handler] = dict(
             [
-                handler(PullImage, self.containers.pull),
-                handler(StartContainer, self.containers.start),
+                handler(PullImage, self.container_steps.pull),
+                handler(StartContainer, self.container_steps.start),
                 handler(RemoveContainer, self._remove_container),
-                handler(AddServer, self.lbs.add_server),
-                handler(RepointServer, self.lbs.repoint),
-                handler(SetWeight, self.lbs.set_weight),
-                handler(DrainServer, self.lbs.drain),
-                handler(RemoveServer, self.lbs.remove_server),
-                handler(ConfigureHAProxy, self.lbs.configure),
+                handler(AddServer, self.lb_steps.add_server),
+                handler(RepointServer, self.lb_steps.repoint),
+                handler(SetWeight, self.lb_steps.set_weight),
+                handler(DrainServer, self.lb_steps.drain),
+                handler(RemoveServer, self.lb_steps.remove_server),
+                handler(ConfigureHAProxy, self.lb_steps.configure),
             ]
         )
 
     def _remove_container(self, a: RemoveContainer) -> str | None:
-        waited = self.lbs.wait_old_sessions(a)  # sessions of an earlier config's processes
-        removed = self.containers.remove(a)
+        waited = self.lb_steps.wait_old_sessions(a)  # sessions of an earlier config's processes
+        removed = self.container_steps.remove(a)
         return waited or removed
 
     # ------------------------------------------------------------------ driver
@@ -154,7 +158,7 @@ class Executor:
         except _Abort:
             self.result.aborted = True
         finally:
-            self.lbs.discard_checked()
+            self.lb_steps.discard_checked()
         return self.result
 
     def _emit(self, res: StepResult) -> None:
@@ -204,7 +208,7 @@ class Executor:
             except ReconcilerError as exc:  # ContainerError, LBError, ObserveError
                 status, detail = "failed", str(exc)
                 self._fail(action, str(exc))
-        self.lbs.count(action, status)
+        self.lb_steps.count(action, status)
         return StepResult(step, action, status, detail, time.monotonic() - t0)
 
     def _dispatch(self, action: Action) -> str | None:
@@ -220,7 +224,7 @@ class Executor:
             return
         for step, a in configs:
             try:
-                self.lbs.verify(a.host)
+                self.lb_steps.verify(a.host)
             except ReconcilerError as exc:
                 self._emit(StepResult(step, a, "failed", f"{exc} (no LB host was switched)", 0.0))
 
@@ -229,7 +233,7 @@ class Executor:
     def _gate(self) -> None:
         """The health gate of the containers started since the last one: a service with
         one that is not healthy fails as a whole."""
-        for service, why in self.containers.gate():
+        for service, why in self.container_steps.gate():
             with self.ledger.lock:
                 if self.ledger.fail(service, why):
                     self._undo(service)
@@ -245,7 +249,7 @@ class Executor:
     def _undo(self, service: str) -> None:
         """Remove the containers this run started for ``service``, on every host; their
         servers leave the next configs."""
-        self.lbs.forget_containers(self.containers.undo_starts(service))
+        self.lb_steps.forget_containers(self.container_steps.undo_starts(service))
 
 
 def _end_of_kind(actions: list[tuple[int, Action]], i: int) -> int:
