@@ -184,7 +184,7 @@ class LBSteps:
         binds = [(fe.name, fe.bind_address, fe.bind_port) for fe in self._lbdef(lb_host).frontends]
         problems = self.lbs[lb_host].bind_problems(binds)
         if problems:
-            on = "" if self.desired.host(lb_host).is_local else f"LB host {lb_host}: "
+            on = "" if self.desired.host(lb_host).ssh is None else f"LB host {lb_host}: "
             raise LBError(
                 f"{on}the new config binds what this host cannot give HAProxy; nothing "
                 "installed: " + "; ".join(problems)
