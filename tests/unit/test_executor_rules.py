@@ -331,3 +331,38 @@ def test_a_drain_timeout_removes_the_server_anyway_without_failing() -> None:
     removed = [st for st in result.steps if isinstance(st.action, RemoveContainer)]
     assert len(removed) == 4 and all(st.status == "ok" for st in removed)
     assert all("-v2-" in n for _, n in w.engines.names("web"))
+
+
+def test_a_bind_the_lb_host_cannot_give_installs_nothing_and_stops_the_pass() -> None:
+    w = World.of(fleet("v2"), before=fleet("v1"))
+    lb = w.lbs["lb1"]
+    config = lb.config
+    lb.binds_taken = ["frontend http: 127.0.0.1:8080 is taken by another process"]
+
+    result = w.run()
+
+    assert result.aborted
+    assert result.failures == {
+        "haproxy": "the new config binds what this host cannot give HAProxy; nothing "
+        "installed: frontend http: 127.0.0.1:8080 is taken by another process"
+    }
+    assert (lb.config, lb.reloads, lb.checked) == (config, 0, {})
+    assert len([n for _, n in w.engines.names("web") if "-v1-" in n]) == 4
+
+
+def test_a_server_the_lb_refuses_to_delete_leaves_with_a_reload_instead() -> None:
+    w = World.of(fleet("v2"), before=fleet("v1"))
+    old = set(w.servers(DrainServer, "web"))
+    w.lbs["lb1"].delete_refused = old
+
+    result = w.run()
+
+    removes = [st for st in result.steps if st.action.kind == "remove-server"]
+    assert all(
+        st.status == "ok" and st.detail.endswith("; HAProxy will be reloaded instead")
+        for st in removes
+    )
+    write = [st for st in result.steps if isinstance(st.action, ConfigureHAProxy)][-1]
+    assert (write.status, write.detail) == ("ok", "reloaded HAProxy (confirmed)")
+    assert result.ok and result.reloads == 2 == w.lbs["lb1"].reloads
+    assert old.isdisjoint(s for _, s in w.lbs["lb1"].servers)
