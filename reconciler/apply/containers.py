@@ -134,6 +134,38 @@ def _healthcheck(h: HealthCheck) -> dict[str, Any] | None:
     }
 
 
+def _host_config(api: Any, spec: ContainerSpec, address: str, port: int) -> dict[str, Any]:
+    """Docker's host config of a container of ``spec`` publishing on ``address:port``."""
+    from docker.types import LogConfig, Mount
+
+    config: dict[str, Any] = api.create_host_config(
+        port_bindings={spec.port: (address, port)},
+        restart_policy=_restart_policy(spec.restart),
+        mounts=[
+            Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
+            for v in spec.volumes
+        ],
+        mem_limit=spec.memory_bytes,
+        nano_cpus=spec.nano_cpus,
+        log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
+        if spec.logging
+        else None,
+    )
+    return config
+
+
+def _create_error(exc: docker.errors.APIError, name: str, host: str) -> ContainerError:
+    """What a refused create means to the operator."""
+    if exc.status_code == 409:  # the name is taken: never by one of ours (see plan)
+        return ContainerError(
+            f"container name {name} is taken on host {host} by a container this "
+            "reconciler instance does not own (another reconciler instance, or one "
+            "made by hand); it was left alone. Remove or rename it, or run this "
+            "reconciler with another --instance"
+        )
+    return ContainerError(f"container {name}: {exc.explanation or exc}")
+
+
 def create_and_start(
     client: docker.DockerClient,
     *,
@@ -153,7 +185,6 @@ def create_and_start(
     Secrets are read within ``secret_rules``; every value read (and every secret-looking
     env value) is given to ``redactor`` before anything can print it."""
     import docker.errors
-    from docker.types import LogConfig, Mount
 
     env = dict(spec.env)
     env.update(
@@ -163,19 +194,6 @@ def create_and_start(
     api = client.api
     for attempt in range(5):
         port = pick_port(address)
-        host_config = api.create_host_config(
-            port_bindings={spec.port: (address, port)},
-            restart_policy=_restart_policy(spec.restart),
-            mounts=[
-                Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
-                for v in spec.volumes
-            ],
-            mem_limit=spec.memory_bytes,
-            nano_cpus=spec.nano_cpus,
-            log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
-            if spec.logging
-            else None,
-        )
         try:
             created = api.create_container(
                 image_id,
@@ -183,21 +201,14 @@ def create_and_start(
                 labels=labels,
                 environment=env,
                 ports=[spec.port],
-                host_config=host_config,
+                host_config=_host_config(api, spec, address, port),
                 entrypoint=list(spec.command) if spec.command is not None else None,
                 command=list(spec.args) if spec.args is not None else None,
                 healthcheck=_healthcheck(spec.health),
                 stop_timeout=spec.stop_grace_s,
             )
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # the name is taken: never by one of ours (see plan)
-                raise ContainerError(
-                    f"container name {name} is taken on host {host} by a container this "
-                    "reconciler instance does not own (another reconciler instance, or one "
-                    "made by hand); it was left alone. Remove or rename it, or run this "
-                    "reconciler with another --instance"
-                ) from None
-            raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+            raise _create_error(exc, name, host) from None
         try:
             api.start(created["Id"])
         except docker.errors.APIError as exc:

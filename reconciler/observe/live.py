@@ -12,10 +12,10 @@ from functools import partial
 from pathlib import Path
 
 from reconciler.errors import ObserveError
+from reconciler.lb.haproxy.control import HAProxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
 from reconciler.observe.docker import observe_host
-from reconciler.observe.haproxy import observe_haproxy
 from reconciler.transport.base import HostKeyRefused, TransportError
 from reconciler.transport.pool import Connections
 
@@ -96,10 +96,10 @@ def _read_lb(
     external: HAProxyPaths | None,
     name: str,
 ) -> ObservedHAProxy:
-    """The HAProxy of LB host ``name``."""
+    """The load balancer of LB host ``name``, read through its port."""
     paths = lb_paths(desired, state_dir, external, desired.host(name))
     try:
-        return observe_haproxy(name, str(paths.stats_socket), str(paths.config), conns.get(name))
+        return HAProxy(paths, transport=conns.get(name)).observe()
     except HostKeyRefused as exc:
         raise ObserveError(str(exc)) from None
     except TransportError as exc:

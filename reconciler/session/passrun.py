@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from reconciler.apply.executor import ApplyResult, Executor, StepResult
+from reconciler.apply.engines import DockerEngines
 from reconciler.apply.images import ensure_image
 from reconciler.apply.passresult import PassResult
+from reconciler.apply.results import ApplyResult, StepResult
+from reconciler.apply.steps import Executor
 from reconciler.canary.engine import canary_pair, evaluate, overlay
 from reconciler.errors import ReconcilerError
-from reconciler.lb.haproxy.requestlog import RING
 from reconciler.model import DesiredState, ObservedState
 from reconciler.observe.live import observe
 from reconciler.plan.actions import PullImage
@@ -147,7 +148,7 @@ class PassRun:
         events: dict[str, str] = {}
         for host, lb in self.s.lbs(desired).items():
             try:
-                events[host] = lb.stats.command(f"show events {RING}")
+                events[host] = lb.request_events()
             except ReconcilerError:
                 continue  # not running yet: no response times this time
         after = evaluate(desired, self.observed, before, time.time(), events)
@@ -183,17 +184,18 @@ class PassRun:
         self, step_plan: Plan, group: list[str], record: Callable[[StepResult], None]
     ) -> ApplyResult:
         """Execute one batch's plan; its result, also added to the pass's."""
+        engines = DockerEngines(
+            self.conns, self.s.policy.secret_rules(self.desired.environment), self.redactor
+        )
         executor = Executor(
             self.desired,
             self.observed,
-            self.conns,
+            engines,
             self.s.lbs(self.desired),
             on_step=record,
             health_min_s=self.health_min_s,
             should_stop=self.should_stop,
             concurrency=self.desired.rollout.concurrency,
-            secret_rules=self.s.policy.secret_rules(self.desired.environment),
-            redactor=self.redactor,
         )
         done = executor.run(step_plan)
         self.rolled |= set(group)

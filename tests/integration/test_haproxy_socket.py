@@ -19,10 +19,10 @@ from typing import TypeVar
 
 import pytest
 
+from reconciler.lb.haproxy.observe import observe_haproxy
 from reconciler.lb.haproxy.proc import MasterProcs, parse_show_proc
 from reconciler.lb.haproxy.runtime import RuntimeSocket
 from reconciler.model import ObservedHAProxy, ServerStats
-from reconciler.observe.haproxy import observe_haproxy
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,12 @@ import pytest
 from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.control import HAProxy
 from reconciler.lb.haproxy.installed import parse_config_header, parse_config_servers
+from reconciler.lb.haproxy.observe import observe_haproxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.proc import MasterProcs, WorkerProc, parse_show_proc
 from reconciler.lb.haproxy.runtime import RuntimeSocket, SocketUnavailable
 from reconciler.lb.haproxy.stats import admin_names, parse_servers_state, parse_stat_csv
 from reconciler.model import ObservedHAProxy, ServerState, ServerStats
-from reconciler.observe.haproxy import observe_haproxy
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "haproxy"
 
@@ -265,10 +265,12 @@ def test_config_servers_are_read_back_from_the_rendered_config() -> None:
     from support import converge, desired, service
 
     from reconciler.lb.haproxy.paths import HAProxyPaths
-    from reconciler.lb.haproxy.render import RenderServer, render
+    from reconciler.lb.haproxy.render import render
+    from reconciler.lb.port import ServerEntry
+
     d = desired(service("web"), service("api", replicas=1))
     world = converge(d)
-    servers = [RenderServer(s.backend, s.server, s.address, s.port, s.weight)
+    servers = [ServerEntry(s.backend, s.server, s.address, s.port, s.weight)
                for s in world.haproxy[0].servers]
     text = render(d, d.loadbalancers[0], servers, HAProxyPaths.embedded(P("/x"), "prod"))
     assert parse_config_servers(text) == tuple(sorted(

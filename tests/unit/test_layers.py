@@ -30,13 +30,10 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Exceptions, each with its reason; the list may only shrink.
 LONG_MODULES: dict[str, str] = {
-    "apply.executor": "being split (issue 11)",
 }
 LONG_FUNCTIONS: dict[str, str] = {
     "cli.watch.watch": "its 16 options are its parameters and its docstring is the --help "
     "text; the body is 20 lines",
-    "apply.containers.create_and_start": "being split (issue 11)",
-    "apply.executor.__init__": "being split (issue 11)",
     "canary.engine.evaluate": "being split (issue 11)",
 }
 

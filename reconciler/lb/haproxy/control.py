@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from reconciler.errors import ObserveError, ReconcilerError
+from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.binds import (
     bind_key,
     bind_problems,
@@ -30,20 +30,30 @@ from reconciler.lb.haproxy.binds import (
     parse_addresses,
     parse_listeners,
 )
+from reconciler.lb.haproxy.observe import observe_haproxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs, detect
 from reconciler.lb.haproxy.process import HAProxyProcess
+from reconciler.lb.haproxy.render import render
+from reconciler.lb.haproxy.requestlog import RING
+from reconciler.lb.port import LBError, NoSuchServer, ServerEntry
+from reconciler.model import DesiredState, LoadBalancer, ObservedHAProxy
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
 
-class HAProxyError(ReconcilerError):
+class HAProxyError(LBError):
     """HAProxy refused a config, did not start, or did not reload."""
 
 
+class HAProxyNoSuchServer(HAProxyError, NoSuchServer):
+    """HAProxy answered that the server (or its backend) does not exist."""
+
+
 class HAProxy(HAProxyProcess):
-    """One HAProxy in master-worker mode, its files under ``paths``: what it says about
-    itself (``HAProxyProcess``), and every change to it."""
+    """One HAProxy in master-worker mode, its files under ``paths``: the load-balancer
+    port (``reconciler.lb.port.LoadBalancerPort``; each method's contract is there).
+    What HAProxy says about itself is read through ``HAProxyProcess``."""
 
     def __init__(
         self,
@@ -68,7 +78,25 @@ class HAProxy(HAProxyProcess):
             self._run_as = (detect(self.transport, root) if self.paths.managed else None,)
         return self._run_as[0]
 
+    def observe(self) -> ObservedHAProxy:
+        return observe_haproxy(
+            self.host, str(self.paths.stats_socket), str(self.paths.config), self.transport
+        )
+
+    def request_events(self) -> str:
+        """``show events`` of the request-log ring."""
+        return self.stats.command(f"show events {RING}")
+
     # ------------------------------------------------------------------ config files
+
+    def config_text(
+        self, desired: DesiredState, lb: LoadBalancer, servers: Iterable[ServerEntry]
+    ) -> str:
+        """The rendered config; the workers' user and chroot found on the host."""
+        return render(desired, lb, servers, self.paths, self.run_as())
+
+    def discard(self, checked: Path) -> None:
+        self.transport.unlink(str(checked))
 
     def check(self, text: str) -> Path:
         """Write ``text`` beside the live config and verify it; the checked file's path.
@@ -246,7 +274,8 @@ class HAProxy(HAProxyProcess):
         raise with HAProxy's answer otherwise."""
         answer = self.stats.commands(list(commands)).strip()
         if answer:
-            raise HAProxyError(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
+            error = HAProxyNoSuchServer if "No such" in answer else HAProxyError
+            raise error(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         self.runtime(

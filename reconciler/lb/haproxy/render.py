@@ -10,25 +10,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from reconciler.identity import backend_name, frontend_name
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs
 from reconciler.lb.haproxy.requestlog import LOG_FORMAT, RING
 from reconciler.lb.haproxy.sections import request_log, section_digests
+from reconciler.lb.port import ServerEntry
 from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
 
 MARKER = "# reconciler-section"
-
-
-@dataclass(frozen=True)
-class RenderServer:
-    backend: str
-    name: str
-    address: str
-    port: int
-    weight: int
 
 
 def _ms(value: int) -> str:
@@ -38,7 +29,7 @@ def _ms(value: int) -> str:
 def render(
     desired: DesiredState,
     lb: LoadBalancer,
-    servers: Iterable[RenderServer],
+    servers: Iterable[ServerEntry],
     paths: HAProxyPaths,
     run_as: RunAs | None = None,
 ) -> str:
@@ -46,7 +37,7 @@ def render(
     servers (a removed service whose servers are being drained). ``run_as``: the user,
     group and chroot of the workers (``reconciler.lb.haproxy.privileges``; None: as the
     user that starts HAProxy)."""
-    by_backend: dict[str, list[RenderServer]] = defaultdict(list)
+    by_backend: dict[str, list[ServerEntry]] = defaultdict(list)
     for srv in servers:
         by_backend[srv.backend].append(srv)
     services = {backend_name(s.name): s for s in desired.services}
@@ -145,7 +136,7 @@ def _health_lines(health: HealthCheck | None) -> list[str]:
     return lines
 
 
-def _backend(name: str, svc: Service | None, servers: list[RenderServer]) -> list[str]:
+def _backend(name: str, svc: Service | None, servers: list[ServerEntry]) -> list[str]:
     lines = [f"backend {name}"]
     if svc is None:
         lines += ["    balance roundrobin", "    default-server check inter 2s fall 3 rise 2"]
