@@ -107,17 +107,71 @@ def owned(instance: Instance, labels: Mapping[str, str]) -> bool:
     return label == instance.name if label else instance.adopt_unlabelled
 
 
+# Names in HAProxy's config. Every name the reconciler gives a backend, frontend or
+# server, and every reading of one back, goes through the functions below.
+_BACKEND_PREFIX = "be_"
+_FRONTEND_PREFIX = "fe_"
+_SERVER_SEPARATOR = "."  # between the app host and the container: host names have none
+# The header line of a rendered config that names one section and its digest:
+# ``# reconciler-section <section name...> <digest>``.
+SECTION_MARKER = "# reconciler-section"
+
+
 def server_name(host: str, container: str) -> str:
     """HAProxy server name of a container: unique in its backend across hosts, stable."""
-    return f"{host}.{container}"
+    return f"{host}{_SERVER_SEPARATOR}{container}"
+
+
+def parse_server_name(server: str) -> tuple[str, str]:
+    """``(app host, container)`` of a server name; the inverse of ``server_name``.
+
+    Exact for every name ``server_name`` makes, since host names contain no dot (the
+    schema's ``name`` pattern). Total: any other text splits at its first dot, and a
+    name without one is all host (``("x", "")``), so a name found in HAProxy that the
+    reconciler did not make never raises."""
+    host, _, container = server.partition(_SERVER_SEPARATOR)
+    return host, container
+
+
+def server_host(server: str) -> str:
+    """The app host of a server name (``parse_server_name(server)[0]``)."""
+    return parse_server_name(server)[0]
 
 
 def backend_name(service: str) -> str:
-    return f"be_{service}"
+    return f"{_BACKEND_PREFIX}{service}"
+
+
+def parse_backend_name(backend: str) -> str:
+    """The service of a backend name; the inverse of ``backend_name``.
+
+    Total: a name without the ``be_`` prefix (not made by ``backend_name``) is returned
+    as it is, so a message about a backend the reconciler did not name still names it."""
+    return backend.removeprefix(_BACKEND_PREFIX)
 
 
 def frontend_name(frontend: str) -> str:
-    return f"fe_{frontend}"
+    return f"{_FRONTEND_PREFIX}{frontend}"
+
+
+def section_marker(section: str, digest: str) -> str:
+    """The header line naming a rendered config section and its digest."""
+    return f"{SECTION_MARKER} {section} {digest}"
+
+
+def parse_section_marker(line: str) -> tuple[str, str] | None:
+    """``(section name, digest)`` of a ``section_marker`` line; its inverse.
+
+    Tokens are split on white space: the name is every token between the marker and the
+    last one, joined by one space. None when ``line`` is no marker line (``#`` and the
+    marker word must be separate from what follows, as written); ``ValueError`` when it
+    is one without a name or digest."""
+    tokens = line.split()
+    if tokens[:2] != SECTION_MARKER.split():
+        return None
+    if len(tokens) < 4:
+        raise ValueError("expected name and digest")
+    return " ".join(tokens[2:-1]), tokens[-1]
 
 
 def container_labels(

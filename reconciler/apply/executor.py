@@ -595,7 +595,7 @@ class Executor:
             not_up = lb.wait_up(added, timeout=self.health_min_s)
             for backend, server in added:
                 if f"{backend}/{server}" in not_up:
-                    service = backend.removeprefix("be_")
+                    service = identity.parse_backend_name(backend)
                     self.result.failures.setdefault(
                         service, f"server {backend}/{server} did not come UP in HAProxy"
                     )

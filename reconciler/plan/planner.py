@@ -387,8 +387,7 @@ def _retire(
 
 
 def _frozen_server(server: str, frozen: set[str]) -> bool:
-    # Server names are "<app host>.<container>"; host names have no dots.
-    return server.partition(".")[0] in frozen
+    return identity.server_host(server) in frozen
 
 
 def _plan_lb(
@@ -507,7 +506,7 @@ def _plan_lb(
                 )
             )
     for backend, server in removed:
-        service = backend.removeprefix("be_")
+        service = identity.parse_backend_name(backend)
         why = ph.retiring.get(server, "no such container")
         ph.drains.append(
             DrainServer(

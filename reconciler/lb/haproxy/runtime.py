@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.errors import ObserveError
+from reconciler.identity import parse_section_marker
 from reconciler.model import ObservedHAProxy, Pairs, ServerState, ServerStats
 from reconciler.transport.base import StreamUnavailable, Transport, TransportError
 from reconciler.transport.local import LocalTransport
@@ -52,7 +53,6 @@ _STATE_REQUIRED = (
 )
 _STAT_REQUIRED = ("pxname", "svname", "type", "status", "weight", "scur", "stot")
 _STAT_TYPE_SERVER = "2"  # 0 frontend, 1 backend, 2 server, 3 listener
-_SECTION_MARKER = "# reconciler-section"
 
 
 def _where(number: int, line: str) -> str:
@@ -302,12 +302,13 @@ def parse_config_header(text: str) -> tuple[tuple[str, str], ...]:
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             break
-        tokens = stripped.split()
-        if tokens[:2] != _SECTION_MARKER.split():
+        try:
+            marker = parse_section_marker(stripped)
+        except ValueError as exc:
+            raise ValueError(f"config header: {_where(number, line)}: {exc}") from None
+        if marker is None:
             continue
-        if len(tokens) < 4:
-            raise ValueError(f"config header: {_where(number, line)}: expected name and digest")
-        name, digest = " ".join(tokens[2:-1]), tokens[-1]
+        name, digest = marker
         if name in found:
             raise ValueError(f"config header: {_where(number, line)}: section {name!r} twice")
         found[name] = digest
