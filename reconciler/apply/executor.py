@@ -38,7 +38,6 @@ from reconciler.apply.containers import (
     stop_and_remove,
     wait_healthy,
 )
-from reconciler.apply.images import ensure_image
 from reconciler.desired.policy import Policy, SecretRules
 from reconciler.errors import ReconcilerError
 from reconciler.lb.haproxy.control import HAProxy, HAProxyError
@@ -49,7 +48,6 @@ from reconciler.plan.actions import (
     AddServer,
     ConfigureHAProxy,
     DrainServer,
-    PullImage,
     RemoveContainer,
     RemoveServer,
     RepointServer,
@@ -95,7 +93,6 @@ class ApplyResult:
 _PARALLEL = (
     StartContainer,
     RemoveContainer,
-    PullImage,
     RepointServer,
     DrainServer,
     RemoveServer,
@@ -324,9 +321,6 @@ class Executor:
     # ------------------------------------------------------------------ actions
 
     def _do(self, action: Action) -> str | None:
-        if isinstance(action, PullImage):
-            host = self.hosts[action.host]
-            return ensure_image(host, self.client(host.name), action.image)
         if isinstance(action, RemoveContainer):
             return self._remove_container(action)
         if isinstance(action, StartContainer):
@@ -552,7 +546,7 @@ class Executor:
         binds = [(fe.name, fe.bind_address, fe.bind_port) for fe in self._lbdef(lb_host).frontends]
         problems = lb.bind_problems(binds)
         if problems:
-            on = "" if self.hosts[lb_host].is_local else f"LB host {lb_host}: "
+            on = "" if self.hosts[lb_host].ssh is None else f"LB host {lb_host}: "
             raise HAProxyError(
                 f"{on}the new config binds what this host cannot give HAProxy; nothing "
                 "installed: " + "; ".join(problems)
