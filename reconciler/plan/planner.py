@@ -55,6 +55,7 @@ from reconciler.plan.actions import (
     SetWeight,
     StartContainer,
 )
+from reconciler.plan.reasons import describe_changes
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,7 @@ def _changes(
     old = _old_spec(c)
     if not new["image_id"]:
         new["image_id"] = old.get("image_id", "")  # unknown until pulled: do not claim a move
-    return identity.describe_changes(old, new)
+    return describe_changes(old, new)
 
 
 def _start_reason(
@@ -352,7 +353,7 @@ def _start_reason(
             if c.label(identity.REVISION) == rel.revision and _replica(c) == replica
         ]
         if same_replica:
-            changes = identity.describe_changes(
+            changes = describe_changes(
                 _old_spec(same_replica[0]),
                 identity.label_spec(
                     rel.spec, image_id or _old_spec(same_replica[0]).get("image_id", ""), key
