@@ -35,10 +35,6 @@ class Host:
     roles: tuple[str, ...]
     ssh: SshConnection | None = None  # None: the local host (Docker socket, local files)
 
-    @property
-    def is_local(self) -> bool:
-        return self.ssh is None
-
 
 @dataclass(frozen=True)
 class HealthCheck:

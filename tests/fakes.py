@@ -60,7 +60,6 @@ class FakeEngines:
         self.before_start: Callable[[str, str], None] = lambda host, name: None
         self.started: list[tuple[str, str]] = []  # every start, in order
         self.removed: list[tuple[str, str]] = []  # every removal, in order
-        self.pulled: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     @classmethod
@@ -136,9 +135,6 @@ class FakeEngines:
             self.removed.append((host, name))
         return gone is not None
 
-    def pull(self, host: str, image: str) -> str:
-        self.pulled.append((host, image))
-        return f"pulled {image}"
 
 
 # --------------------------------------------------------------------------- load balancer

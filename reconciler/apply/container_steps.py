@@ -1,4 +1,4 @@
-"""The container steps of a run: pull, start, health gate, remove; and the undo of a
+"""The container steps of a run: start, health gate, remove; and the undo of a
 failed service's starts.
 
 A container started in this run is gated (health checked) before the next step of
@@ -21,7 +21,6 @@ from reconciler.errors import ReconcilerError
 from reconciler.model import DesiredState, HealthCheck, ObservedState
 from reconciler.plan.actions import (
     AddServer,
-    PullImage,
     RemoveContainer,
     RepointServer,
     StartContainer,
@@ -69,9 +68,6 @@ class ContainerSteps:
             return self.pickers[host]
 
     # ------------------------------------------------------------------ steps
-
-    def pull(self, a: PullImage) -> str:
-        return self.engines.pull(a.host, a.image)
 
     def start(self, a: StartContainer) -> str:
         assert a.spec is not None and a.service is not None

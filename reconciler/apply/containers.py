@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reconciler.desired.policy import SecretRules
 from reconciler.errors import ReconcilerError
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
+_T = TypeVar("_T")
 NS = 1_000_000  # nanoseconds per millisecond (Docker health check durations)
 
 
@@ -209,13 +210,17 @@ def create_and_start(
             )
         except docker.errors.APIError as exc:
             raise _create_error(exc, name, host) from None
+        except (docker.errors.DockerException, OSError) as exc:  # e.g. the engine is gone
+            raise ContainerError(
+                f"container {name}: cannot create it on host {host}: {_docker_why(exc)}"
+            ) from None
         try:
             api.start(created["Id"])
-        except docker.errors.APIError as exc:
+        except (docker.errors.DockerException, OSError) as exc:
             # The container this call created is removed (by id: a name could be another's).
-            with contextlib.suppress(docker.errors.DockerException):
+            with contextlib.suppress(docker.errors.DockerException, OSError):
                 api.remove_container(created["Id"], force=True)
-            why = str(exc.explanation or exc)
+            why = _docker_why(exc)
             if attempt < 4 and any(text in why.lower() for text in _PORT_CLASH):
                 continue
             raise ContainerError(f"container {name}: {why}") from None
@@ -235,8 +240,8 @@ def wait_healthy(
     secret_names: Collection[str] = (),
 ) -> None:
     """Return when the container is healthy; raise ContainerError with the last health
-    output and the log tail when it exits, turns unhealthy or the deadline passes.
-    HTTP and TCP probes are made from the container's host (``transport``).
+    output and the log tail when it exits, turns unhealthy or the deadline passes, or
+    the engine fails (``_state``). Probes are made from the container's host (``transport``).
 
     Before raising, the values of ``secret_names`` and of secret-looking keys in the
     container's own environment go to ``redactor`` and are blanked out of the message:
@@ -244,9 +249,9 @@ def wait_healthy(
     transport = transport or LocalTransport()
     deadline = time.monotonic() + deadline_s
     last = "no health result yet"
-    container = client.containers.get(name)
+    container = _state(name, lambda: client.containers.get(name))
     while True:
-        container.reload()
+        _state(name, container.reload)
         state = container.attrs["State"]
         if state.get("Status") != "running":
             last = f"container {state.get('Status')} (exit code {state.get('ExitCode')})"
@@ -275,6 +280,21 @@ def wait_healthy(
             f"container {name} is not healthy: {last}\nlast log lines:\n{_log_tail(container)}"
         )
     )
+
+
+def _state(name: str, read: Callable[[], _T]) -> _T:
+    """``read()`` of a container's state; the Docker engine's errors (the container
+    gone, the engine unreachable) raised as ContainerError naming the container (the
+    executor adds the host)."""
+    import docker.errors
+
+    try:
+        return read()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise ContainerError(
+            f"container {name}: cannot read its state from the Docker engine: "
+            f"{_docker_why(exc)}"
+        ) from None
 
 
 def _probe(health: HealthCheck, address: str, port: int, transport: Transport) -> tuple[bool, str]:
@@ -322,13 +342,16 @@ def health_deadline(health: HealthCheck, minimum: float) -> float:
 
 
 def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> bool:
-    """Stop with the grace period and remove; volumes are kept. False if already gone."""
+    """Stop with the grace period and remove; volumes are kept. False if already gone.
+    Any other failure of the engine (refused, unreachable) raises ContainerError."""
     import docker.errors
 
     try:
         container = client.containers.get(name)
     except docker.errors.NotFound:
         return False
+    except (docker.errors.DockerException, OSError) as exc:
+        raise ContainerError(f"container {name}: {_docker_why(exc)}") from None
     try:
         # A crash-looping container ("restarting") must be stopped too: Docker refuses
         # to remove it otherwise.
@@ -337,6 +360,11 @@ def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> boo
         container.remove(v=False)
     except docker.errors.NotFound:
         return False
-    except docker.errors.APIError as exc:
-        raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+    except (docker.errors.DockerException, OSError) as exc:
+        raise ContainerError(f"container {name}: {_docker_why(exc)}") from None
     return True
+
+
+def _docker_why(exc: Exception) -> str:
+    """What the Docker SDK says went wrong: an API error's explanation, else its text."""
+    return str(getattr(exc, "explanation", None) or exc)

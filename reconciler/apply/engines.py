@@ -19,7 +19,6 @@ from reconciler.apply.containers import (
     stop_and_remove,
     wait_healthy,
 )
-from reconciler.apply.images import ensure_image
 from reconciler.desired.policy import SecretRules
 from reconciler.model import ContainerSpec, HealthCheck
 from reconciler.redact import Redactor
@@ -68,10 +67,6 @@ class Engines(Protocol):
 
     def remove(self, host: str, name: str, grace_s: int) -> bool:
         """Stop (with ``grace_s``) and remove, keeping volumes; False if already gone."""
-        ...
-
-    def pull(self, host: str, image: str) -> str:
-        """Make ``image`` present on ``host``; what was done. ImageError when it cannot."""
         ...
 
 
@@ -141,6 +136,3 @@ class DockerEngines:
 
     def remove(self, host: str, name: str, grace_s: int) -> bool:
         return stop_and_remove(self._client(host), name, grace_s)
-
-    def pull(self, host: str, image: str) -> str:
-        return ensure_image(self.conns.hosts[host], self._client(host), image)

@@ -254,7 +254,7 @@ class LBSteps:
         loaded may come up to one interval later."""
         longest = 0.0
         for backend in backends:
-            h = self.health.get(backend.removeprefix("be_"))
+            h = self.health.get(identity.parse_backend_name(backend))
             if h is not None:
                 longest = max(longest, (h.interval_ms + h.timeout_ms) / 1000)
         return max(self.health_min_s, longest)
@@ -265,7 +265,7 @@ class LBSteps:
         not_up = lb.wait_up(added, timeout=self._up_timeout(b for b, _ in added))
         for backend, server in added:
             if f"{backend}/{server}" in not_up:
-                service = backend.removeprefix("be_")
+                service = identity.parse_backend_name(backend)
                 self.ledger.fail(service, f"server {backend}/{server} did not come UP in HAProxy")
                 lb.drain(backend, server)
         return not_up

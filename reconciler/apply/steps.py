@@ -48,7 +48,6 @@ from reconciler.plan.actions import (
     AddServer,
     ConfigureHAProxy,
     DrainServer,
-    PullImage,
     RemoveContainer,
     RemoveServer,
     RepointServer,
@@ -61,7 +60,6 @@ from reconciler.plan.planner import Plan
 _PARALLEL = (
     StartContainer,
     RemoveContainer,
-    PullImage,
     RepointServer,
     DrainServer,
     RemoveServer,
@@ -113,7 +111,6 @@ class Executor:
         )
         self.registry: dict[type[Action], Handler] = dict(
             [
-                handler(PullImage, self.container_steps.pull),
                 handler(StartContainer, self.container_steps.start),
                 handler(RemoveContainer, self._remove_container),
                 handler(AddServer, self.lb_steps.add_server),

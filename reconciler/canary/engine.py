@@ -18,6 +18,7 @@ A canary whose release changes (another revision, another config) starts afresh.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -131,7 +132,8 @@ def evaluate(
 ) -> dict[str, CanaryState]:
     """The canaries' states after one look at HAProxy (``events``: LB host -> text of
     ``show events`` of the request log ring). States of services that no longer have a
-    canary are dropped."""
+    canary are dropped. Pure: ``states`` and everything in them are left as they are
+    (a state that moves on is a copy), so a caller may still compare before and after."""
     env = desired.environment
     revision_of: dict[tuple[str, str], str] = {}
     for host in observed.hosts:
@@ -164,7 +166,7 @@ def evaluate(
             state.history.append(f"started at step 1/{len(_steps(canary))}")
             out[svc.name] = state
             continue
-        state = old
+        state = copy.deepcopy(old)
         deltas = _measure(state, observed, revision_of, events, backend)
         interval = max(0.0, now - state.updated_at)
         state.updated_at = now

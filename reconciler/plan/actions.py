@@ -178,15 +178,3 @@ class ConfigureHAProxy(Action):
         verb = "install config and reload HAProxy" if self.reload else "write HAProxy config"
         return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
 
-
-ALL_ACTIONS: tuple[type[Action], ...] = (
-    PullImage,
-    StartContainer,
-    RemoveContainer,
-    AddServer,
-    RepointServer,
-    SetWeight,
-    DrainServer,
-    RemoveServer,
-    ConfigureHAProxy,
-)

@@ -25,6 +25,7 @@ from reconciler.model import (
 )
 from reconciler.plan.actions import PullImage, RemoveContainer, StartContainer
 from reconciler.plan.phases import Phases, WantedServer
+from reconciler.plan.reasons import describe_changes
 
 
 def plan_containers(
@@ -311,7 +312,7 @@ def _changes(c: ObservedContainer, rel: Release, images: dict[str, str], key: st
     old = _old_spec(c)
     if not new["image_id"]:
         new["image_id"] = old.get("image_id", "")  # unknown until pulled: do not claim a move
-    return identity.describe_changes(old, new)
+    return describe_changes(old, new)
 
 
 def _start_reason(
@@ -336,7 +337,7 @@ def _start_reason(
             if c.label(identity.REVISION) == rel.revision and _replica(c) == replica
         ]
         if same_replica:
-            changes = identity.describe_changes(
+            changes = describe_changes(
                 _old_spec(same_replica[0]),
                 identity.label_spec(
                     rel.spec, image_id or _old_spec(same_replica[0]).get("image_id", ""), key

@@ -101,7 +101,7 @@ def _section_changes(have: dict[str, str], want: dict[str, str]) -> list[str]:
 
 def _frozen_server(server: str, frozen: set[str]) -> bool:
     # Server names are "<app host>.<container>"; host names have no dots.
-    return server.partition(".")[0] in frozen
+    return identity.server_host(server) in frozen
 
 
 def _plan_server(ph: Phases, lb_host: str, srv: WantedServer, have: ServerState | None) -> None:
@@ -189,7 +189,7 @@ def _remove_servers(
     """Drain, then remove through the runtime API, each server in ``removed``; the file is
     written to match, with no reload."""
     for backend, server in removed:
-        service = backend.removeprefix("be_")
+        service = identity.parse_backend_name(backend)
         why = ph.retiring.get(server, "no such container")
         ph.drains.append(
             DrainServer(

@@ -157,6 +157,7 @@ def _promised(
             out.append(Mismatch(obs.host, subject, f"{stat.status}{check}; want UP"))
     for key in sorted(states):
         backend, server = key
-        if backend in checked and key not in expected and server.partition(".")[0] not in frozen:
+        frozen_host = identity.server_host(server) in frozen
+        if backend in checked and key not in expected and not frozen_host:
             out.append(Mismatch(obs.host, "/".join(key), "left in HAProxy, not desired"))
     return out

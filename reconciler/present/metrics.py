@@ -87,7 +87,8 @@ class Metrics:
         self.source_up = Gauge("reconcile_source_up", "1 when the repository answers.", registry=r)
         self.release_weight = Gauge(
             "reconcile_release_weight_percent",
-            "Desired weight of each release.",
+            "Weight of each release as declared in git at the last loaded commit (a canary "
+            "shows its declared 0; the weight of its current step is in reconcile status).",
             ["service", "revision"],
             registry=r,
         )

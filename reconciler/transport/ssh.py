@@ -166,15 +166,21 @@ class SshTransport:
             err = _read_all(chan.makefile_stderr("rb"))
             code = chan.recv_exit_status()
             chan.close()
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, EOFError, OSError) as exc:
             raise TransportError(f"{self.where}: cannot run {argv[0]}: {exc}") from None
         return Completed(tuple(argv), code, out, err)
 
     # ------------------------------------------------------------------ streams
 
     def open_unix(self, path: str, timeout: float) -> Stream:
-        chan = open_streamlocal(self.connect(), path, timeout)
-        chan.settimeout(timeout)
+        import paramiko
+
+        transport = self.connect()
+        try:
+            chan = open_streamlocal(transport, path, timeout)
+            chan.settimeout(timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:  # the session broke
+            raise TransportError(f"{self.where}: {path}: {exc}") from None
         return chan
 
     def open_tcp(self, address: str, port: int, timeout: float) -> Stream:
@@ -186,7 +192,7 @@ class SshTransport:
             )
         except paramiko.ChannelException as exc:
             raise StreamUnavailable(f"{address}:{port} from {self.name}: {exc}") from None
-        except paramiko.SSHException as exc:
+        except (paramiko.SSHException, EOFError, OSError) as exc:
             raise TransportError(f"{address}:{port} from {self.name}: {exc}") from None
         chan.settimeout(timeout)
         return chan
@@ -194,21 +200,29 @@ class SshTransport:
     # ------------------------------------------------------------------ files (SFTP)
 
     def _sftp_client(self) -> paramiko.SFTPClient:
+        import paramiko
+
         transport = self.connect()
         with self._lock:
             if self._sftp is None:
-                import paramiko
-
-                self._sftp = paramiko.SFTPClient.from_transport(transport)
-                assert self._sftp is not None
+                try:
+                    self._sftp = paramiko.SFTPClient.from_transport(transport)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    raise TransportError(f"{self.where}: cannot start SFTP: {exc}") from None
+                if self._sftp is None:
+                    raise TransportError(f"{self.where}: cannot start SFTP: no channel")
             return self._sftp
 
     def _files(self, what: str, path: str, op: Any) -> Any:
+        """``op(sftp)``, one at a time; its OSError (SFTP's errors are IOErrors) or a
+        broken session is raised as TransportError naming the host, what and path."""
+        import paramiko
+
         sftp = self._sftp_client()
         try:
             with self._lock:  # one SFTP request at a time: the client is not thread-safe
                 return op(sftp)
-        except OSError as exc:
+        except (OSError, paramiko.SSHException, EOFError) as exc:
             raise TransportError(f"{self.where}: cannot {what} {path}: {exc}") from None
 
     def read_text(self, path: str) -> str | None:

@@ -128,3 +128,17 @@ def test_a_canary_needs_looks_from_its_deploy_until_it_is_decided() -> None:
     # No canary: no looks.
     plain = replace(svc, releases=(svc.releases[0],))
     assert not undecided(env, plain, state)
+
+
+def test_evaluate_leaves_the_states_it_is_given_as_they_are() -> None:
+    d = fleet()
+    world = converge(d)
+    first = evaluate(d, with_counts(world, {"v1": (100, 0), "v2": (0, 0)}), {}, 10, {})
+    before = first["web"].to_json()
+    after = evaluate(d, with_counts(world, {"v1": (500, 1), "v2": (100, 0)}), first, 12, {})
+    assert first["web"].to_json() == before  # meter, totals, progress, history untouched
+    assert after["web"] is not first["web"]
+    assert after["web"].to_json() != before and after["web"].updated_at == 12
+    # the same look from the same states gives the same result: nothing carried over
+    again = evaluate(d, with_counts(world, {"v1": (500, 1), "v2": (100, 0)}), first, 12, {})
+    assert again["web"].to_json() == after["web"].to_json()

@@ -14,7 +14,8 @@ import reconciler
 ROOT = Path(reconciler.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"errors", "model", "identity", "redact", "statedir", "instance", "store", "__init__"},
+    {"errors", "model", "identity", "changes", "redact", "statedir", "instance", "store",
+     "__init__"},
     {"transport"},
     {"lb"},
     {"desired", "observe"},

@@ -4,8 +4,8 @@ lines, exactly as ``render`` writes them. Pure; ``ValueError`` names a bad heade
 
 from __future__ import annotations
 
+from reconciler.identity import parse_section_marker
 from reconciler.lb.haproxy.lines import where
-from reconciler.lb.haproxy.render import MARKER
 
 ConfigServer = tuple[str, str, str, int, int]
 
@@ -24,12 +24,13 @@ def parse_config_header(text: str) -> tuple[tuple[str, str], ...]:
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             break
-        tokens = stripped.split()
-        if tokens[:2] != MARKER.split():
+        try:
+            marker = parse_section_marker(stripped)
+        except ValueError as exc:
+            raise ValueError(f"config header: {where(number, line)}: {exc}") from None
+        if marker is None:
             continue
-        if len(tokens) < 4:
-            raise ValueError(f"config header: {where(number, line)}: expected name and digest")
-        name, digest = " ".join(tokens[2:-1]), tokens[-1]
+        name, digest = marker
         if name in found:
             raise ValueError(f"config header: {where(number, line)}: section {name!r} twice")
         found[name] = digest

@@ -11,15 +11,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from reconciler.identity import backend_name, frontend_name
+from reconciler.identity import backend_name, frontend_name, section_marker
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs
 from reconciler.lb.haproxy.requestlog import LOG_FORMAT, RING
 from reconciler.lb.haproxy.sections import request_log, section_digests
 from reconciler.lb.port import ServerEntry
 from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
-
-MARKER = "# reconciler-section"
 
 
 def _ms(value: int) -> str:
@@ -42,7 +40,7 @@ def render(
         by_backend[srv.backend].append(srv)
     services = {backend_name(s.name): s for s in desired.services}
     drain_max = max((s.drain_timeout_s for s in desired.services), default=30)
-    out = [f"{MARKER} {name} {digest}" for name, digest in section_digests(desired, lb)]
+    out = [section_marker(name, digest) for name, digest in section_digests(desired, lb)]
     out += [
         f"# HAProxy config of load balancer {lb.name}, environment {desired.environment}.",
         "# Written by reconciler; do not edit: the next pass replaces this file.",
