@@ -292,7 +292,7 @@ class ServerStats:
 
 
 @dataclass(frozen=True)
-class ObservedHAProxy:
+class ObservedLB:
     """HAProxy on one load-balancer host. ``running`` False: no socket answered."""
 
     host: str
@@ -310,7 +310,7 @@ class ObservedHAProxy:
 @dataclass(frozen=True)
 class ObservedState:
     hosts: tuple[ObservedHost, ...] = ()
-    haproxy: tuple[ObservedHAProxy, ...] = field(default=())
+    lbs: tuple[ObservedLB, ...] = field(default=())  # one per LB host
 
     def host(self, name: str) -> ObservedHost:
         for h in self.hosts:
@@ -318,8 +318,8 @@ class ObservedState:
                 return h
         return ObservedHost(name=name, containers=())
 
-    def lb(self, name: str) -> ObservedHAProxy:
-        for h in self.haproxy:
+    def lb(self, name: str) -> ObservedLB:
+        for h in self.lbs:
             if h.host == name:
                 return h
-        return ObservedHAProxy(host=name, running=False)
+        return ObservedLB(host=name, running=False)

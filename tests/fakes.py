@@ -30,7 +30,7 @@ from reconciler.model import (
     DesiredState,
     HealthCheck,
     LoadBalancer,
-    ObservedHAProxy,
+    ObservedLB,
     ObservedState,
     ServerState,
 )
@@ -190,7 +190,7 @@ class FakeLB:
         self._lock = threading.RLock()
 
     @classmethod
-    def from_observed(cls, lb: ObservedHAProxy, lbdef: LoadBalancer) -> FakeLB:
+    def from_observed(cls, lb: ObservedLB, lbdef: LoadBalancer) -> FakeLB:
         entries = [
             ServerEntry(s.backend, s.server, s.address, s.port, s.weight) for s in lb.servers
         ]
@@ -227,7 +227,7 @@ class FakeLB:
 
     # ---------------------------------------------------------------- the port
 
-    def observe(self) -> ObservedHAProxy:
+    def observe(self) -> ObservedLB:
         with self._lock:
             servers = tuple(
                 ServerState(
@@ -235,7 +235,7 @@ class FakeLB:
                 )
                 for (b, n), s in sorted(self.servers.items())
             )
-        return ObservedHAProxy(
+        return ObservedLB(
             self.host, self.is_running, servers=servers if self.is_running else ()
         )
 

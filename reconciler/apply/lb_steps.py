@@ -24,7 +24,7 @@ from reconciler.model import DesiredState, LoadBalancer, ObservedState
 from reconciler.plan.actions import (
     Action,
     AddServer,
-    ConfigureHAProxy,
+    ConfigureLB,
     DrainServer,
     RemoveContainer,
     RemoveServer,
@@ -65,7 +65,7 @@ class LBSteps:
                 (s.backend, s.server): ServerEntry(s.backend, s.server, s.address, s.port, s.weight)
                 for s in lb.servers
             }
-            for lb in observed.haproxy
+            for lb in observed.lbs
         }
         self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers to see UP
         self.needs_reload: set[str] = set()  # LB hosts where a runtime change was refused
@@ -204,7 +204,7 @@ class LBSteps:
         for host, (_, path) in self.checked.items():
             self.lbs[host].discard(path)
 
-    def configure(self, a: ConfigureHAProxy) -> str:
+    def configure(self, a: ConfigureLB) -> str:
         lb = self.lbs[a.host]
         changed = self._install(a.host)
         steps = self.statuses.pop(a.host, Counter())

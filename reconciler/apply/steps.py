@@ -46,7 +46,7 @@ from reconciler.model import DesiredState, ObservedState
 from reconciler.plan.actions import (
     Action,
     AddServer,
-    ConfigureHAProxy,
+    ConfigureLB,
     DrainServer,
     RemoveContainer,
     RemoveServer,
@@ -118,7 +118,7 @@ class Executor:
                 handler(SetWeight, self.lb_steps.set_weight),
                 handler(DrainServer, self.lb_steps.drain),
                 handler(RemoveServer, self.lb_steps.remove_server),
-                handler(ConfigureHAProxy, self.lb_steps.configure),
+                handler(ConfigureLB, self.lb_steps.configure),
             ]
         )
 
@@ -147,7 +147,7 @@ class Executor:
                     self._parallel(actions[i:j])
                     i = j
                     continue
-                if isinstance(action, ConfigureHAProxy) and action.reload:
+                if isinstance(action, ConfigureLB) and action.reload:
                     self._verify_all(actions[i:j])
                 self._emit(self._step(step, action))
                 i += 1
@@ -161,7 +161,7 @@ class Executor:
     def _emit(self, res: StepResult) -> None:
         self.result.steps.append(res)
         self.on_step(res)
-        if isinstance(res.action, ConfigureHAProxy) and res.status == "failed":
+        if isinstance(res.action, ConfigureLB) and res.status == "failed":
             self.result.aborted = True
             raise _Abort
 

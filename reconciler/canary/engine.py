@@ -154,7 +154,7 @@ def evaluate(
         old = states.get(svc.name)
         in_lb = any(
             s.backend == backend and revision_of.get((s.backend, s.server)) == canary.revision
-            for lb in observed.haproxy
+            for lb in observed.lbs
             for s in lb.stats
         )
         if old is None or old.key != key:
@@ -210,7 +210,7 @@ def _measure(
     """Feed one look at every LB host into the state's meter, totals and response
     times; the increments of requests and errors per revision of ``backend``."""
     deltas: dict[str, Counts] = {}
-    for lb in observed.haproxy:
+    for lb in observed.lbs:
         stats = [s for s in lb.stats if s.backend == backend]
         generation = str(lb.worker_pid)
         for (_, revision), c in state.meter.update(lb.host, generation, stats, revision_of).items():

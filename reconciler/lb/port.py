@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.errors import ReconcilerError
-from reconciler.model import DesiredState, LoadBalancer, ObservedHAProxy
+from reconciler.model import DesiredState, LoadBalancer, ObservedLB
 
 
 class LBError(ReconcilerError):
@@ -45,7 +45,7 @@ class LoadBalancerPort(Protocol):
 
     # ---------------------------------------------------------------- observe
 
-    def observe(self) -> ObservedHAProxy:
+    def observe(self) -> ObservedLB:
         """A snapshot of the installed config and, when it runs, of its servers and
         counters (``running`` False when nothing answers). Raises ObserveError when it
         answers late or wrongly."""

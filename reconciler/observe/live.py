@@ -14,7 +14,7 @@ from pathlib import Path
 from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.control import HAProxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
-from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
+from reconciler.model import DesiredState, Host, ObservedHost, ObservedLB, ObservedState
 from reconciler.observe.docker import observe_host
 from reconciler.transport.base import HostKeyRefused, TransportError
 from reconciler.transport.pool import Connections
@@ -66,7 +66,7 @@ def observe(
     finally:
         if own:
             conns.close()
-    return ObservedState(hosts=tuple(hosts), haproxy=tuple(lbs))
+    return ObservedState(hosts=tuple(hosts), lbs=tuple(lbs))
 
 
 def _read_app(
@@ -95,7 +95,7 @@ def _read_lb(
     state_dir: Path,
     external: HAProxyPaths | None,
     name: str,
-) -> ObservedHAProxy:
+) -> ObservedLB:
     """The load balancer of LB host ``name``, read through its port."""
     paths = lb_paths(desired, state_dir, external, desired.host(name))
     try:

@@ -165,7 +165,7 @@ class RemoveServer(Action):
 
 
 @dataclass(frozen=True)
-class ConfigureHAProxy(Action):
+class ConfigureLB(Action):
     """Render the config for the servers known at this point, verify, install; reload or
     start HAProxy when ``reload`` (structure changed), else only write the file."""
 

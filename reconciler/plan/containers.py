@@ -43,7 +43,7 @@ def plan_containers(
     _retire_unused_hosts(ph, desired, observed, held, frozen)
     # A server HAProxy's own checks hold DOWN counts as an unhealthy container (an HTTP
     # health check has no Docker health status to say so).
-    down = {s.server for lb in observed.haproxy for s in lb.stats if s.status.startswith("DOWN")}
+    down = {s.server for lb in observed.lbs for s in lb.stats if s.status.startswith("DOWN")}
     for host in desired.hosts:
         if "app" not in host.roles or host.name in frozen:
             continue

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 
 from reconciler import identity
 from reconciler.lb.haproxy.sections import section_digests
-from reconciler.model import DesiredState, LoadBalancer, ObservedHAProxy, ServerState
+from reconciler.model import DesiredState, LoadBalancer, ObservedLB, ServerState
 from reconciler.plan.actions import (
     AddServer,
-    ConfigureHAProxy,
+    ConfigureLB,
     DrainServer,
     RemoveServer,
     RepointServer,
@@ -32,7 +32,7 @@ def plan_lb(
     ph: Phases,
     desired: DesiredState,
     lb: LoadBalancer,
-    obs: ObservedHAProxy,
+    obs: ObservedLB,
     held: set[str],
     frozen: set[str],
 ) -> None:
@@ -52,7 +52,7 @@ def plan_lb(
         structure.append(f"{len(ph_adds)} server(s) added")
     if structure:
         ph.lb_configs.append(
-            ConfigureHAProxy(
+            ConfigureLB(
                 host=lb_host,
                 service=None,
                 reload=True,
@@ -63,7 +63,7 @@ def plan_lb(
     runtime_changes = [a for a in (*ph.repoints, *ph.weights) if a.host == lb_host]
     if runtime_changes:
         ph.weights.append(
-            ConfigureHAProxy(
+            ConfigureLB(
                 host=lb_host,
                 service=None,
                 reload=False,
@@ -78,7 +78,7 @@ def plan_lb(
     _remove_servers(ph, lb_host, removed, drain_timeout)
 
 
-def _structure_changes(desired: DesiredState, lb: LoadBalancer, obs: ObservedHAProxy) -> list[str]:
+def _structure_changes(desired: DesiredState, lb: LoadBalancer, obs: ObservedLB) -> list[str]:
     """Why the LB host needs a reload for its config's structure (empty: it does not)."""
     if not obs.running:
         return ["HAProxy is not running"]
@@ -156,7 +156,7 @@ def _plan_server(ph: Phases, lb_host: str, srv: WantedServer, have: ServerState 
 
 def _check_file(
     ph: Phases,
-    obs: ObservedHAProxy,
+    obs: ObservedLB,
     wanted: Iterable[WantedServer],
     held: set[str],
     frozen: set[str],
@@ -173,7 +173,7 @@ def _check_file(
     )
     if in_file != expected:
         ph.weights.append(
-            ConfigureHAProxy(
+            ConfigureLB(
                 host=obs.host,
                 service=None,
                 reload=False,
@@ -206,7 +206,7 @@ def _remove_servers(
         )
     if removed:
         ph.lb_removals.append(
-            ConfigureHAProxy(
+            ConfigureLB(
                 host=lb_host,
                 service=None,
                 reload=False,

@@ -67,8 +67,8 @@ def status_data(
     containers and traffic per revision, and the outcome check (``verify``) now."""
     canaries = canaries or {}
     servers = _Servers(
-        stats={(s.backend, s.server): s for lb in observed.haproxy for s in lb.stats},
-        states={(s.backend, s.server): s for lb in observed.haproxy for s in lb.servers},
+        stats={(s.backend, s.server): s for lb in observed.lbs for s in lb.stats},
+        states={(s.backend, s.server): s for lb in observed.lbs for s in lb.servers},
     )
     services = [
         _service_data(svc, desired.environment, observed, servers, held, canaries.get(svc.name))
@@ -93,7 +93,7 @@ def status_data(
         else {"path": history.path, "bytes": history.bytes, "runs": history.runs},
         "haproxy": [
             {"host": lb.host, "running": lb.running, "servers": len(lb.servers)}
-            for lb in observed.haproxy
+            for lb in observed.lbs
         ],
         "services": services,
         # what `apply` would call a mismatch now (reconciler.plan.verify); [] when it holds

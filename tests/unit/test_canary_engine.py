@@ -40,14 +40,14 @@ def fleet(canary: str = "v2") -> DesiredState:
 
 def with_counts(world: ObservedState, counts: dict[str, tuple[int, int]], pid: int = 7) -> ObservedState:
     """HAProxy's per-server counters: revision -> (2xx, 5xx) so far."""
-    lb = world.haproxy[0]
+    lb = world.lbs[0]
     stats = []
     for s in lb.servers:
         rev = "v1" if "-v1-" in s.server else s.server.split("-web-")[1].split("-")[0]
         ok, bad = counts.get(rev, (0, 0))
         stats.append(ServerStats(s.backend, s.server, "UP", s.weight, 0, ok + bad,
                                  hrsp_2xx=ok, hrsp_5xx=bad))
-    return replace(world, haproxy=(replace(lb, stats=tuple(stats), worker_pid=pid),))
+    return replace(world, lbs=(replace(lb, stats=tuple(stats), worker_pid=pid),))
 
 
 def weights(d: DesiredState) -> dict[str, int]:
@@ -76,7 +76,7 @@ def test_starts_once_deployed_then_moves_by_steps_and_is_promoted() -> None:
     after = simulate(p, world, promoted)
     assert verify(promoted, after) == ()
     served = {s.server.split("-web-")[1].split("-")[0]: s.weight
-              for s in after.haproxy[0].servers if s.backend == "be_web"}
+              for s in after.lbs[0].servers if s.backend == "be_web"}
     assert served == {"v1": 0, "v2": 100}, served
 
 

@@ -25,7 +25,7 @@ from reconciler.lb.port import LBError
 from reconciler.model import DesiredState, ObservedState
 from reconciler.plan.actions import (
     AddServer,
-    ConfigureHAProxy,
+    ConfigureLB,
     DrainServer,
     RemoveContainer,
     StartContainer,
@@ -180,7 +180,7 @@ def test_a_server_not_up_after_the_reload_is_drained_and_its_service_fails() -> 
     assert len(w.engines.names("web")) == 4
     assert ("be_web", stuck) not in {(b, s) for b, s, *_ in lb.serving()}
     assert w.backends_served("lb1") == {"be_api", "be_web"}
-    configure = next(st for st in result.steps if isinstance(st.action, ConfigureHAProxy))
+    configure = next(st for st in result.steps if isinstance(st.action, ConfigureLB))
     assert (configure.status, configure.detail) == (
         "ok",
         f"started HAProxy; not UP: be_web/{stuck}",
@@ -200,7 +200,7 @@ def test_a_rejected_config_installs_nothing_on_any_lb_host_and_stops_the_pass() 
 
     assert result.aborted and not result.ok
     last = result.steps[-1]
-    assert isinstance(last.action, ConfigureHAProxy) and last.action.host == "lb2"
+    assert isinstance(last.action, ConfigureLB) and last.action.host == "lb2"
     assert last.status == "failed"
     assert last.detail.endswith("parsing error (no LB host was switched)")
     # neither LB host took a config or reloaded; no checked copy is left behind
@@ -224,7 +224,7 @@ def test_a_rejected_config_stops_the_pass_before_any_later_step() -> None:
     assert result.aborted
     assert set(result.failures) == {"haproxy"}
     assert "haproxy -c rejected the new config; nothing installed" in result.failures["haproxy"]
-    assert isinstance(result.steps[-1].action, ConfigureHAProxy)
+    assert isinstance(result.steps[-1].action, ConfigureLB)
     assert (lb.config, lb.serving(), lb.reloads) == (config, serving, 0)
     old = {(h, n) for h, n in w.engines.names("web") if "-v1-" in n}
     assert len(old) == 4  # the old release was not drained nor removed
@@ -302,7 +302,7 @@ def test_a_config_step_after_only_skipped_steps_reloads_nothing_and_says_why() -
 
     result = w.run()
 
-    configs = [st for st in result.steps if isinstance(st.action, ConfigureHAProxy)]
+    configs = [st for st in result.steps if isinstance(st.action, ConfigureLB)]
     assert len(configs) == 2
     for st in configs:
         assert (st.status, st.detail) == (
@@ -362,7 +362,7 @@ def test_a_server_the_lb_refuses_to_delete_leaves_with_a_reload_instead() -> Non
         st.status == "ok" and st.detail.endswith("; HAProxy will be reloaded instead")
         for st in removes
     )
-    write = [st for st in result.steps if isinstance(st.action, ConfigureHAProxy)][-1]
+    write = [st for st in result.steps if isinstance(st.action, ConfigureLB)][-1]
     assert (write.status, write.detail) == ("ok", "reloaded HAProxy (confirmed)")
     assert result.ok and result.reloads == 2 == w.lbs["lb1"].reloads
     assert old.isdisjoint(s for _, s in w.lbs["lb1"].servers)

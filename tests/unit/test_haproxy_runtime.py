@@ -22,7 +22,7 @@ from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.proc import MasterProcs, WorkerProc, parse_show_proc
 from reconciler.lb.haproxy.runtime import RuntimeSocket, SocketUnavailable
 from reconciler.lb.haproxy.stats import admin_names, parse_servers_state, parse_stat_csv
-from reconciler.model import ObservedHAProxy, ServerState, ServerStats
+from reconciler.model import ObservedLB, ServerState, ServerStats
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "haproxy"
 
@@ -246,17 +246,17 @@ def test_runtime_socket_times_out_naming_path(tmp_path: Path) -> None:
 def test_observe_not_running(tmp_path: Path) -> None:
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text("# reconciler-section global ab12\nglobal\n", encoding="utf-8")
-    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), None) == ObservedHAProxy(
+    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), None) == ObservedLB(
         host="lb1", running=False
     )
-    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), str(cfg)) == ObservedHAProxy(
+    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), str(cfg)) == ObservedLB(
         host="lb1", running=False, config_sections=(("global", "ab12"),)
     )
     refused = tmp_path / "stale.sock"  # a socket file left behind by a dead process
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(refused))
     observed = observe_haproxy("lb1", str(refused), str(tmp_path / "missing.cfg"))
-    assert observed == ObservedHAProxy(host="lb1", running=False)
+    assert observed == ObservedLB(host="lb1", running=False)
 
 
 def test_config_servers_are_read_back_from_the_rendered_config() -> None:
@@ -271,7 +271,7 @@ def test_config_servers_are_read_back_from_the_rendered_config() -> None:
     d = desired(service("web"), service("api", replicas=1))
     world = converge(d)
     servers = [ServerEntry(s.backend, s.server, s.address, s.port, s.weight)
-               for s in world.haproxy[0].servers]
+               for s in world.lbs[0].servers]
     text = render(d, d.loadbalancers[0], servers, HAProxyPaths.embedded(P("/x"), "prod"))
     assert parse_config_servers(text) == tuple(sorted(
         (s.backend, s.name, s.address, s.port, s.weight) for s in servers))

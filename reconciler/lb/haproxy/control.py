@@ -37,7 +37,7 @@ from reconciler.lb.haproxy.process import HAProxyProcess
 from reconciler.lb.haproxy.render import render
 from reconciler.lb.haproxy.requestlog import RING
 from reconciler.lb.port import LBError, NoSuchServer, ServerEntry
-from reconciler.model import DesiredState, LoadBalancer, ObservedHAProxy
+from reconciler.model import DesiredState, LoadBalancer, ObservedLB
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
@@ -78,7 +78,7 @@ class HAProxy(HAProxyProcess):
             self._run_as = (detect(self.transport, root) if self.paths.managed else None,)
         return self._run_as[0]
 
-    def observe(self) -> ObservedHAProxy:
+    def observe(self) -> ObservedLB:
         return observe_haproxy(
             self.host, str(self.paths.stats_socket), str(self.paths.config), self.transport
         )

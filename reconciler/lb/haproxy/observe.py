@@ -1,5 +1,5 @@
 """Observation of one HAProxy: its installed config (file) and its runtime state (stats
-socket), read on the host of a transport, parsed into an ``ObservedHAProxy``.
+socket), read on the host of a transport, parsed into an ``ObservedLB``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.installed import ConfigServer, parse_config_header, parse_config_servers
 from reconciler.lb.haproxy.runtime import RuntimeSocket, SocketUnavailable
 from reconciler.lb.haproxy.stats import info_pid, parse_servers_state, parse_stat_csv
-from reconciler.model import ObservedHAProxy, Pairs
+from reconciler.model import ObservedLB, Pairs
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
@@ -34,7 +34,7 @@ def read_config(
 
 def observe_haproxy(
     host: str, stats_socket: str, config_path: str | None, transport: Transport | None = None
-) -> ObservedHAProxy:
+) -> ObservedLB:
     """Snapshot of one HAProxy through its stats socket and config file (on the host of
     ``transport``; this machine when None).
 
@@ -47,7 +47,7 @@ def observe_haproxy(
     try:
         state_text = sock.command("show servers state")
     except SocketUnavailable:
-        return ObservedHAProxy(
+        return ObservedLB(
             host=host, running=False, config_sections=sections, config_servers=config_servers
         )
     # One connection for both: the worker's pid says whose counters these are.
@@ -59,7 +59,7 @@ def observe_haproxy(
         stats = parse_stat_csv(stat_text)
     except ValueError as e:
         raise ObserveError(f"HAProxy socket {stats_socket}: {e}") from None
-    return ObservedHAProxy(
+    return ObservedLB(
         host=host,
         running=True,
         config_sections=sections,

@@ -2,7 +2,7 @@
 stats socket (``level admin``, the runtime API) or to the master CLI.
 
 The parsers of its answers are in ``stats`` (stats socket) and ``proc`` (master CLI);
-``reconciler.lb.haproxy.observe`` reads an ``ObservedHAProxy`` snapshot through it.
+``reconciler.lb.haproxy.observe`` reads an ``ObservedLB`` snapshot through it.
 """
 
 from __future__ import annotations
