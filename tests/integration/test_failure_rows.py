@@ -46,7 +46,7 @@ from fault_support import (
 )
 
 from reconciler import identity
-from reconciler.lb.haproxy.runtime import parse_servers_state
+from reconciler.lb.haproxy.stats import parse_servers_state
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,7 @@ from fault_support import History, Traffic
 from repo_support import edit
 from watch_support import Watch
 
-from reconciler.lb.haproxy.runtime import parse_servers_state
+from reconciler.lb.haproxy.stats import parse_servers_state
 
 DRIFT = 2.0  # --drift-interval of the watchers here
 BAD_SPOT = "environments/staging.yaml:15:15: services.web.replicas: 'one' is not of type 'integer'"
