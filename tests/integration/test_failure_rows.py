@@ -35,6 +35,7 @@ import docker
 import pytest
 from deploy_support import Deployment, wait_for
 from fault_support import (
+    ContainerCreates,
     History,
     Traffic,
     answers,
@@ -42,7 +43,6 @@ from fault_support import (
     assert_only_desired_containers,
     assert_routes_only_to_healthy,
     config_servers,
-    container_creates,
 )
 
 from reconciler import identity
@@ -263,14 +263,15 @@ def test_unreadable_secret_fails_only_its_service(dep: Deployment,
              "  web:\n    replicas: 1\n  api:\n    replicas: 2\n", "api x2")
     greet(dep, "web pass 2")
     t0 = time.time()
-    with RemoveAfterFirstRead(secret) as watch, Traffic(dep.url("/api")) as traffic:
+    with (RemoveAfterFirstRead(secret) as watch, Traffic(dep.url("/api")) as traffic,
+          ContainerCreates(docker_client, dep.env) as creates):
         code, out = dep.cli("apply", "--health-timeout", "20")
     assert code == 1, out
     why = f"secret DB_PASSWORD: cannot read {secret} on host local: no such file"
     assert f"error: api: {why}" in out, out
     assert SECRET not in out
     # replica 0 of api was created and started, then removed again; replica 1 never was
-    created = container_creates(docker_client, dep.env, t0)
+    created = creates.names
     new_api = [n for n in created if "-api-" in n]
     assert len(new_api) == 1 and new_api[0].endswith("-0"), (created, watch.reads)
     assert {c.name for c in dep.containers("api")} == api_before
