@@ -270,7 +270,7 @@ class Watcher:
             "transient error (%s; hosts left as they are; repository %s), retrying in %.1fs: %s",
             what,
             stale,
-            delay,
+            round(delay, 3),  # the message says what delay_s says
             exc,
             extra={
                 "event": "transient-error",
