@@ -38,9 +38,10 @@ class Host:
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """``kind`` 'http' probes ``path`` on the container port; 'command' runs ``command``."""
+    """``kind`` names one of ``reconciler.health.KINDS`` ('http' probes ``path`` on the
+    container port; 'command' runs ``command``; 'none'), which says what it means."""
 
-    kind: Literal["http", "command", "none"]
+    kind: str
     path: str = "/"
     command: tuple[str, ...] = ()
     interval_ms: int = 2000
