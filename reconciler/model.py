@@ -141,6 +141,13 @@ class Service:
     timeouts: Timeouts = Timeouts()
     drain_timeout_s: int = 30
 
+    @property
+    def health(self) -> HealthCheck:
+        """The service's health check. It is declared once per service in the manifests
+        (not per release), and the manifest reading gives every release's spec that one
+        check (a container's spec carries it for its config hash)."""
+        return self.releases[0].spec.health if self.releases else HealthCheck(kind="none")
+
 
 @dataclass(frozen=True)
 class Route:

@@ -44,7 +44,7 @@ class ContainerSteps:
         self.ledger = ledger
         self.health_min_s = health_min_s
         self.address = {h.name: h.address for h in desired.hosts}
-        self.health = {s.name: s.releases[0].spec.health for s in desired.services}
+        self.health = {s.name: s.health for s in desired.services}
         self.secret_names = {
             s.name: sorted({ref.name for r in s.releases for ref in r.spec.secrets})
             for s in desired.services

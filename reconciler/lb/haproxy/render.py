@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from reconciler.health import NO_HEALTH, LBCheck, kind_of
+from reconciler.health import LBCheck, kind_of
 from reconciler.identity import backend_name, frontend_name, section_marker
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs
@@ -148,7 +148,6 @@ def _backend(name: str, svc: Service | None, servers: list[ServerEntry]) -> list
             f"    timeout server {_ms(t.server_ms)}",
             f"    timeout queue {_ms(t.queue_ms)}",
         ]
-        health = svc.releases[0].spec.health if svc.releases else NO_HEALTH
-        lines += _health_lines(kind_of(health).lb_check(health))
+        lines += _health_lines(kind_of(svc.health).lb_check(svc.health))
     lines += [f"    server {s.name} {s.address}:{s.port} weight {s.weight}" for s in servers]
     return [*lines, ""]
