@@ -38,9 +38,10 @@ class Host:
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """``kind`` 'http' probes ``path`` on the container port; 'command' runs ``command``."""
+    """``kind`` names one of ``reconciler.health.KINDS`` ('http' probes ``path`` on the
+    container port; 'command' runs ``command``; 'none'), which says what it means."""
 
-    kind: Literal["http", "command", "none"]
+    kind: str
     path: str = "/"
     command: tuple[str, ...] = ()
     interval_ms: int = 2000
@@ -139,6 +140,13 @@ class Service:
     balance: str = "roundrobin"
     timeouts: Timeouts = Timeouts()
     drain_timeout_s: int = 30
+
+    @property
+    def health(self) -> HealthCheck:
+        """The service's health check. It is declared once per service in the manifests
+        (not per release), and the manifest reading gives every release's spec that one
+        check (a container's spec carries it for its config hash)."""
+        return self.releases[0].spec.health if self.releases else HealthCheck(kind="none")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from reconciler.apply.containers import ContainerError, Started, health_deadline
 from reconciler.apply.engines import Engines
 from reconciler.apply.results import Ledger
 from reconciler.errors import ReconcilerError
+from reconciler.health import NO_HEALTH
 from reconciler.model import DesiredState, HealthCheck, ObservedState
 from reconciler.plan.actions import (
     AddServer,
@@ -43,7 +44,7 @@ class ContainerSteps:
         self.ledger = ledger
         self.health_min_s = health_min_s
         self.address = {h.name: h.address for h in desired.hosts}
-        self.health = {s.name: s.releases[0].spec.health for s in desired.services}
+        self.health = {s.name: s.health for s in desired.services}
         self.secret_names = {
             s.name: sorted({ref.name for r in s.releases for ref in r.spec.secrets})
             for s in desired.services
@@ -165,7 +166,7 @@ class ContainerSteps:
                 f"container {a.container} on {a.app_host} has no published port; it is not running"
             )
         if (a.app_host, a.container) not in self.gated:
-            health = self.health.get(a.service or "", HealthCheck(kind="none"))
+            health = self.health.get(a.service or "", NO_HEALTH)
             try:
                 self._wait_healthy(a.app_host, a.container, health, where, a.service)
             except ContainerError:

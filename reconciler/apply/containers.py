@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from reconciler.desired.policy import SecretRules
 from reconciler.errors import ReconcilerError
+from reconciler.health import Gate, kind_of
 from reconciler.model import ContainerSpec, HealthCheck, SecretRef
 from reconciler.redact import Redactor, env_of
 from reconciler.transport.base import Transport, TransportError
@@ -124,10 +125,13 @@ def _restart_policy(text: str) -> dict[str, Any]:
 
 
 def _healthcheck(h: HealthCheck) -> dict[str, Any] | None:
-    if h.kind != "command":
-        return None  # http: probed from outside on the published port, like HAProxy does
+    """Docker's healthcheck of the container, as its kind declares (``reconciler.health``);
+    None for a kind probed from outside (http, like the load balancer does)."""
+    test = kind_of(h).docker_test(h)
+    if test is None:
+        return None
     return {
-        "test": ["CMD", *h.command],
+        "test": test,
         "interval": h.interval_ms * NS,
         "timeout": h.timeout_ms * NS,
         "retries": h.retries,
@@ -249,6 +253,7 @@ def wait_healthy(
     transport = transport or LocalTransport()
     deadline = time.monotonic() + deadline_s
     last = "no health result yet"
+    gate = kind_of(health).gate(health)
     container = _state(name, lambda: client.containers.get(name))
     while True:
         _state(name, container.reload)
@@ -256,7 +261,7 @@ def wait_healthy(
         if state.get("Status") != "running":
             last = f"container {state.get('Status')} (exit code {state.get('ExitCode')})"
             break
-        if health.kind == "command":
+        if gate.probe == "docker":
             h = state.get("Health") or {}
             log = h.get("Log") or []
             if log:
@@ -266,7 +271,7 @@ def wait_healthy(
             if h.get("Status") == "unhealthy":
                 break
         else:
-            ok, last = _probe(health, address, port, transport)
+            ok, last = _probe(gate, health.timeout_ms, address, port, transport)
             if ok:
                 return
         if time.monotonic() > deadline:
@@ -297,17 +302,20 @@ def _state(name: str, read: Callable[[], _T]) -> _T:
         ) from None
 
 
-def _probe(health: HealthCheck, address: str, port: int, transport: Transport) -> tuple[bool, str]:
-    """One probe: TCP connect (``none``) or ``GET path`` over HTTP/1.0 (2xx/3xx is good)."""
-    timeout = max(health.timeout_ms / 1000, 0.2)
+def _probe(
+    gate: Gate, timeout_ms: int, address: str, port: int, transport: Transport
+) -> tuple[bool, str]:
+    """One probe: TCP connect (``tcp``) or ``GET path`` over HTTP/1.0 (``http``, 2xx/3xx
+    is good)."""
+    timeout = max(timeout_ms / 1000, 0.2)
     try:
         sock = transport.open_tcp(address, port, timeout)
     except TransportError as exc:
         return False, f"port {port}: {exc}"
     try:
-        if health.kind == "none":
+        if gate.probe == "tcp":
             return True, "port accepts connections"
-        request = f"GET {health.path} HTTP/1.0\r\nHost: {address}:{port}\r\n\r\n"
+        request = f"GET {gate.path} HTTP/1.0\r\nHost: {address}:{port}\r\n\r\n"
         sock.sendall(request.encode())
         data = b""
         while b"\r\n" not in data and len(data) < 8192:
@@ -316,14 +324,14 @@ def _probe(health: HealthCheck, address: str, port: int, transport: Transport) -
                 break
             data += chunk
     except OSError as exc:  # TimeoutError included
-        return False, f"GET {health.path}: {exc.strerror or exc or 'timed out'}"
+        return False, f"GET {gate.path}: {exc.strerror or exc or 'timed out'}"
     finally:
         sock.close()
     parts = data.split(b"\r\n", 1)[0].split()
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        return False, f"GET {health.path}: no HTTP answer"
+        return False, f"GET {gate.path}: no HTTP answer"
     status = int(parts[1])
-    return 200 <= status < 400, f"GET {health.path}: HTTP {status}"
+    return 200 <= status < 400, f"GET {gate.path}: HTTP {status}"
 
 
 def _log_tail(container: Container, lines: int = 20) -> str:

@@ -58,7 +58,7 @@ class LBSteps:
         self.gated_address = gated_address
         self.health_min_s = health_min_s
         self.drain_s = {s.name: s.drain_timeout_s for s in desired.services}
-        self.health = {s.name: s.releases[0].spec.health for s in desired.services if s.releases}
+        self.health = {s.name: s.health for s in desired.services if s.releases}
         # LB host -> the servers its next config states, from live state + this run's steps
         self.next_servers: dict[str, Servers] = {
             lb.host: {

@@ -14,6 +14,7 @@ from typing import Any
 from reconciler.desired.loader import At, Document
 from reconciler.desired.units import duration_ms, memory_bytes
 from reconciler.errors import Problem
+from reconciler.health import NO_HEALTH, read_health
 from reconciler.model import (
     CanaryPolicy,
     CanaryStep,
@@ -231,17 +232,18 @@ def _spec(
 
 
 def _health(health: dict[str, Any] | None) -> HealthCheck:
+    """The service's check: the settings all kinds share, then the kind's own part
+    (``reconciler.health``)."""
     if health is None:
-        return HealthCheck(kind="none")
-    return HealthCheck(
-        kind="command" if "command" in health else "http",
-        path=health.get("http", "/"),
-        command=tuple(health.get("command", ())),
+        return NO_HEALTH
+    common = HealthCheck(
+        kind=NO_HEALTH.kind,
         interval_ms=duration_ms(health.get("interval", "2s")),
         timeout_ms=duration_ms(health.get("timeout", "1s")),
         retries=health.get("retries", 3),
         start_period_ms=duration_ms(health.get("start_period", "0s")),
     )
+    return read_health(health, common)
 
 
 def _logging(data: dict[str, Any], rel: dict[str, Any]) -> Logging | None:

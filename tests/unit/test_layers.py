@@ -14,7 +14,7 @@ import reconciler
 ROOT = Path(reconciler.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"errors", "model", "identity", "changes", "redact", "statedir", "instance", "store",
+    {"errors", "model", "health", "identity", "changes", "redact", "statedir", "instance", "store",
      "__init__"},
     {"transport"},
     {"lb"},

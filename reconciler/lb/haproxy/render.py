@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+from reconciler.health import LBCheck, kind_of
 from reconciler.identity import backend_name, frontend_name, section_marker
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs
 from reconciler.lb.haproxy.requestlog import LOG_FORMAT, RING
 from reconciler.lb.haproxy.sections import request_log, section_digests
 from reconciler.lb.port import ServerEntry
-from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
+from reconciler.model import DesiredState, Frontend, LoadBalancer, Service
 
 
 def _ms(value: int) -> str:
@@ -121,16 +122,17 @@ def _frontend(fe: Frontend) -> list[str]:
     return [*lines, ""]
 
 
-def _health_lines(health: HealthCheck | None) -> list[str]:
-    if health is None or health.kind == "none":
+def _health_lines(check: LBCheck | None) -> list[str]:
+    """HAProxy's lines of the LB-neutral ``check`` (None: HAProxy's default TCP check)."""
+    if check is None:
         return ["    default-server check inter 2s fall 3 rise 2"]
     lines = []
-    if health.kind == "http":
-        lines.append(f"    option httpchk GET {health.path}")
+    if check.kind == "http":
+        lines.append(f"    option httpchk GET {check.path}")
     lines.append(
-        f"    default-server check inter {_ms(health.interval_ms)} fall {health.retries} rise 2"
+        f"    default-server check inter {_ms(check.interval_ms)} fall {check.retries} rise 2"
     )
-    lines.append(f"    timeout check {_ms(health.timeout_ms)}")
+    lines.append(f"    timeout check {_ms(check.timeout_ms)}")
     return lines
 
 
@@ -146,6 +148,6 @@ def _backend(name: str, svc: Service | None, servers: list[ServerEntry]) -> list
             f"    timeout server {_ms(t.server_ms)}",
             f"    timeout queue {_ms(t.queue_ms)}",
         ]
-        lines += _health_lines(svc.releases[0].spec.health if svc.releases else None)
+        lines += _health_lines(kind_of(svc.health).lb_check(svc.health))
     lines += [f"    server {s.name} {s.address}:{s.port} weight {s.weight}" for s in servers]
     return [*lines, ""]
