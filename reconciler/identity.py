@@ -107,17 +107,71 @@ def owned(instance: Instance, labels: Mapping[str, str]) -> bool:
     return label == instance.name if label else instance.adopt_unlabelled
 
 
+# Names in HAProxy's config. Every name the reconciler gives a backend, frontend or
+# server, and every reading of one back, goes through the functions below.
+_BACKEND_PREFIX = "be_"
+_FRONTEND_PREFIX = "fe_"
+_SERVER_SEPARATOR = "."  # between the app host and the container: host names have none
+# The header line of a rendered config that names one section and its digest:
+# ``# reconciler-section <section name...> <digest>``.
+SECTION_MARKER = "# reconciler-section"
+
+
 def server_name(host: str, container: str) -> str:
     """HAProxy server name of a container: unique in its backend across hosts, stable."""
-    return f"{host}.{container}"
+    return f"{host}{_SERVER_SEPARATOR}{container}"
+
+
+def parse_server_name(server: str) -> tuple[str, str]:
+    """``(app host, container)`` of a server name; the inverse of ``server_name``.
+
+    Exact for every name ``server_name`` makes, since host names contain no dot (the
+    schema's ``name`` pattern). Total: any other text splits at its first dot, and a
+    name without one is all host (``("x", "")``), so a name found in HAProxy that the
+    reconciler did not make never raises."""
+    host, _, container = server.partition(_SERVER_SEPARATOR)
+    return host, container
+
+
+def server_host(server: str) -> str:
+    """The app host of a server name (``parse_server_name(server)[0]``)."""
+    return parse_server_name(server)[0]
 
 
 def backend_name(service: str) -> str:
-    return f"be_{service}"
+    return f"{_BACKEND_PREFIX}{service}"
+
+
+def parse_backend_name(backend: str) -> str:
+    """The service of a backend name; the inverse of ``backend_name``.
+
+    Total: a name without the ``be_`` prefix (not made by ``backend_name``) is returned
+    as it is, so a message about a backend the reconciler did not name still names it."""
+    return backend.removeprefix(_BACKEND_PREFIX)
 
 
 def frontend_name(frontend: str) -> str:
-    return f"fe_{frontend}"
+    return f"{_FRONTEND_PREFIX}{frontend}"
+
+
+def section_marker(section: str, digest: str) -> str:
+    """The header line naming a rendered config section and its digest."""
+    return f"{SECTION_MARKER} {section} {digest}"
+
+
+def parse_section_marker(line: str) -> tuple[str, str] | None:
+    """``(section name, digest)`` of a ``section_marker`` line; its inverse.
+
+    Tokens are split on white space: the name is every token between the marker and the
+    last one, joined by one space. None when ``line`` is no marker line (``#`` and the
+    marker word must be separate from what follows, as written); ``ValueError`` when it
+    is one without a name or digest."""
+    tokens = line.split()
+    if tokens[:2] != SECTION_MARKER.split():
+        return None
+    if len(tokens) < 4:
+        raise ValueError("expected name and digest")
+    return " ".join(tokens[2:-1]), tokens[-1]
 
 
 def container_labels(
@@ -158,65 +212,3 @@ def is_secretish(key: str) -> bool:
 
 def shown_env_value(key: str, value: str) -> str:
     return MASK if is_secretish(key) else value
-
-
-def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human reasons for the differences between two spec dicts (values masked)."""
-    reasons: list[str] = []
-    old_env, new_env = dict(old.get("env") or ()), dict(new.get("env") or ())
-    for key in sorted(set(old_env) | set(new_env)):
-        if key not in old_env:
-            reasons.append(f"env {key} added")
-        elif key not in new_env:
-            reasons.append(f"env {key} removed")
-        elif old_env[key] != new_env[key]:
-            before, after = shown_env_value(key, old_env[key]), shown_env_value(key, new_env[key])
-            reasons.append(f"env {key} changed ({before} -> {after})")
-    old_secrets = {s["name"]: s for s in old.get("secrets") or ()}
-    new_secrets = {s["name"]: s for s in new.get("secrets") or ()}
-    for key in sorted(set(old_secrets) | set(new_secrets)):
-        if key not in old_secrets:
-            reasons.append(f"secret {key} added")
-        elif key not in new_secrets:
-            reasons.append(f"secret {key} removed")
-        elif old_secrets[key] != new_secrets[key]:
-            reasons.append(f"secret {key} source or version changed")
-    if old.get("image") != new.get("image"):
-        reasons.append(f"image {old.get('image')} -> {new.get('image')}")
-    elif old.get("image_id") and new.get("image_id") and old["image_id"] != new["image_id"]:
-        reasons.append(
-            f"image {new.get('image')} now resolves to "
-            f"{_short_id(new['image_id'])} (was {_short_id(old['image_id'])})"
-        )
-    names = {
-        "health": "health check",
-        "memory_bytes": "memory limit",
-        "nano_cpus": "cpu limit",
-        "restart": "restart policy",
-        "stop_grace_s": "stop grace period",
-        "port": "container port",
-    }
-    for field in (
-        "command",
-        "args",
-        "port",
-        "health",
-        "volumes",
-        "memory_bytes",
-        "nano_cpus",
-        "restart",
-        "logging",
-        "labels",
-        "stop_grace_s",
-    ):
-        if _norm(old.get(field)) != _norm(new.get(field)):
-            reasons.append(f"{names.get(field, field)} changed")
-    return reasons
-
-
-def _norm(value: Any) -> str:
-    return canonical_json(value)
-
-
-def _short_id(image_id: str) -> str:
-    return image_id.rsplit(":", maxsplit=1)[-1][:12]

@@ -35,16 +35,13 @@ class Host:
     roles: tuple[str, ...]
     ssh: SshConnection | None = None  # None: the local host (Docker socket, local files)
 
-    @property
-    def is_local(self) -> bool:
-        return self.ssh is None
-
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """``kind`` 'http' probes ``path`` on the container port; 'command' runs ``command``."""
+    """``kind`` names one of ``reconciler.health.KINDS`` ('http' probes ``path`` on the
+    container port; 'command' runs ``command``; 'none'), which says what it means."""
 
-    kind: Literal["http", "command", "none"]
+    kind: str
     path: str = "/"
     command: tuple[str, ...] = ()
     interval_ms: int = 2000
@@ -143,6 +140,13 @@ class Service:
     balance: str = "roundrobin"
     timeouts: Timeouts = Timeouts()
     drain_timeout_s: int = 30
+
+    @property
+    def health(self) -> HealthCheck:
+        """The service's health check. It is declared once per service in the manifests
+        (not per release), and the manifest reading gives every release's spec that one
+        check (a container's spec carries it for its config hash)."""
+        return self.releases[0].spec.health if self.releases else HealthCheck(kind="none")
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,7 @@ class ServerStats:
 
 
 @dataclass(frozen=True)
-class ObservedHAProxy:
+class ObservedLB:
     """HAProxy on one load-balancer host. ``running`` False: no socket answered."""
 
     host: str
@@ -314,7 +318,7 @@ class ObservedHAProxy:
 @dataclass(frozen=True)
 class ObservedState:
     hosts: tuple[ObservedHost, ...] = ()
-    haproxy: tuple[ObservedHAProxy, ...] = field(default=())
+    lbs: tuple[ObservedLB, ...] = field(default=())  # one per LB host
 
     def host(self, name: str) -> ObservedHost:
         for h in self.hosts:
@@ -322,8 +326,8 @@ class ObservedState:
                 return h
         return ObservedHost(name=name, containers=())
 
-    def lb(self, name: str) -> ObservedHAProxy:
-        for h in self.haproxy:
+    def lb(self, name: str) -> ObservedLB:
+        for h in self.lbs:
             if h.host == name:
                 return h
-        return ObservedHAProxy(host=name, running=False)
+        return ObservedLB(host=name, running=False)

@@ -26,7 +26,7 @@ from deploy_support import Deployment
 from reconciler import identity, instance
 from reconciler.desired.manifests import load_manifests, resolve
 from reconciler.desired.source import RepoSpec, open_repo, read_commit
-from reconciler.lb.haproxy.runtime import parse_servers_state
+from reconciler.lb.haproxy.stats import parse_servers_state
 
 # --------------------------------------------------------------------------- traffic
 
@@ -333,12 +333,62 @@ def assert_config_matches_runtime(dep: Deployment) -> None:
         f"only in HAProxy {sorted(running - in_file)}")
 
 
-def container_creates(client: docker.DockerClient, env: str, since: float) -> list[str]:
-    """Names of containers of ``env`` created since ``since`` (Docker events)."""
-    events = client.events(since=int(since), until=int(time.time()) + 1, decode=True,
-                           filters={"type": "container", "event": "create",
-                                    "label": f"{identity.ENVIRONMENT}={env}"})
-    return [e["Actor"]["Attributes"].get("name", "") for e in events]
+class ContainerCreates:
+    """Names of the containers of ``env`` created while the block runs, read from Docker's
+    event stream, subscribed to when the block starts.
+
+    Not ``events(since=...)`` after the fact: the engine replays only its newest 256
+    events, which the health-check execs of a busy engine (other tests' containers)
+    overflow within seconds, so such a query misses creates it should see, and a check
+    that nothing was created could not fail. The end of the block is marked by a
+    container the recorder creates (never started) and removes again: once its create
+    event has arrived, every earlier one has."""
+
+    def __init__(self, client: docker.DockerClient, env: str,
+                 marker_image: str = "sample-app:v1") -> None:
+        self.client = client
+        self.env = env
+        self.marker_image = marker_image
+        self.names: list[str] = []
+        self._marker = f"reconciler-tests-mark-{os.getpid()}-{time.monotonic_ns()}"
+        self._marked = threading.Event()
+        self._since_ns = 0
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):  # the stream is closed at the end
+            for event in self._stream:
+                attrs = event.get("Actor", {}).get("Attributes", {})
+                if attrs.get("name") == self._marker:
+                    self._marked.set()
+                    return
+                if (attrs.get(identity.ENVIRONMENT) == self.env
+                        and int(event.get("timeNano", 0)) >= self._since_ns):
+                    self.names.append(attrs.get("name", ""))
+
+    def __enter__(self) -> ContainerCreates:
+        now = time.time()
+        self._since_ns = int(now * 1e9)
+        # ``since`` (whole seconds) covers the moment between the daemon's answer and
+        # its subscription; events before the block are dropped by their time
+        self._stream = self.client.events(
+            since=int(now), decode=True, filters={"type": "container", "event": "create"})
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        marker = self.client.containers.create(self.marker_image, name=self._marker,
+                                               command=["true"])
+        try:
+            marked = self._marked.wait(30)
+        finally:
+            marker.remove(force=True)
+            self._stream.close()
+            if self._thread is not None:
+                self._thread.join(5)
+        assert marked, "the Docker event stream did not deliver the end marker within 30s"
 
 
 # --------------------------------------------------------------------------- dockerd

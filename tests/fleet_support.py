@@ -41,7 +41,9 @@ def _ssh(
 
 @dataclass
 class Fleet:
-    """One environment on simulated hosts: ``apps`` run web, ``lb`` runs HAProxy."""
+    """One environment on simulated hosts: ``apps`` run web, ``lb`` (and ``extra_lbs``)
+    run HAProxy: one LoadBalancer on every LB host, its frontend bound to ``bind``
+    (default ``<lb address>:<port>``; give ``":<port>"`` to several LB hosts)."""
 
     root: Path
     sim: SimHosts
@@ -57,6 +59,12 @@ class Fleet:
     greeting: str = "hello from the fleet"
     inventory_extra: list[SimHost] = field(default_factory=list)
     frontends_extra: list[dict[str, Any]] = field(default_factory=list)
+    extra_lbs: list[SimHost] = field(default_factory=list)
+    bind: str = ""
+
+    @property
+    def lbs(self) -> list[SimHost]:
+        return [self.lb, *self.extra_lbs]
 
     def __post_init__(self) -> None:
         self.repo = self.root / "manifests"
@@ -101,29 +109,30 @@ class Fleet:
             }
             for h in sorted(hosts.values(), key=lambda h: h.index)
         ]
-        inventory.append(
+        inventory += [
             {
-                "name": self.lb.name,
-                "address": self.lb.address,
+                "name": lb.name,
+                "address": lb.address,
                 "roles": ["lb"],
                 "connection": _ssh(
                     self.sim,
-                    self.lb,
-                    self.known_hosts.get(self.lb.name),
-                    self.host_key_checking.get(self.lb.name),
+                    lb,
+                    self.known_hosts.get(lb.name),
+                    self.host_key_checking.get(lb.name),
                 ),
             }
-        )
+            for lb in self.lbs
+        ]
         files = {
             "inventory.yaml": {"kind": "Inventory", "hosts": inventory},
             "loadbalancer.yaml": {
                 "kind": "LoadBalancer",
                 "name": "edge",
-                "hosts": [self.lb.name],
+                "hosts": [lb.name for lb in self.lbs],
                 "frontends": [
                     {
                         "name": "http",
-                        "bind": f"{self.lb.address}:{self.port}",
+                        "bind": self.bind or f"{self.lb.address}:{self.port}",
                         "default_service": "web",
                     },
                     *self.frontends_extra,
@@ -174,7 +183,10 @@ class Fleet:
 
     @property
     def url(self) -> str:
-        return f"http://{self.lb.address}:{self.port}/"
+        return self.url_of(self.lb)
+
+    def url_of(self, lb: SimHost) -> str:
+        return f"http://{lb.address}:{self.port}/"
 
     def containers(self, host: SimHost) -> list[Any]:
         """This environment's containers on ``host``, read from its own engine directly."""
@@ -185,25 +197,30 @@ class Fleet:
     def revisions_on(self, host: SimHost) -> list[str]:
         return sorted(c.labels[identity.REVISION] for c in self.containers(host))
 
-    def haproxy(self) -> HAProxy:
-        """The LB host's HAProxy, through its sockets (same filesystem as this machine)."""
-        return HAProxy(HAProxyPaths.embedded(Path(self.lb.state_dir), self.env))
+    def haproxy(self, lb: SimHost | None = None) -> HAProxy:
+        """The HAProxy of the LB host ``lb`` (default: ``self.lb``), through its sockets
+        (same filesystem as this machine)."""
+        return HAProxy(HAProxyPaths.embedded(Path((lb or self.lb).state_dir), self.env))
 
-    def haproxy_config(self) -> str:
+    def haproxy_dir(self, lb: SimHost | None = None) -> Path:
+        return Path((lb or self.lb).state_dir) / self.env / "haproxy"
+
+    def haproxy_config(self, lb: SimHost | None = None) -> str:
         """The LB host's installed haproxy.cfg; fails when none is installed (so that
         ``"h3." not in fleet.haproxy_config()`` cannot pass on a missing file)."""
-        path = Path(self.lb.state_dir) / self.env / "haproxy" / "haproxy.cfg"
+        path = self.haproxy_dir(lb) / "haproxy.cfg"
         assert path.is_file(), f"no HAProxy config installed on the LB host: {path}"
         text = path.read_text()
         assert "backend " in text, f"{path} has no backend:\n{text}"
         return text
 
     def cleanup(self) -> None:
-        """Stop the LB host's HAProxy (same PID namespace as ours) and the containers."""
-        pid_file = Path(self.lb.state_dir) / self.env / "haproxy" / "haproxy.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
-                os.kill(int(pid_file.read_text().split()[0]), 15)
+        """Stop the LB hosts' HAProxy (same PID namespace as ours) and the containers."""
+        for lb in self.lbs:
+            pid_file = self.haproxy_dir(lb) / "haproxy.pid"
+            if pid_file.exists():
+                with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+                    os.kill(int(pid_file.read_text().split()[0]), 15)
         for h in {h.name: h for h in [*self.apps, *self.inventory_extra]}.values():
             for c in self.containers(h):
                 c.remove(force=True)

@@ -13,7 +13,8 @@ Only the network differs: every host shares this machine's filesystem and binari
 ``/run/rt-sim/<prefix>/`` and is named after the prefix (netns ``<prefix>-hN``, bridge
 ``<prefix>br0``, veths ``<prefix>vN``, cgroups ``/rtsim-<prefix>-hN``, an iptables rule
 commented ``rt-sim:<prefix>``), so ``start_hosts`` can remove what a crashed run left
-behind before it starts, and ``close()`` removes all of it. Needs root, iproute2,
+behind before it starts, and ``close()`` removes all of it. A run still owned by another
+live process (``<base>/owner``: its pid and start time) is waited for, not removed. Needs root, iproute2,
 nsenter, docker.io and openssh-server (``.ci/setup`` installs them).
 
 The filesystem being shared matters to what runs "on" a host: over SSH, host hN's
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -51,6 +53,9 @@ GATEWAY = f"{NETWORK}.1"
 BIP = "172.29.{n}.1/24"      # docker0 of host N inside its namespace (main docker0: 172.17/16)
 REGISTRY_PORT = 5000
 START_TIMEOUT = 60.0
+# How long start_hosts waits for a run of another live process to close the same prefix
+# (several test sessions on one machine share the one network of simulated hosts).
+OWNER_WAIT = float(os.environ.get("RT_SIM_OWNER_WAIT", "900"))
 SSHD = "/usr/sbin/sshd"
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,5}")
@@ -92,6 +97,34 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _owner_id(pid: int) -> str:
+    """``pid`` and its start time (a pid number can be reused by another process)."""
+    try:
+        return f"{pid} {Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return ""
+
+
+def _wait_for_owner(base: Path) -> None:
+    """Wait while another live process owns the run in ``base`` (its ``owner`` file names
+    it): start_hosts removes what a *crashed* run left, never a run still in use. Raises
+    TimeoutError after OWNER_WAIT seconds."""
+    deadline = time.monotonic() + OWNER_WAIT
+    while True:
+        try:
+            owner = (base / "owner").read_text().strip()
+        except OSError:
+            return  # no run, or one of an older harness (treated as crashed)
+        pid = int(owner.split()[0]) if owner.split() and owner.split()[0].isdigit() else 0
+        if pid == os.getpid() or not pid or _owner_id(pid) != owner:
+            return  # ours, or its process is gone: a crashed run
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"simulated hosts {base} are in use by pid {pid} ({_cmdline(pid)}) for more "
+                f"than {OWNER_WAIT:.0f} s")
+        time.sleep(0.5)
 
 
 def _cmdline(pid: int) -> str:
@@ -162,6 +195,10 @@ class SimHost:
     cgroup_parent: str = ""
     bip: str = ""
     registry: str = ""   # the --insecure-registry given to dockerd
+    # Directories this host does not share with the machine: its sshd (and so whatever
+    # runs over SSH on it, HAProxy included) sees an empty tmpfs of its own at each of
+    # them (a private mount namespace). Takes effect at the next start of its sshd.
+    own_dirs: tuple[str, ...] = ()
     _dockerd: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _client: Any = field(default=None, repr=False, compare=False)
@@ -291,12 +328,23 @@ class SimHost:
             self._dockerd = None
 
     # ---- sshd ----------------------------------------------------------------------
+    def sshd_argv(self) -> list[str]:
+        """sshd in this host's network namespace; with ``own_dirs``, also in a mount
+        namespace of its own where a fresh tmpfs is mounted on each of them (sh execs
+        sshd: the pid stays the one of the pid file)."""
+        sshd = [SSHD, "-D", "-f", str(self.sshd_config), "-E", str(self.sshd_log)]
+        if not self.own_dirs:
+            return self.nsenter(*sshd)
+        mounts = [f"mount -t tmpfs -o mode=0755,size=8m rtsim-own {shlex.quote(d)}"
+                  for d in self.own_dirs]
+        script = " && ".join([*mounts, f"exec {shlex.join(sshd)}"])
+        return self.nsenter("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+
     def spawn_sshd(self) -> None:
         if self.sshd_pid() is not None:
             raise RuntimeError(f"{self.name}: sshd already running")
         self._sshd = subprocess.Popen(
-            self.nsenter(SSHD, "-D", "-f", str(self.sshd_config), "-E", str(self.sshd_log)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self.sshd_argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=_env(), start_new_session=True,
         )
 
@@ -671,8 +719,10 @@ def start_hosts(count: int, *, prefix: str = "rt") -> SimHosts:
                            "docker.io, openssh-client, openssh-server, iptables)")
 
     bridge, base, stem, comment = _names(prefix)
+    _wait_for_owner(base)
     _cleanup(prefix, bridge)
     base.mkdir(parents=True)
+    (base / "owner").write_text(_owner_id(os.getpid()) + "\n")
     base.chmod(0o700)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
 

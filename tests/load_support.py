@@ -198,6 +198,11 @@ class HeyLoad:
 # client still gets a 200. Only these counters show it.
 HIDDEN_FAILURES = ("wretr", "wredis", "econ", "eresp")
 
+# What a server was sent and answered: sessions (one per request in HTTP mode) and its
+# responses by class. A server that never got a request has 0 in all of them.
+TRAFFIC = ("total_sessions", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx",
+           "hrsp_other")
+
 
 class HAProxyCounters:
     """Polls ``show stat`` of every HAProxy worker, current and old (through the master
@@ -205,11 +210,17 @@ class HAProxyCounters:
     the old one goes on serving its connections for a while) loses nothing: the count
     of a server is the sum over workers of (last value seen - value when first seen, or
     0 for a worker born after the start). A worker that exits between two polls loses
-    at most one poll interval of counts."""
+    at most one poll interval of counts.
 
-    def __init__(self, haproxy: Any, interval_s: float = 0.05) -> None:
+    ``fields``: the ServerStats counters followed (default: the hidden failures; TRAFFIC
+    for what each server was sent). A server added and deleted between two polls is
+    never seen: keep ``interval_s`` well below the time a server can live in HAProxy."""
+
+    def __init__(self, haproxy: Any, interval_s: float = 0.05,
+                 fields: tuple[str, ...] = HIDDEN_FAILURES) -> None:
         self.haproxy = haproxy
         self.interval_s = interval_s
+        self.fields = fields
         self.base: dict[tuple[int, str, str], dict[str, int]] = {}
         self.last: dict[tuple[int, str, str], dict[str, int]] = {}
         self.lock = threading.Lock()
@@ -220,7 +231,7 @@ class HAProxyCounters:
         self._started = False
 
     def poll(self) -> None:
-        from reconciler.lb.haproxy.runtime import parse_stat_csv
+        from reconciler.lb.haproxy.stats import parse_stat_csv
 
         try:
             procs = self.haproxy.procs()
@@ -236,12 +247,12 @@ class HAProxyCounters:
             with self.lock:
                 for s in stats:
                     key = (pid, s.backend, s.server)
-                    values = {name: int(getattr(s, name)) for name in HIDDEN_FAILURES}
+                    values = {name: int(getattr(s, name)) for name in self.fields}
                     if key not in self.base:
                         # a worker seen at the start counts from its values then; one born
                         # later (a reload) or a server added later counts from 0
                         self.base[key] = values if not self._started else dict.fromkeys(
-                            HIDDEN_FAILURES, 0)
+                            self.fields, 0)
                     self.last[key] = values
         self.polls += 1
 
@@ -270,9 +281,9 @@ class HAProxyCounters:
             for (pid, be, srv), values in self.last.items():
                 if backend is not None and be != backend:
                     continue
-                acc = out.setdefault((be, srv), dict.fromkeys(HIDDEN_FAILURES, 0))
+                acc = out.setdefault((be, srv), dict.fromkeys(self.fields, 0))
                 base = self.base[(pid, be, srv)]
-                for name in HIDDEN_FAILURES:
+                for name in self.fields:
                     # a counter below its base: that worker's server was deleted and
                     # added again under the same name; count from 0
                     acc[name] += values[name] - base[name] if values[name] >= base[name] \
@@ -288,6 +299,5 @@ class HAProxyCounters:
     def minus(after: dict[tuple[str, str], dict[str, int]],
               before: dict[tuple[str, str], dict[str, int]]
               ) -> dict[tuple[str, str], dict[str, int]]:
-        zero = dict.fromkeys(HIDDEN_FAILURES, 0)
-        return {key: {k: v - before.get(key, zero)[k] for k, v in c.items()}
+        return {key: {k: v - before.get(key, {}).get(k, 0) for k, v in c.items()}
                 for key, c in after.items()}

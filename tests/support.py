@@ -20,8 +20,8 @@ from reconciler.model import (
     Host,
     LoadBalancer,
     ObservedContainer,
-    ObservedHAProxy,
     ObservedHost,
+    ObservedLB,
     ObservedState,
     Release,
     Route,
@@ -30,7 +30,7 @@ from reconciler.model import (
 )
 from reconciler.plan.actions import (
     AddServer,
-    ConfigureHAProxy,
+    ConfigureLB,
     DrainServer,
     PullImage,
     RemoveContainer,
@@ -141,7 +141,7 @@ def with_images(obs: ObservedState, d: DesiredState) -> ObservedState:
 def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
     """The world after a successful run of ``plan``."""
     hosts = {h.name: h for h in obs.hosts}
-    lbs = {h.host: h for h in obs.haproxy}
+    lbs = {h.host: h for h in obs.lbs}
     address = {h.name: h.address for h in d.hosts}
     renamed: dict[str, str] = {}
     next_port = 40000 + sum(len(h.containers) for h in obs.hosts) * 7
@@ -198,7 +198,7 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
             name = renamed.get(a.container, a.container)
             c = next(c for c in host(a.app_host).containers if c.name == name)
             assert c.published is not None
-            lb = lbs.get(a.host, ObservedHAProxy(host=a.host, running=False))
+            lb = lbs.get(a.host, ObservedLB(host=a.host, running=False))
             srv = ServerState(
                 backend=a.backend,
                 server=identity.server_name(a.app_host, name),
@@ -235,10 +235,10 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
             # HAProxy's check of the new address starts afresh (the executor waits for UP)
             stats = tuple(st for st in lb.stats if (st.backend, st.server) != (a.backend, a.server))
             lbs[a.host] = replace(lb, servers=servers, stats=stats)
-        elif isinstance(a, ConfigureHAProxy):
+        elif isinstance(a, ConfigureLB):
             # Like the executor: the config says what HAProxy has (no address changes:
             # only AddServer and RepointServer place a server).
-            lb = lbs.get(a.host, ObservedHAProxy(host=a.host, running=False))
+            lb = lbs.get(a.host, ObservedLB(host=a.host, running=False))
             lbdef = next(x for x in d.loadbalancers if a.host in x.hosts)
             servers = lb.servers
             lbs[a.host] = replace(
@@ -249,7 +249,7 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
         else:  # pragma: no cover - a new action type must be simulated
             raise AssertionError(f"unknown action {a!r}")
     return ObservedState(
-        hosts=tuple(hosts[k] for k in sorted(hosts)), haproxy=tuple(lbs[k] for k in sorted(lbs))
+        hosts=tuple(hosts[k] for k in sorted(hosts)), lbs=tuple(lbs[k] for k in sorted(lbs))
     )
 
 

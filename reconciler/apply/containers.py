@@ -14,10 +14,11 @@ import socket
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reconciler.desired.policy import SecretRules
 from reconciler.errors import ReconcilerError
+from reconciler.health import Gate, kind_of
 from reconciler.model import ContainerSpec, HealthCheck, SecretRef
 from reconciler.redact import Redactor, env_of
 from reconciler.transport.base import Transport, TransportError
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
+_T = TypeVar("_T")
 NS = 1_000_000  # nanoseconds per millisecond (Docker health check durations)
 
 
@@ -123,15 +125,50 @@ def _restart_policy(text: str) -> dict[str, Any]:
 
 
 def _healthcheck(h: HealthCheck) -> dict[str, Any] | None:
-    if h.kind != "command":
-        return None  # http: probed from outside on the published port, like HAProxy does
+    """Docker's healthcheck of the container, as its kind declares (``reconciler.health``);
+    None for a kind probed from outside (http, like the load balancer does)."""
+    test = kind_of(h).docker_test(h)
+    if test is None:
+        return None
     return {
-        "test": ["CMD", *h.command],
+        "test": test,
         "interval": h.interval_ms * NS,
         "timeout": h.timeout_ms * NS,
         "retries": h.retries,
         "start_period": h.start_period_ms * NS,
     }
+
+
+def _host_config(api: Any, spec: ContainerSpec, address: str, port: int) -> dict[str, Any]:
+    """Docker's host config of a container of ``spec`` publishing on ``address:port``."""
+    from docker.types import LogConfig, Mount
+
+    config: dict[str, Any] = api.create_host_config(
+        port_bindings={spec.port: (address, port)},
+        restart_policy=_restart_policy(spec.restart),
+        mounts=[
+            Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
+            for v in spec.volumes
+        ],
+        mem_limit=spec.memory_bytes,
+        nano_cpus=spec.nano_cpus,
+        log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
+        if spec.logging
+        else None,
+    )
+    return config
+
+
+def _create_error(exc: docker.errors.APIError, name: str, host: str) -> ContainerError:
+    """What a refused create means to the operator."""
+    if exc.status_code == 409:  # the name is taken: never by one of ours (see plan)
+        return ContainerError(
+            f"container name {name} is taken on host {host} by a container this "
+            "reconciler instance does not own (another reconciler instance, or one "
+            "made by hand); it was left alone. Remove or rename it, or run this "
+            "reconciler with another --instance"
+        )
+    return ContainerError(f"container {name}: {exc.explanation or exc}")
 
 
 def create_and_start(
@@ -153,7 +190,6 @@ def create_and_start(
     Secrets are read within ``secret_rules``; every value read (and every secret-looking
     env value) is given to ``redactor`` before anything can print it."""
     import docker.errors
-    from docker.types import LogConfig, Mount
 
     env = dict(spec.env)
     env.update(
@@ -163,19 +199,6 @@ def create_and_start(
     api = client.api
     for attempt in range(5):
         port = pick_port(address)
-        host_config = api.create_host_config(
-            port_bindings={spec.port: (address, port)},
-            restart_policy=_restart_policy(spec.restart),
-            mounts=[
-                Mount(target=v.target, source=v.source, type=v.type, read_only=v.read_only)
-                for v in spec.volumes
-            ],
-            mem_limit=spec.memory_bytes,
-            nano_cpus=spec.nano_cpus,
-            log_config=LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
-            if spec.logging
-            else None,
-        )
         try:
             created = api.create_container(
                 image_id,
@@ -183,28 +206,25 @@ def create_and_start(
                 labels=labels,
                 environment=env,
                 ports=[spec.port],
-                host_config=host_config,
+                host_config=_host_config(api, spec, address, port),
                 entrypoint=list(spec.command) if spec.command is not None else None,
                 command=list(spec.args) if spec.args is not None else None,
                 healthcheck=_healthcheck(spec.health),
                 stop_timeout=spec.stop_grace_s,
             )
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # the name is taken: never by one of ours (see plan)
-                raise ContainerError(
-                    f"container name {name} is taken on host {host} by a container this "
-                    "reconciler instance does not own (another reconciler instance, or one "
-                    "made by hand); it was left alone. Remove or rename it, or run this "
-                    "reconciler with another --instance"
-                ) from None
-            raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+            raise _create_error(exc, name, host) from None
+        except (docker.errors.DockerException, OSError) as exc:  # e.g. the engine is gone
+            raise ContainerError(
+                f"container {name}: cannot create it on host {host}: {_docker_why(exc)}"
+            ) from None
         try:
             api.start(created["Id"])
-        except docker.errors.APIError as exc:
+        except (docker.errors.DockerException, OSError) as exc:
             # The container this call created is removed (by id: a name could be another's).
-            with contextlib.suppress(docker.errors.DockerException):
+            with contextlib.suppress(docker.errors.DockerException, OSError):
                 api.remove_container(created["Id"], force=True)
-            why = str(exc.explanation or exc)
+            why = _docker_why(exc)
             if attempt < 4 and any(text in why.lower() for text in _PORT_CLASH):
                 continue
             raise ContainerError(f"container {name}: {why}") from None
@@ -224,8 +244,8 @@ def wait_healthy(
     secret_names: Collection[str] = (),
 ) -> None:
     """Return when the container is healthy; raise ContainerError with the last health
-    output and the log tail when it exits, turns unhealthy or the deadline passes.
-    HTTP and TCP probes are made from the container's host (``transport``).
+    output and the log tail when it exits, turns unhealthy or the deadline passes, or
+    the engine fails (``_state``). Probes are made from the container's host (``transport``).
 
     Before raising, the values of ``secret_names`` and of secret-looking keys in the
     container's own environment go to ``redactor`` and are blanked out of the message:
@@ -233,14 +253,15 @@ def wait_healthy(
     transport = transport or LocalTransport()
     deadline = time.monotonic() + deadline_s
     last = "no health result yet"
-    container = client.containers.get(name)
+    gate = kind_of(health).gate(health)
+    container = _state(name, lambda: client.containers.get(name))
     while True:
-        container.reload()
+        _state(name, container.reload)
         state = container.attrs["State"]
         if state.get("Status") != "running":
             last = f"container {state.get('Status')} (exit code {state.get('ExitCode')})"
             break
-        if health.kind == "command":
+        if gate.probe == "docker":
             h = state.get("Health") or {}
             log = h.get("Log") or []
             if log:
@@ -250,7 +271,7 @@ def wait_healthy(
             if h.get("Status") == "unhealthy":
                 break
         else:
-            ok, last = _probe(health, address, port, transport)
+            ok, last = _probe(gate, health.timeout_ms, address, port, transport)
             if ok:
                 return
         if time.monotonic() > deadline:
@@ -266,17 +287,35 @@ def wait_healthy(
     )
 
 
-def _probe(health: HealthCheck, address: str, port: int, transport: Transport) -> tuple[bool, str]:
-    """One probe: TCP connect (``none``) or ``GET path`` over HTTP/1.0 (2xx/3xx is good)."""
-    timeout = max(health.timeout_ms / 1000, 0.2)
+def _state(name: str, read: Callable[[], _T]) -> _T:
+    """``read()`` of a container's state; the Docker engine's errors (the container
+    gone, the engine unreachable) raised as ContainerError naming the container (the
+    executor adds the host)."""
+    import docker.errors
+
+    try:
+        return read()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise ContainerError(
+            f"container {name}: cannot read its state from the Docker engine: "
+            f"{_docker_why(exc)}"
+        ) from None
+
+
+def _probe(
+    gate: Gate, timeout_ms: int, address: str, port: int, transport: Transport
+) -> tuple[bool, str]:
+    """One probe: TCP connect (``tcp``) or ``GET path`` over HTTP/1.0 (``http``, 2xx/3xx
+    is good)."""
+    timeout = max(timeout_ms / 1000, 0.2)
     try:
         sock = transport.open_tcp(address, port, timeout)
     except TransportError as exc:
         return False, f"port {port}: {exc}"
     try:
-        if health.kind == "none":
+        if gate.probe == "tcp":
             return True, "port accepts connections"
-        request = f"GET {health.path} HTTP/1.0\r\nHost: {address}:{port}\r\n\r\n"
+        request = f"GET {gate.path} HTTP/1.0\r\nHost: {address}:{port}\r\n\r\n"
         sock.sendall(request.encode())
         data = b""
         while b"\r\n" not in data and len(data) < 8192:
@@ -285,14 +324,14 @@ def _probe(health: HealthCheck, address: str, port: int, transport: Transport) -
                 break
             data += chunk
     except OSError as exc:  # TimeoutError included
-        return False, f"GET {health.path}: {exc.strerror or exc or 'timed out'}"
+        return False, f"GET {gate.path}: {exc.strerror or exc or 'timed out'}"
     finally:
         sock.close()
     parts = data.split(b"\r\n", 1)[0].split()
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        return False, f"GET {health.path}: no HTTP answer"
+        return False, f"GET {gate.path}: no HTTP answer"
     status = int(parts[1])
-    return 200 <= status < 400, f"GET {health.path}: HTTP {status}"
+    return 200 <= status < 400, f"GET {gate.path}: HTTP {status}"
 
 
 def _log_tail(container: Container, lines: int = 20) -> str:
@@ -311,13 +350,16 @@ def health_deadline(health: HealthCheck, minimum: float) -> float:
 
 
 def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> bool:
-    """Stop with the grace period and remove; volumes are kept. False if already gone."""
+    """Stop with the grace period and remove; volumes are kept. False if already gone.
+    Any other failure of the engine (refused, unreachable) raises ContainerError."""
     import docker.errors
 
     try:
         container = client.containers.get(name)
     except docker.errors.NotFound:
         return False
+    except (docker.errors.DockerException, OSError) as exc:
+        raise ContainerError(f"container {name}: {_docker_why(exc)}") from None
     try:
         # A crash-looping container ("restarting") must be stopped too: Docker refuses
         # to remove it otherwise.
@@ -326,6 +368,11 @@ def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> boo
         container.remove(v=False)
     except docker.errors.NotFound:
         return False
-    except docker.errors.APIError as exc:
-        raise ContainerError(f"container {name}: {exc.explanation or exc}") from None
+    except (docker.errors.DockerException, OSError) as exc:
+        raise ContainerError(f"container {name}: {_docker_why(exc)}") from None
     return True
+
+
+def _docker_why(exc: Exception) -> str:
+    """What the Docker SDK says went wrong: an API error's explanation, else its text."""
+    return str(getattr(exc, "explanation", None) or exc)

@@ -51,6 +51,10 @@ def ensure_image(host: Host, client: docker.DockerClient, image: str) -> str:
                 "machine's Docker engine to copy from; push it to a registry and use "
                 "the full name (registry-host/name:tag), or build it here"
             ) from None
+        except (docker.errors.DockerException, OSError) as exc:
+            raise ImageError(
+                f"host {host.name}: cannot copy {image}: this machine's Docker engine: {exc}"
+            ) from None
         try:
             for line in client.api.load_image(source.api.get_image(image)):
                 if isinstance(line, dict) and line.get("error"):

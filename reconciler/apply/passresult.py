@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.apply.executor import ApplyResult
+from reconciler.apply.results import ApplyResult
 from reconciler.plan.planner import Plan
 
 

@@ -18,6 +18,7 @@ A canary whose release changes (another revision, another config) starts afresh.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -131,16 +132,10 @@ def evaluate(
 ) -> dict[str, CanaryState]:
     """The canaries' states after one look at HAProxy (``events``: LB host -> text of
     ``show events`` of the request log ring). States of services that no longer have a
-    canary are dropped."""
+    canary are dropped. Pure: ``states`` and everything in them are left as they are
+    (a state that moves on is a copy), so a caller may still compare before and after."""
     env = desired.environment
-    revision_of: dict[tuple[str, str], str] = {}
-    for host in observed.hosts:
-        for c in host.containers:
-            if c.label(identity.ENVIRONMENT) == env:
-                backend = identity.backend_name(c.label(identity.SERVICE))
-                revision_of[(backend, identity.server_name(host.name, c.name))] = c.label(
-                    identity.REVISION
-                )
+    revision_of = _revisions(observed, env)
     out: dict[str, CanaryState] = {}
     for svc in desired.services:
         pair = canary_pair(svc)
@@ -150,12 +145,12 @@ def evaluate(
         key = _key(env, svc, baseline, canary)
         backend = identity.backend_name(svc.name)
         old = states.get(svc.name)
-        in_lb = any(
-            s.backend == backend and revision_of.get((s.backend, s.server)) == canary.revision
-            for lb in observed.haproxy
-            for s in lb.stats
-        )
         if old is None or old.key != key:
+            in_lb = any(
+                s.backend == backend and revision_of.get((s.backend, s.server)) == canary.revision
+                for lb in observed.lbs
+                for s in lb.stats
+            )
             if not in_lb:
                 continue  # not deployed yet: the declared weights (canary 0) apply
             state = CanaryState(svc.name, key, baseline.revision, canary.revision)
@@ -164,38 +159,60 @@ def evaluate(
             state.history.append(f"started at step 1/{len(_steps(canary))}")
             out[svc.name] = state
             continue
-        state = old
+        state = copy.deepcopy(old)
         deltas = _measure(state, observed, revision_of, events, backend)
         interval = max(0.0, now - state.updated_at)
         state.updated_at = now
-        if state.status in ("aborted", "promoted"):
-            out[svc.name] = state
-            continue
-        progress = (
-            Progress.from_dict(_steps(canary), _analysis(canary), state.progress)
-            if state.progress
-            else Progress(_steps(canary), _analysis(canary))
-        )
-        progress.observe(
-            deltas.get(canary.revision, Counts(0, 0)),
-            deltas.get(baseline.revision, Counts(0, 0)),
-            interval,
-        )
-        verdict = progress.verdict()
-        if verdict.action == "advance":
-            progress.advance()
-            state.history.append(f"{verdict.reason}; step {progress.step + 1} next")
-        state.status = {
-            "abort": "aborted",
-            "promote": "promoted",
-            "paused": "paused",
-        }.get(verdict.action, "progressing")
-        if verdict.action in ("abort", "promote"):
-            state.history.append(verdict.reason)
-        state.reason = verdict.reason
-        state.progress = {**progress.to_dict(), "evidence": verdict.evidence}
+        if state.status not in ("aborted", "promoted"):
+            _judge(state, baseline, canary, deltas, interval)
         out[svc.name] = state
     return out
+
+
+def _revisions(observed: ObservedState, env: str) -> dict[tuple[str, str], str]:
+    """(backend, server) -> the release revision of its container, for ``env``."""
+    revision_of: dict[tuple[str, str], str] = {}
+    for host in observed.hosts:
+        for c in host.containers:
+            if c.label(identity.ENVIRONMENT) == env:
+                backend = identity.backend_name(c.label(identity.SERVICE))
+                server = identity.server_name(host.name, c.name)
+                revision_of[(backend, server)] = c.label(identity.REVISION)
+    return revision_of
+
+
+def _judge(
+    state: CanaryState,
+    baseline: Release,
+    canary: Release,
+    deltas: Mapping[str, Counts],
+    interval: float,
+) -> None:
+    """One step of the sequential decision for ``state`` (a copy the caller owns), from
+    the counts each revision got since the last look, ``interval`` seconds ago."""
+    progress = (
+        Progress.from_dict(_steps(canary), _analysis(canary), state.progress)
+        if state.progress
+        else Progress(_steps(canary), _analysis(canary))
+    )
+    progress.observe(
+        deltas.get(canary.revision, Counts(0, 0)),
+        deltas.get(baseline.revision, Counts(0, 0)),
+        interval,
+    )
+    verdict = progress.verdict()
+    if verdict.action == "advance":
+        progress.advance()
+        state.history.append(f"{verdict.reason}; step {progress.step + 1} next")
+    state.status = {
+        "abort": "aborted",
+        "promote": "promoted",
+        "paused": "paused",
+    }.get(verdict.action, "progressing")
+    if verdict.action in ("abort", "promote"):
+        state.history.append(verdict.reason)
+    state.reason = verdict.reason
+    state.progress = {**progress.to_dict(), "evidence": verdict.evidence}
 
 
 def _measure(
@@ -208,7 +225,7 @@ def _measure(
     """Feed one look at every LB host into the state's meter, totals and response
     times; the increments of requests and errors per revision of ``backend``."""
     deltas: dict[str, Counts] = {}
-    for lb in observed.haproxy:
+    for lb in observed.lbs:
         stats = [s for s in lb.stats if s.backend == backend]
         generation = str(lb.worker_pid)
         for (_, revision), c in state.meter.update(lb.host, generation, stats, revision_of).items():

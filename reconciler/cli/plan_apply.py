@@ -27,7 +27,7 @@ from reconciler.cli.options import (
 from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
-    from reconciler.apply.executor import StepResult
+    from reconciler.apply.results import StepResult
     from reconciler.lb.haproxy.paths import HAProxyPaths
     from reconciler.model import DesiredState
     from reconciler.plan.planner import Plan

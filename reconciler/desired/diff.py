@@ -4,8 +4,10 @@ Pure: compares two ``DesiredState`` values of the same environment, contacts no 
 
 Contract: the diff is empty exactly when the two states are equal apart from ``commit``
 (and ``environment``, the same on both sides). To keep that true as the model grows, the
-states are walked generically over their dataclass fields: a new field is compared (and
-shown) without any change here; the tables below only make some lines read better.
+states are walked generically over their dataclass fields (``reconciler.changes``, the
+walk the planner's reasons use too): a new field is compared (and shown) without any
+change here; this module renders the changes as lines, and its tables only make some
+lines read better.
 
 - Named collections (elements with a ``name`` or ``revision``, canary steps by weight)
   are matched by that key; other sequences of records (volumes, routes) by position.
@@ -19,10 +21,24 @@ shown) without any change here; the tables below only make some lines read bette
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
+from reconciler.changes import (
+    ABSENT,
+    Change,
+    Field,
+    Item,
+    Key,
+    Member,
+    Step,
+    by_key,
+    changes,
+    is_pair,
+    is_record,
+    key_field,
+)
 from reconciler.identity import MASK, is_secretish, shown_env_value
 from reconciler.model import CanaryStep, DesiredState, Release
 
@@ -74,7 +90,6 @@ _NONE: Final = {
     "path_prefix": "any",
 }
 _LABELS: Final = {"memory_bytes": "memory", "nano_cpus": "cpus"}
-_ABSENT: Final = object()  # the old side of something added: lines describe the new one
 
 
 def diff_states(base: DesiredState, head: DesiredState) -> EnvironmentDiff:
@@ -93,101 +108,115 @@ def diff_states(base: DesiredState, head: DesiredState) -> EnvironmentDiff:
         if _keyed(old, new):
             named += _items(_singular(f.name), old, new)
         else:
-            own += _walk(old, new, (), (f.name,))
+            found = changes(old, new, atomic=_WHOLE, at=(Field(f.name),))
+            own += _lines(found, base, head)
     items = [ItemDiff("environment", head.environment, "changed", tuple(own))] if own else []
     return EnvironmentDiff(environment=head.environment, items=tuple(items + named))
 
 
 def _items(kind: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> list[ItemDiff]:
-    before, after = _by_key(old), _by_key(new)
+    before, after = by_key(old), by_key(new)
     out = []
-    for key in _union(before, after):
+    for key in [*before, *(k for k in after if k not in before)]:
         if key not in before:
-            out.append(ItemDiff(kind, key, "added", tuple(_walk(_ABSENT, after[key], (), ()))))
+            found = changes(ABSENT, after[key], atomic=_WHOLE)
+            out.append(ItemDiff(kind, key, "added", tuple(_lines(found, ABSENT, after[key]))))
         elif key not in after:
             out.append(ItemDiff(kind, key, "removed"))
-        elif lines := _walk(before[key], after[key], (), ()):
-            out.append(ItemDiff(kind, key, "changed", tuple(lines)))
-    return out
-
-
-# --------------------------------------------------------------------------- the walk
-
-
-def _walk(old: Any, new: Any, scope: tuple[str, ...], path: tuple[str, ...]) -> list[str]:
-    """Lines of what differs from ``old`` to ``new`` (every value of ``new`` when ``old``
-    is ``_ABSENT``). ``scope`` names the enclosing named elements, ``path`` the fields."""
-    if old is _ABSENT and new in (None, (), ""):
-        return []  # nothing worth describing
-    if old is not _ABSENT and old == new:
-        return []
-    name = path[-1] if path else ""
-    if _is_record(new) and (old is _ABSENT or type(old) is type(new)):
-        return _walk_record(old, new, scope, path)
-    if isinstance(new, tuple) and (old is _ABSENT or isinstance(old, tuple)):
-        return _walk_sequence(name, old, new, scope, path)
-    return [_change(scope, _where(path), name, old, new)]
-
-
-def _walk_record(old: Any, new: Any, scope: tuple[str, ...], path: tuple[str, ...]) -> list[str]:
-    key = _key_field(new)
-    out: list[str] = []
-    for f in fields(new):
-        if f.name == key:
-            continue
-        sub = path if f.name in _FOLDED else (*path, f.name)
-        before = _ABSENT if old is _ABSENT else getattr(old, f.name)
-        out += _walk(before, getattr(new, f.name), scope, sub)
-    return out
-
-
-def _walk_sequence(
-    name: str, old: Any, new: tuple[Any, ...], scope: tuple[str, ...], path: tuple[str, ...]
-) -> list[str]:
-    olds: tuple[Any, ...] = () if old is _ABSENT else old
-    sample = (new or olds)[0]
-    if _keyed(olds, new):
-        return _walk_named(old, new, scope, path)
-    if _is_pair(sample):
-        return _walk_pairs(old, new, scope, path)
-    if _is_record(sample) and not isinstance(sample, _WHOLE):
-        return _walk_positional(old, new, scope, path)
-    if name in _SETS and old is not _ABSENT:
-        member = _singular(name)
-        return [_line(scope, member, f"{_text(v)} added") for v in new if v not in olds] + [
-            _line(scope, member, f"{_text(v)} removed") for v in olds if v not in new
-        ]
-    return [_change(scope, _where(path), name, old, new)]
-
-
-def _walk_named(
-    old: Any, new: tuple[Any, ...], scope: tuple[str, ...], path: tuple[str, ...]
-) -> list[str]:
-    """Elements matched by key. A release added next to others is shown against the one
-    it runs next to (``_baseline``): how the new one differs is what a reviewer needs."""
-    what = _member(path)
-    before = {} if old is _ABSENT else _by_key(old)
-    after = _by_key(new)
-    out: list[str] = []
-    for key in _union(before, after):
-        label = f"{what} {_text(key)}"
-        if key in before and key in after:
-            out += _walk(before[key], after[key], (*scope, label), ())
-        elif key in before:
-            out.append(_line(scope, label, "removed"))
-        elif old is _ABSENT:  # describing something added: each element in full
-            out += _walk(_ABSENT, after[key], (*scope, label), ())
-        elif isinstance(after[key], Release) and before:  # (a baseline to compare with)
-            rel, base = after[key], _baseline(before, after)
-            out.append(_line(scope, label, f"added at weight {rel.weight}%"))
-            vs = (*scope, f"{label} (vs {_text(base.revision)})")
-            for f in fields(rel):
-                if f.name not in ("revision", "weight"):
-                    sub = () if f.name in _FOLDED else (f.name,)
-                    out += _walk(getattr(base, f.name), getattr(rel, f.name), vs, sub)
         else:
-            out.append(_line(scope, label, f"added ({_shown('', after[key])})"))
+            found = changes(before[key], after[key], atomic=_WHOLE)
+            if lines := _lines(found, before[key], after[key]):
+                out.append(ItemDiff(kind, key, "changed", tuple(lines)))
     return out
+
+
+# --------------------------------------------------------------------------- the lines
+
+
+def _lines(found: list[Change], base: Any, head: Any, scope: tuple[str, ...] = ()) -> list[str]:
+    """The lines of ``found``, the changes from ``base`` to ``head`` (a description of
+    ``head`` when ``base`` is ABSENT); ``scope``: names of what encloses both."""
+    describing = base is ABSENT
+    out: list[str] = []
+    for change in found:
+        *steps, last = change.path
+        labels, names = _scope(steps, scope)
+        old, new = change.old, change.new
+        if isinstance(last, Field):
+            names = names if last.name in _FOLDED else [*names, last.name]
+            name = names[-1] if names else ""
+            if name in _SETS and isinstance(old, tuple) and isinstance(new, tuple):
+                member = _singular(name)
+                out += [_line(labels, member, f"{_text(v)} added") for v in new if v not in old]
+                out += [_line(labels, member, f"{_text(v)} removed") for v in old if v not in new]
+            else:
+                out.append(_change(labels, _where(names), name, old, new))
+        elif isinstance(last, Key):
+            where = f"{_where(names)} {_text(last.key)}"
+            if old is ABSENT:
+                shown = _text(new)
+                out.append(_line(labels, where, f"= {shown}" if describing else f"added ({shown})"))
+            elif new is ABSENT:
+                out.append(_line(labels, where, "removed"))
+            else:
+                out.append(_line(labels, where, f"changed ({_text(old)} -> {_text(new)})"))
+        elif isinstance(last, Item):
+            label = f"{_member(names)} {last.index + 1}"
+            if old is ABSENT:
+                shown = _shown("", new)
+                out.append(_line(labels, label, shown if describing else f"added ({shown})"))
+            else:
+                out.append(_line(labels, label, f"removed (was {_shown('', old)})"))
+        else:  # a member added or removed (one on both sides is walked into)
+            label = f"{_member(names)} {_text(last.key)}"
+            if new is ABSENT:
+                out.append(_line(labels, label, "removed"))
+            elif releases := _releases_beside(change.path, base, head):
+                out += _release_added(labels, label, *releases)
+            else:
+                out.append(_line(labels, label, f"added ({_shown('', new)})"))
+    return out
+
+
+def _scope(steps: list[Step], scope: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """The names of the elements ``steps`` pass through (``release v2``, ``route 1``),
+    after ``scope``; and the field names after the last of them (folded ones left out)."""
+    labels, names = list(scope), []
+    for step in steps:
+        if isinstance(step, Field):
+            if step.name not in _FOLDED:
+                names.append(step.name)
+        elif isinstance(step, Member):
+            labels.append(f"{_member(names)} {_text(step.key)}")
+            names = []
+        elif isinstance(step, Item):
+            labels.append(f"{_member(names)} {step.index + 1}")
+            names = []
+    return tuple(labels), names
+
+
+def _releases_beside(
+    path: tuple[Step, ...], base: Any, head: Any
+) -> tuple[Release, dict[str, Release], dict[str, Release]] | None:
+    """For a release added next to others: it, the releases before and after (read from
+    ``base`` and ``head``, unmasked); None for anything else."""
+    added = _at(head, path)
+    if not isinstance(added, Release):
+        return None
+    before = by_key(_at(base, path[:-1]))
+    return (added, before, by_key(_at(head, path[:-1]))) if before else None
+
+
+def _release_added(
+    labels: tuple[str, ...], label: str, rel: Release, before: dict[str, Release],
+    after: dict[str, Release],
+) -> list[str]:
+    """A release added next to others is shown against the one it runs next to
+    (``_baseline``): how the new one differs is what a reviewer needs."""
+    base = _baseline(before, after)
+    vs = (*labels, f"{label} (vs {_text(base.revision)})")
+    found = [c for c in changes(base, rel, atomic=_WHOLE) if c.path[0] != Field("weight")]
+    return [_line(labels, label, f"added at weight {rel.weight}%"), *_lines(found, base, rel, vs)]
 
 
 def _baseline(before: dict[str, Release], after: dict[str, Release]) -> Release:
@@ -197,43 +226,17 @@ def _baseline(before: dict[str, Release], after: dict[str, Release]) -> Release:
     return max(kept or before.values(), key=lambda r: r.weight)
 
 
-def _walk_positional(
-    old: Any, new: tuple[Any, ...], scope: tuple[str, ...], path: tuple[str, ...]
-) -> list[str]:
-    """Records without a key (volumes, routes): by position, numbered from 1."""
-    what = _member(path)
-    olds: tuple[Any, ...] = () if old is _ABSENT else old
-    out: list[str] = []
-    for i in range(max(len(olds), len(new))):
-        label = f"{what} {i + 1}"
-        if i >= len(olds):
-            shown = _shown("", new[i])
-            out.append(_line(scope, label, shown if old is _ABSENT else f"added ({shown})"))
-        elif i >= len(new):
-            out.append(_line(scope, label, f"removed (was {_shown('', olds[i])})"))
-        else:
-            out += _walk(olds[i], new[i], (*scope, label), ())
-    return out
-
-
-def _walk_pairs(
-    old: Any, new: tuple[tuple[str, str], ...], scope: tuple[str, ...], path: tuple[str, ...]
-) -> list[str]:
-    """Mappings (env, labels, log options) key by key, secret-looking values masked."""
-    before: dict[str, str] = {} if old is _ABSENT else dict(old)
-    after = dict(new)
-    out: list[str] = []
-    for k in _union(before, after):
-        where = f"{_where(path)} {_text(k)}"
-        if k not in before:
-            value = _text(shown_env_value(k, after[k]))
-            out.append(_line(scope, where, f"= {value}" if old is _ABSENT else f"added ({value})"))
-        elif k not in after:
-            out.append(_line(scope, where, "removed"))
-        elif before[k] != after[k]:
-            a, b = (_text(shown_env_value(k, v)) for v in (before[k], after[k]))
-            out.append(_line(scope, where, f"changed ({a} -> {b})"))
-    return out
+def _at(root: Any, path: Any) -> Any:
+    """The value at ``path`` (steps) in ``root``, unmasked."""
+    value = root
+    for step in path:
+        if isinstance(step, Field):
+            value = getattr(value, step.name)
+        elif isinstance(step, Member):
+            value = by_key(value)[step.key]
+        elif isinstance(step, Item):
+            value = value[step.index]
+    return value
 
 
 # --------------------------------------------------------------------------- rendering
@@ -247,16 +250,16 @@ def _line(scope: tuple[str, ...], where: str, text: str) -> str:
 def _change(scope: tuple[str, ...], where: str, name: str, old: Any, new: Any) -> str:
     """``where: old -> new`` (``where: new`` when describing); the colon is dropped after
     a scope, which has one already (``release v2: image a:v2 -> a:v3``)."""
-    text = _shown(name, new) if old is _ABSENT else f"{_shown(name, old)} -> {_shown(name, new)}"
+    text = _shown(name, new) if old is ABSENT else f"{_shown(name, old)} -> {_shown(name, new)}"
     return _line(scope, where, text) if scope else f"{where}: {text}"
 
 
-def _where(path: tuple[str, ...]) -> str:
+def _where(path: Sequence[str]) -> str:
     """Dotted field names as the manifests spell them (``health.interval``, ``memory``)."""
     return ".".join(_LABELS.get(p, _unitless(p)) for p in path)
 
 
-def _member(path: tuple[str, ...]) -> str:
+def _member(path: Sequence[str]) -> str:
     """What one element of the sequence at ``path`` is called (``release``, ``route``)."""
     return " ".join((*(_where((p,)) for p in path[:-1]), _singular(path[-1])))
 
@@ -271,8 +274,8 @@ def _shown(name: str, value: Any) -> str:
         return str(value).lower()
     if isinstance(value, CanaryStep):
         return _step(value)
-    if _is_record(value):
-        key = _key_field(value)
+    if is_record(value):
+        key = key_field(value)
         parts = (
             (f.name, getattr(value, f.name))
             for f in fields(value)
@@ -280,7 +283,7 @@ def _shown(name: str, value: Any) -> str:
         )
         return ", ".join(f"{_LABELS.get(k, _unitless(k))} {_shown(k, v)}" for k, v in parts)
     if isinstance(value, tuple):
-        if value and _is_pair(value[0]):
+        if value and is_pair(value[0]):
             return ", ".join(f"{_text(k)}={_text(shown_env_value(k, v))}" for k, v in value)
         if value and isinstance(value[0], CanaryStep):
             return ",".join(_step(s) for s in value)
@@ -346,38 +349,10 @@ def _unitless(name: str) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_record(value: Any) -> bool:
-    return is_dataclass(value) and not isinstance(value, type)
-
-
-def _is_pair(value: Any) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
-
-
-def _key_field(value: Any) -> str | None:
-    names = {f.name for f in fields(value)}
-    return next((k for k in ("name", "revision") if k in names), None)
-
-
 def _keyed(old: Any, new: Any) -> bool:
     """A tuple of records that each carry a key."""
     both = (*(old if isinstance(old, tuple) else ()), *(new if isinstance(new, tuple) else ()))
-    return bool(both) and all(_is_record(v) and _key_field(v) for v in both)
-
-
-def _by_key(values: tuple[Any, ...]) -> dict[str, Any]:
-    out = {}
-    for v in values:
-        key = _key_field(v)
-        assert key is not None  # callers check _keyed first
-        out[str(getattr(v, key))] = v
-    return out
-
-
-def _union(before: dict[str, Any], after: dict[str, Any]) -> Iterator[str]:
-    """Keys in the old order, then the new ones in theirs (releases keep their order)."""
-    yield from before
-    yield from (k for k in after if k not in before)
+    return bool(both) and all(is_record(v) and key_field(v) for v in both)
 
 
 def _singular(name: str) -> str:

@@ -86,6 +86,17 @@ class Document:
         return cur
 
 
+@dataclass(frozen=True)
+class At:
+    """Where a value came from: a document and a path in it."""
+
+    doc: Document
+    path: Path
+
+    def problem(self, message: str, *sub: str | int, key: bool = False) -> Problem:
+        return self.doc.problem((*self.path, *sub), message, key=key)
+
+
 # Free-form string maps: their scalars are kept as written ("0755", "1.10", "on"), not
 # turned into YAML 1.1 numbers or booleans.
 _RAW_MAPS = {"env", "labels", "options"}

@@ -186,8 +186,10 @@ def check_document(doc: Document) -> list[Problem]:
     if not isinstance(data, dict):
         return [doc.problem((), f"a manifest must be a mapping, got {type(data).__name__}")]
     kind = data.get("kind")
+    known = ", ".join(sorted(KINDS))
+    if kind is not None and not isinstance(kind, str):  # a list or mapping is unhashable
+        return [doc.problem(("kind",), f"kind must be one of {known}, not a {type(kind).__name__}")]
     if kind not in KINDS:
-        known = ", ".join(sorted(KINDS))
         if kind is None:
             return [doc.problem((), f"missing 'kind' (one of {known})")]
         return [doc.problem(("kind",), f"unknown kind {kind!r} (one of {known})")]

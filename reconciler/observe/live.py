@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from reconciler.errors import ObserveError
+from reconciler.lb.haproxy.control import HAProxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
-from reconciler.lb.haproxy.runtime import observe_haproxy
-from reconciler.model import DesiredState, Host, ObservedHAProxy, ObservedHost, ObservedState
+from reconciler.model import DesiredState, Host, ObservedHost, ObservedLB, ObservedState
 from reconciler.observe.docker import observe_host
 from reconciler.transport.base import HostKeyRefused, TransportError
 from reconciler.transport.pool import Connections
@@ -54,41 +55,10 @@ def observe(
         conns.add(h)
     app_hosts = desired.app_host_names
     apps = [h for h in desired.hosts if h.name in app_hosts] + list(retired)
-
     gone = {h.name for h in retired}
-
-    def read_app(host: Host) -> ObservedHost | None:
-        wanted = {
-            r.spec.image for s in desired.services if host.name in s.hosts for r in s.releases
-        }
-        try:
-            return observe_host(
-                host.name, conns.get(host.name).docker(), wanted, desired.instance
-            )
-        except (TransportError, ObserveError) as exc:
-            if host.name in gone:
-                # A retired host that cannot be reached must not block the environment:
-                # its servers still leave HAProxy; its containers wait for a later pass.
-                return None
-            if isinstance(exc, ObserveError):
-                raise
-            if isinstance(exc, HostKeyRefused):  # names the host and its address already
-                raise ObserveError(str(exc)) from None
-            raise ObserveError(f"host {host.name}: {exc}") from None
-
-    def read_lb(name: str) -> ObservedHAProxy:
-        host = desired.host(name)
-        paths = lb_paths(desired, state_dir, external, host)
-        try:
-            return observe_haproxy(
-                name, str(paths.stats_socket), str(paths.config), conns.get(name)
-            )
-        except HostKeyRefused as exc:
-            raise ObserveError(str(exc)) from None
-        except TransportError as exc:
-            raise ObserveError(f"LB host {name}: {exc}") from None
-
     lb_names = [name for lb in desired.loadbalancers for name in lb.hosts]
+    read_app = partial(_read_app, desired, conns, gone)
+    read_lb = partial(_read_lb, desired, conns, state_dir, external)
     try:
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
             hosts = [h for h in pool.map(read_app, apps) if h is not None]
@@ -96,4 +66,41 @@ def observe(
     finally:
         if own:
             conns.close()
-    return ObservedState(hosts=tuple(hosts), haproxy=tuple(lbs))
+    return ObservedState(hosts=tuple(hosts), lbs=tuple(lbs))
+
+
+def _read_app(
+    desired: DesiredState, conns: Connections, gone: set[str], host: Host
+) -> ObservedHost | None:
+    """The Docker side of app host ``host``; None for a host in ``gone`` (retired) that
+    cannot be read."""
+    wanted = {r.spec.image for s in desired.services if host.name in s.hosts for r in s.releases}
+    try:
+        return observe_host(host.name, conns.get(host.name).docker(), wanted, desired.instance)
+    except (TransportError, ObserveError) as exc:
+        if host.name in gone:
+            # A retired host that cannot be reached must not block the environment:
+            # its servers still leave HAProxy; its containers wait for a later pass.
+            return None
+        if isinstance(exc, ObserveError):
+            raise
+        if isinstance(exc, HostKeyRefused):  # names the host and its address already
+            raise ObserveError(str(exc)) from None
+        raise ObserveError(f"host {host.name}: {exc}") from None
+
+
+def _read_lb(
+    desired: DesiredState,
+    conns: Connections,
+    state_dir: Path,
+    external: HAProxyPaths | None,
+    name: str,
+) -> ObservedLB:
+    """The load balancer of LB host ``name``, read through its port."""
+    paths = lb_paths(desired, state_dir, external, desired.host(name))
+    try:
+        return HAProxy(paths, transport=conns.get(name)).observe()
+    except HostKeyRefused as exc:
+        raise ObserveError(str(exc)) from None
+    except TransportError as exc:
+        raise ObserveError(f"LB host {name}: {exc}") from None

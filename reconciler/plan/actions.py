@@ -165,7 +165,7 @@ class RemoveServer(Action):
 
 
 @dataclass(frozen=True)
-class ConfigureHAProxy(Action):
+class ConfigureLB(Action):
     """Render the config for the servers known at this point, verify, install; reload or
     start HAProxy when ``reload`` (structure changed), else only write the file."""
 
@@ -178,15 +178,3 @@ class ConfigureHAProxy(Action):
         verb = "install config and reload HAProxy" if self.reload else "write HAProxy config"
         return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
 
-
-ALL_ACTIONS: tuple[type[Action], ...] = (
-    PullImage,
-    StartContainer,
-    RemoveContainer,
-    AddServer,
-    RepointServer,
-    SetWeight,
-    DrainServer,
-    RemoveServer,
-    ConfigureHAProxy,
-)

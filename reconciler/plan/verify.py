@@ -24,7 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from reconciler import identity
-from reconciler.model import DesiredState, ObservedHAProxy, ObservedState
+from reconciler.model import DesiredState, ObservedLB, ObservedState
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _expected(
 
 
 def _pointers(
-    obs: ObservedHAProxy, published: dict[str, tuple[str, int] | None]
+    obs: ObservedLB, published: dict[str, tuple[str, int] | None]
 ) -> list[Mismatch]:
     """Servers (runtime and file, any state) must point where their container answers."""
     out: list[Mismatch] = []
@@ -132,7 +132,7 @@ def _pointers(
 
 
 def _promised(
-    obs: ObservedHAProxy,
+    obs: ObservedLB,
     expected: dict[tuple[str, str], tuple[str, int]],
     checked: set[str],
     frozen: set[str],
@@ -157,6 +157,7 @@ def _promised(
             out.append(Mismatch(obs.host, subject, f"{stat.status}{check}; want UP"))
     for key in sorted(states):
         backend, server = key
-        if backend in checked and key not in expected and server.partition(".")[0] not in frozen:
+        frozen_host = identity.server_host(server) in frozen
+        if backend in checked and key not in expected and not frozen_host:
             out.append(Mismatch(obs.host, "/".join(key), "left in HAProxy, not desired"))
     return out

@@ -7,8 +7,8 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from reconciler.apply.executor import ApplyResult, StepResult
     from reconciler.apply.passresult import PassResult
+    from reconciler.apply.results import ApplyResult, StepResult
     from reconciler.model import DesiredState
 
 _MARKS = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}

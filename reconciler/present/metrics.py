@@ -23,8 +23,17 @@ from prometheus_client import (
 
 
 class Metrics:
+    """The watcher's metrics, in a registry of their own (``docs/operations.md`` lists
+    them; ``tests/unit/test_metrics_doc.py`` keeps the two the same)."""
+
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self._pass_metrics(self.registry)
+        self._state_metrics(self.registry)
+        self.last_loop = time.monotonic()
+
+    def _pass_metrics(self, r: CollectorRegistry) -> None:
+        """What passes do: their duration and outcome, failures, drift, mismatches, reloads."""
         self.pass_duration = Histogram(
             "reconcile_pass_duration_seconds",
             "Duration of reconcile passes.",
@@ -55,6 +64,10 @@ class Metrics:
         self.reloads = Counter(
             "reconcile_haproxy_reloads_total", "HAProxy reloads done.", registry=r
         )
+
+    def _state_metrics(self, r: CollectorRegistry) -> None:
+        """Where things stand: the last applied and seen commits, the source, the
+        desired weights and the healthy containers."""
         self.applied = Gauge(
             "reconcile_last_applied_commit_info",
             "The last commit applied (value 1).",
@@ -74,7 +87,8 @@ class Metrics:
         self.source_up = Gauge("reconcile_source_up", "1 when the repository answers.", registry=r)
         self.release_weight = Gauge(
             "reconcile_release_weight_percent",
-            "Desired weight of each release.",
+            "Weight of each release as declared in git at the last loaded commit (a canary "
+            "shows its declared 0; the weight of its current step is in reconcile status).",
             ["service", "revision"],
             registry=r,
         )
@@ -84,7 +98,6 @@ class Metrics:
             ["service"],
             registry=r,
         )
-        self.last_loop = time.monotonic()
 
     def set_applied(self, commit: str) -> None:
         self.applied.clear()

@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler import identity
 from reconciler.canary.engine import CanaryState, canary_pair
-from reconciler.model import DesiredState, ObservedState, ServerStats, Service
+from reconciler.model import DesiredState, ObservedState, ServerState, ServerStats, Service
 from reconciler.plan.verify import verify
 from reconciler.store import HistorySize, Run
 
@@ -62,64 +62,20 @@ def status_data(
     canaries: Mapping[str, CanaryState] | None = None,
     history: HistorySize | None = None,
 ) -> dict[str, Any]:
-    env = desired.environment
+    """Everything ``status`` shows, as JSON-ready data (``status --json`` prints it as is):
+    the last run, the history's size, each HAProxy, each desired service with its
+    containers and traffic per revision, and the outcome check (``verify``) now."""
     canaries = canaries or {}
-    stats = {(s.backend, s.server): s for lb in observed.haproxy for s in lb.stats}
-    states = {(s.backend, s.server): s for lb in observed.haproxy for s in lb.servers}
-    services = []
-    for svc in desired.services:
-        backend = identity.backend_name(svc.name)
-        traffic: dict[str, RevisionTraffic] = {}
-        containers = []
-        for host in svc.hosts:
-            for c in observed.host(host).containers:
-                if c.label(identity.ENVIRONMENT) != env or c.label(identity.SERVICE) != svc.name:
-                    continue
-                rev = c.label(identity.REVISION)
-                server = identity.server_name(host, c.name)
-                st, ss = stats.get((backend, server)), states.get((backend, server))
-                if st:
-                    traffic.setdefault(rev, RevisionTraffic()).add(st)
-                containers.append(
-                    {
-                        "host": host,
-                        "name": c.name,
-                        "revision": rev,
-                        "status": c.status,
-                        "health": c.health,
-                        "published": f"{c.published[0]}:{c.published[1]}" if c.published else None,
-                        "haproxy": (st.status if st else "not in HAProxy"),
-                        "weight": ss.weight if ss else None,
-                        "sessions": st.current_sessions if st else 0,
-                    }
-                )
-        services.append(
-            {
-                "service": svc.name,
-                "held": held.get(svc.name),
-                "on_hosts": _on_hosts(svc.hosts, containers),
-                "releases": [
-                    {
-                        "revision": r.revision,
-                        "weight": r.weight,
-                        "image": r.spec.image,
-                        "traffic": traffic.get(r.revision, RevisionTraffic()).to_json(),
-                    }
-                    for r in svc.releases
-                ],
-                "other_revisions": {
-                    rev: t.to_json()
-                    for rev, t in traffic.items()
-                    if rev not in {r.revision for r in svc.releases}
-                },
-                "replicas": svc.replicas,
-                "hosts": list(svc.hosts),
-                "containers": sorted(containers, key=lambda c: (c["host"], c["name"])),
-                "canary": _canary(svc, canaries.get(svc.name)),
-            }
-        )
+    servers = _Servers(
+        stats={(s.backend, s.server): s for lb in observed.lbs for s in lb.stats},
+        states={(s.backend, s.server): s for lb in observed.lbs for s in lb.servers},
+    )
+    services = [
+        _service_data(svc, desired.environment, observed, servers, held, canaries.get(svc.name))
+        for svc in desired.services
+    ]
     return {
-        "environment": env,
+        "environment": desired.environment,
         "desired": source,
         "last_run": None
         if last is None
@@ -137,12 +93,93 @@ def status_data(
         else {"path": history.path, "bytes": history.bytes, "runs": history.runs},
         "haproxy": [
             {"host": lb.host, "running": lb.running, "servers": len(lb.servers)}
-            for lb in observed.haproxy
+            for lb in observed.lbs
         ],
         "services": services,
         # what `apply` would call a mismatch now (reconciler.plan.verify); [] when it holds
         "outcome": [str(m) for m in verify(desired, observed, skip=held)],
     }
+
+
+@dataclass(frozen=True)
+class _Servers:
+    """What HAProxy reports per (backend, server): counters and runtime state."""
+
+    stats: dict[tuple[str, str], ServerStats]
+    states: dict[tuple[str, str], ServerState]
+
+
+def _service_data(
+    svc: Service,
+    env: str,
+    observed: ObservedState,
+    servers: _Servers,
+    held: dict[str, str],
+    canary: CanaryState | None,
+) -> dict[str, Any]:
+    """One service: its releases with their traffic, revisions git no longer has that
+    still have traffic, where each revision runs, its containers and its canary."""
+    traffic: dict[str, RevisionTraffic] = {}
+    containers = _containers(svc, env, observed, servers, traffic)
+    return {
+        "service": svc.name,
+        "held": held.get(svc.name),
+        "on_hosts": _on_hosts(svc.hosts, containers),
+        "releases": [
+            {
+                "revision": r.revision,
+                "weight": r.weight,
+                "image": r.spec.image,
+                "traffic": traffic.get(r.revision, RevisionTraffic()).to_json(),
+            }
+            for r in svc.releases
+        ],
+        "other_revisions": {
+            rev: t.to_json()
+            for rev, t in traffic.items()
+            if rev not in {r.revision for r in svc.releases}
+        },
+        "replicas": svc.replicas,
+        "hosts": list(svc.hosts),
+        "containers": sorted(containers, key=lambda c: (c["host"], c["name"])),
+        "canary": _canary(svc, canary),
+    }
+
+
+def _containers(
+    svc: Service,
+    env: str,
+    observed: ObservedState,
+    servers: _Servers,
+    traffic: dict[str, RevisionTraffic],
+) -> list[dict[str, Any]]:
+    """The service's containers on its hosts, each with its server in HAProxy; their
+    counters are added to ``traffic`` (per revision)."""
+    backend = identity.backend_name(svc.name)
+    containers = []
+    for host in svc.hosts:
+        for c in observed.host(host).containers:
+            if c.label(identity.ENVIRONMENT) != env or c.label(identity.SERVICE) != svc.name:
+                continue
+            rev = c.label(identity.REVISION)
+            server = identity.server_name(host, c.name)
+            st, ss = servers.stats.get((backend, server)), servers.states.get((backend, server))
+            if st:
+                traffic.setdefault(rev, RevisionTraffic()).add(st)
+            containers.append(
+                {
+                    "host": host,
+                    "name": c.name,
+                    "revision": rev,
+                    "status": c.status,
+                    "health": c.health,
+                    "published": f"{c.published[0]}:{c.published[1]}" if c.published else None,
+                    "haproxy": (st.status if st else "not in HAProxy"),
+                    "weight": ss.weight if ss else None,
+                    "sessions": st.current_sessions if st else 0,
+                }
+            )
+    return containers
 
 
 def looks_note(run: Run) -> str:
@@ -244,6 +281,8 @@ def status_text(
     canaries: Mapping[str, CanaryState] | None = None,
     history: HistorySize | None = None,
 ) -> str:
+    """``status_data`` for people: the last run, the HAProxies and the outcome check,
+    then one block per service."""
     d = status_data(desired, observed, last, held, source, canaries, history)
     lines = [f"environment {d['environment']}; desired state at {d['desired']}"]
     if last:
@@ -265,55 +304,64 @@ def status_text(
     else:
         lines.append("outcome verified: HAProxy serves exactly the desired containers")
     for svc in d["services"]:
-        lines.append("")
-        lines.append(
-            f"service {svc['service']}  replicas {svc['replicas']} per host on "
-            f"{', '.join(svc['hosts'])}"
-        )
-        if svc["held"]:
-            lines.append(f"  HELD: {svc['held']}")
-        lines.append(
-            f"  {'revision':<12} {'weight':>6} {'requests':>9} {'2xx':>8} {'4xx':>6} "
-            f"{'5xx':>6} {'5xx%':>6} {'errors':>6} {'avg ms':>7}"
-        )
-        rows = [(r["revision"], f"{r['weight']}%", r["traffic"]) for r in svc["releases"]]
-        serving = {
-            rev for h in svc["on_hosts"] for rev, n in h["revisions"].items() if n["serving"]
-        }
-        # A revision git no longer has may still serve (a rollout held or stopped mid-way).
-        rows += [
-            (rev, "serves" if rev in serving else "gone", t)
-            for rev, t in svc["other_revisions"].items()
-        ]
-        for rev, weight, t in rows:
-            pct = f"{100 * t['5xx'] / t['requests']:.1f}" if t["requests"] else "-"
-            lines.append(
-                f"  {rev:<12} {weight:>6} {t['requests']:>9} {t['2xx']:>8} "
-                f"{t['4xx']:>6} {t['5xx']:>6} {pct:>6} {t['errors']:>6} "
-                f"{t['avg_response_ms']:>7}"
-            )
-        if len(svc["on_hosts"]) > 1 or any(
-            len(h["revisions"]) > 1 for h in svc["on_hosts"]
-        ):
-            for h in svc["on_hosts"]:
-                runs = ", ".join(
-                    f"{rev} ({n['serving']}/{n['running']} serving)"
-                    for rev, n in h["revisions"].items()
-                )
-                lines.append(f"  on {h['host']}: {runs or 'nothing runs'}")
-        lines += _canary_lines(svc["canary"])
-        for c in svc["containers"]:
-            weight = "-" if c["weight"] is None else c["weight"]
-            lines.append(
-                f"    {c['host']:<8} {c['name']:<44} {c['status']:<8} {c['health']:<9} "
-                f"{c['published'] or '-':<16} haproxy {c['haproxy']} w={weight} "
-                f"sessions={c['sessions']}"
-            )
-        if not svc["containers"]:
-            lines.append("    (no containers)")
+        lines += _service_lines(svc)
     lines.append("")
     lines.append("Counters are HAProxy's since its last reload.")
     return "\n".join(lines) + "\n"
+
+
+def _service_lines(svc: dict[str, Any]) -> list[str]:
+    """One service of ``status_data``: a blank line, its head, its traffic per revision,
+    where revisions run (when hosts or revisions differ), its canary, its containers."""
+    lines = [
+        "",
+        f"service {svc['service']}  replicas {svc['replicas']} per host on "
+        f"{', '.join(svc['hosts'])}",
+    ]
+    if svc["held"]:
+        lines.append(f"  HELD: {svc['held']}")
+    lines += _traffic_lines(svc)
+    if len(svc["on_hosts"]) > 1 or any(len(h["revisions"]) > 1 for h in svc["on_hosts"]):
+        for h in svc["on_hosts"]:
+            runs = ", ".join(
+                f"{rev} ({n['serving']}/{n['running']} serving)"
+                for rev, n in h["revisions"].items()
+            )
+            lines.append(f"  on {h['host']}: {runs or 'nothing runs'}")
+    lines += _canary_lines(svc["canary"])
+    for c in svc["containers"]:
+        weight = "-" if c["weight"] is None else c["weight"]
+        lines.append(
+            f"    {c['host']:<8} {c['name']:<44} {c['status']:<8} {c['health']:<9} "
+            f"{c['published'] or '-':<16} haproxy {c['haproxy']} w={weight} "
+            f"sessions={c['sessions']}"
+        )
+    if not svc["containers"]:
+        lines.append("    (no containers)")
+    return lines
+
+
+def _traffic_lines(svc: dict[str, Any]) -> list[str]:
+    """The table of requests per revision: the releases, then revisions git no longer has."""
+    lines = [
+        f"  {'revision':<12} {'weight':>6} {'requests':>9} {'2xx':>8} {'4xx':>6} "
+        f"{'5xx':>6} {'5xx%':>6} {'errors':>6} {'avg ms':>7}"
+    ]
+    rows = [(r["revision"], f"{r['weight']}%", r["traffic"]) for r in svc["releases"]]
+    serving = {rev for h in svc["on_hosts"] for rev, n in h["revisions"].items() if n["serving"]}
+    # A revision git no longer has may still serve (a rollout held or stopped mid-way).
+    rows += [
+        (rev, "serves" if rev in serving else "gone", t)
+        for rev, t in svc["other_revisions"].items()
+    ]
+    for rev, weight, t in rows:
+        pct = f"{100 * t['5xx'] / t['requests']:.1f}" if t["requests"] else "-"
+        lines.append(
+            f"  {rev:<12} {weight:>6} {t['requests']:>9} {t['2xx']:>8} "
+            f"{t['4xx']:>6} {t['5xx']:>6} {pct:>6} {t['errors']:>6} "
+            f"{t['avg_response_ms']:>7}"
+        )
+    return lines
 
 
 def _canary_lines(c: dict[str, Any] | None) -> list[str]:

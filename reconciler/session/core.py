@@ -7,13 +7,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.apply.executor import StepResult
 from reconciler.apply.passresult import PassResult
+from reconciler.apply.results import StepResult
 from reconciler.canary.engine import CanaryState, canary_pair, overlay
 from reconciler.desired.policy import Policy
 from reconciler.errors import ReconcilerError
 from reconciler.lb.haproxy.control import HAProxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
+from reconciler.lb.port import LoadBalancerPort
 from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.plan.planner import Plan, plan
@@ -95,7 +96,7 @@ class Session:
             self._conns.add(h)
         return self._conns
 
-    def lbs(self, desired: DesiredState) -> dict[str, HAProxy]:
+    def lbs(self, desired: DesiredState) -> dict[str, LoadBalancerPort]:
         """The HAProxy controller of each LB host, on that host's connection."""
         conns = self.connections(desired)
         return {

@@ -10,21 +10,23 @@ with a failure ends the rollout unless ``rollout.on_failure`` is continue.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from reconciler.apply.executor import ApplyResult, Executor, StepResult
+from reconciler.apply.engines import DockerEngines
 from reconciler.apply.images import ensure_image
 from reconciler.apply.passresult import PassResult
+from reconciler.apply.results import ApplyResult, StepResult
+from reconciler.apply.steps import Executor
 from reconciler.canary.engine import canary_pair, evaluate, overlay
 from reconciler.errors import ReconcilerError
-from reconciler.lb.haproxy.requestlog import RING
 from reconciler.model import DesiredState, ObservedState
 from reconciler.observe.live import observe
 from reconciler.plan.actions import PullImage
 from reconciler.plan.planner import Plan, plan
+from reconciler.plan.pulls import plan_after_pulls
 from reconciler.plan.verify import Mismatch, verify
 from reconciler.present.output import plan_json
 from reconciler.redact import Redactor
@@ -47,26 +49,26 @@ def batches(desired: DesiredState, observed: ObservedState) -> list[list[str]]:
     return out
 
 
-def ensure_images(plan_: Plan, conns: Connections, concurrency: int) -> dict[str, str]:
-    """Pull or copy every image the plan needs, hosts in parallel; service -> why failed."""
-    pulls = [a for a in plan_.actions if isinstance(a, PullImage)]
+def ensure_images(
+    pulls: list[PullImage], conns: Connections, concurrency: int
+) -> dict[tuple[str, str], str]:
+    """Pull or copy the images of ``pulls``, hosts in parallel; (host, image) -> why it
+    could not be had, for each that failed."""
 
-    def one(a: PullImage) -> tuple[str, str | None]:
+    def one(a: PullImage) -> str | None:
         try:
             ensure_image(conns.hosts[a.host], conns.get(a.host).docker(), a.image)
         except ReconcilerError as exc:
-            return a.service or "", str(exc)
-        return a.service or "", None
+            return str(exc)
+        return None
 
     if not pulls:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         outcomes = list(pool.map(one, pulls))
-    failures: dict[str, str] = {}
-    for service, why in outcomes:
-        if why is not None:
-            failures.setdefault(service, why)
-    return failures
+    return {
+        (a.host, a.image): why for a, why in zip(pulls, outcomes, strict=True) if why is not None
+    }
 
 
 class PassRun:
@@ -87,6 +89,7 @@ class PassRun:
         self.health_min_s = health_min_s
         self.should_stop = should_stop
         self.held = session.held(desired)
+        self.image_holds: dict[str, str] = {}  # services held for want of an image: why
         self.retired = session.retired(desired)
         self.conns = session.connections(desired, self.retired)
         self.result = ApplyResult()
@@ -107,7 +110,7 @@ class PassRun:
     ) -> PassResult:
         env = self.desired.environment
         self.desired = self.judge_canaries()
-        current, pull_failures = self.first_plan()
+        current = self.first_plan()
         on_plan(current)
         run_id = self.store.start_run(env, self.desired.commit, plan_json(current, source))
         offset = 0
@@ -132,7 +135,7 @@ class PassRun:
                 break
             if done.failures and not self.continue_after(index, groups):
                 break
-        self.result.failures = {**pull_failures, **self.result.failures}
+        self.result.failures = {**self.image_holds, **self.result.failures}
         self.verify()
         self.remember(current)
         return PassResult(current, self.result, self.finish(run_id, current, retention))
@@ -147,7 +150,7 @@ class PassRun:
         events: dict[str, str] = {}
         for host, lb in self.s.lbs(desired).items():
             try:
-                events[host] = lb.stats.command(f"show events {RING}")
+                events[host] = lb.request_events()
             except ReconcilerError:
                 continue  # not running yet: no response times this time
         after = evaluate(desired, self.observed, before, time.time(), events)
@@ -157,43 +160,53 @@ class PassRun:
             self.s.save_canary(env, service, state)
         return overlay(desired, after)
 
-    def first_plan(self) -> tuple[Plan, dict[str, str]]:
+    def first_plan(self) -> Plan:
         """The pass's plan, once the images it needs are on their hosts (container names
-        depend on image ids: a plan with pulls is made again after them); and the
-        services whose images could not be had (held for the pass)."""
+        depend on image ids: a plan with pulls is made again after them). Services whose
+        images could not be had are held for the pass (``image_holds``)."""
         current = plan(self.desired, self.observed, self.held)
-        pull_failures = ensure_images(current, self.conns, self.desired.rollout.concurrency)
-        if any(isinstance(a, PullImage) for a in current.actions):
-            self.held = {**self.held, **pull_failures}
-            self.observed = self.look()
-            current = plan(self.desired, self.observed, self.held)
-        return current, pull_failures
+        pulls = [a for a in current.actions if isinstance(a, PullImage)]
+        if not pulls:
+            return current
+        failed = ensure_images(pulls, self.conns, self.desired.rollout.concurrency)
+        self.observed = self.look()
+        return self._without_pulls(failed)
+
+    def _without_pulls(
+        self, failed: Mapping[tuple[str, str], str], frozen: Collection[str] = ()
+    ) -> Plan:
+        current, holds = plan_after_pulls(self.desired, self.observed, self.held, failed, frozen)
+        self.held = {**self.held, **holds}
+        self.image_holds.update(holds)
+        return current
 
     def batch_plan(self, index: int, later: set[str]) -> Plan | None:
         """The plan of batch ``index`` after the pause between batches (None: asked to
-        stop meanwhile), with the later batches' and failed batches' hosts frozen."""
+        stop meanwhile), with the later batches' and failed batches' hosts frozen. (An
+        image gone since the pass pulled it holds its service: ``plan_after_pulls``.)"""
         if index > 0:
             pause = self.desired.rollout.wait_ms / 1000 if self.changed_last else 0
             if pause and not _pause(pause, self.should_stop):
                 return None
             self.observed = self.look()
-        return plan(self.desired, self.observed, self.held, frozen=later | self.failed_hosts)
+        return self._without_pulls({}, frozen=later | self.failed_hosts)
 
     def run_batch(
         self, step_plan: Plan, group: list[str], record: Callable[[StepResult], None]
     ) -> ApplyResult:
         """Execute one batch's plan; its result, also added to the pass's."""
+        engines = DockerEngines(
+            self.conns, self.s.policy.secret_rules(self.desired.environment), self.redactor
+        )
         executor = Executor(
             self.desired,
             self.observed,
-            self.conns,
+            engines,
             self.s.lbs(self.desired),
             on_step=record,
             health_min_s=self.health_min_s,
             should_stop=self.should_stop,
             concurrency=self.desired.rollout.concurrency,
-            secret_rules=self.s.policy.secret_rules(self.desired.environment),
-            redactor=self.redactor,
         )
         done = executor.run(step_plan)
         self.rolled |= set(group)

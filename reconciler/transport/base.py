@@ -1,5 +1,11 @@
 """What the executor and the observers need from a host, wherever it is.
 
+Every failure to reach the host or to do what was asked there is raised as
+``TransportError`` (or a subclass) with a message that says what failed (over SSH also
+the host and its address): no ``OSError`` or paramiko exception leaves a transport's
+methods. (The Docker client that ``docker`` hands out raises the SDK's own exceptions;
+its users wrap them, e.g. ``reconciler.apply.containers``.)
+
 A ``Transport`` runs commands given as argument lists (never a shell string built from
 manifest values), opens byte streams to Unix sockets and TCP ports *as seen from that
 host*, reads and writes files there, and hands out a Docker client for its engine.
@@ -92,10 +98,13 @@ class Transport(Protocol):
         """Rename ``src`` over ``dst`` atomically (same directory)."""
         ...
 
-    def copy(self, src: str, dst: str) -> None: ...
+    def copy(self, src: str, dst: str) -> None:
+        """Copy the file ``src`` to ``dst`` (keeping its mode)."""
+        ...
 
     def unlink(self, path: str) -> None:
-        """Remove a file; no error when it does not exist."""
+        """Remove a file; no error when it does not exist (TransportError when it
+        cannot be removed)."""
         ...
 
     def docker(self) -> docker.DockerClient:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import secrets
@@ -134,14 +133,34 @@ class LocalTransport:
             raise TransportError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def replace(self, src: str, dst: str) -> None:
-        os.replace(src, dst)
+        """Rename ``src`` over ``dst`` atomically; TransportError when it cannot be."""
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            raise TransportError(
+                f"host {self.name}: cannot rename {src} over {dst}: {exc.strerror or exc}"
+            ) from None
 
     def copy(self, src: str, dst: str) -> None:
-        shutil.copy2(src, dst)
+        """Copy ``src`` to ``dst`` with its mode and times; TransportError when it fails."""
+        try:
+            shutil.copy2(src, dst)
+        except OSError as exc:
+            raise TransportError(
+                f"host {self.name}: cannot copy {src} to {dst}: {exc.strerror or exc}"
+            ) from None
 
     def unlink(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        """Remove a file; no error when it does not exist, TransportError when it cannot
+        be removed."""
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise TransportError(
+                f"host {self.name}: cannot remove {path}: {exc.strerror or exc}"
+            ) from None
 
     def docker(self) -> docker.DockerClient:
         if self._docker is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 from deploy_support import Deployment, free_port
+from repo_support import git
 
 from reconciler import identity
 
@@ -57,6 +58,38 @@ def test_first_deploy(dep: Deployment) -> None:
     for out in outputs:
         assert "not-a-real-password" not in out
 
+
+
+def test_secret_a_failed_start_prints_is_blanked_in_history(dep: Deployment) -> None:
+    """A release of api that prints its secret and dies: its log tail reaches the history
+    (text, json, --run text and json), with the value blanked. The blanked line must be
+    there: without it the check above (a successful deploy, whose records hold no
+    container output at all) would pass with no redaction whatsoever."""
+    before = sorted(c.id for c in dep.containers())
+    dep.edit("services/api.yaml", "secrets: [DB_PASSWORD]",
+             'secrets: [DB_PASSWORD]\ncommand: ["/bin/sh", "-c", '
+             '"echo DB_PASSWORD=$DB_PASSWORD; echo $DB_PASSWORD >&2; exit 3"]',
+             "api prints its secret")
+    try:
+        code, out = dep.apply()
+        assert code == 1 and "DB_PASSWORD=******" in out, out
+        outputs = {"apply": out}
+        for what, args in {"history": (), "history json": ("-o", "json")}.items():
+            code, outputs[what] = dep.cli("history", "-n", "5", *args, repo=False)
+            assert code == 0, outputs[what]
+        failed = [r["id"] for r in json.loads(outputs["history json"]) if r["status"] == "failed"]
+        assert failed, outputs["history json"]
+        for fmt in ("text", "json"):
+            code, steps = dep.cli("history", "--run", str(failed[0]), "-o", fmt, repo=False)
+            assert code == 0 and "DB_PASSWORD=******" in steps, steps  # the tail is there
+            outputs[f"history --run {fmt}"] = steps
+        for what, text in outputs.items():
+            assert "not-a-real-password" not in text, f"the secret appears in {what}:\n{text}"
+    finally:
+        git(dep.repo, "revert", "--no-edit", "HEAD")
+    code, out = dep.apply()
+    assert code == 0, out
+    assert sorted(c.id for c in dep.containers()) == before  # the failed start left nothing
 
 def test_new_release(dep: Deployment) -> None:
     old = {c.id for c in dep.containers("web")}

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from deploy_support import Deployment, free_port, wait_for
 from fault_support import (
     ApplyProcess,
+    ContainerCreates,
     DockerDaemon,
     History,
     Traffic,
@@ -34,7 +35,6 @@ from fault_support import (
     assert_only_desired_containers,
     assert_routes_only_to_healthy,
     assert_servers_point_at_containers,
-    container_creates,
     restarted_dockerd,
 )
 
@@ -110,8 +110,7 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
     dep.edit("services/web.yaml", "  - revision: v1\n    weight: 100\n", UNHEALTHY_V2,
              "web v2 (fails its health check)")
 
-    t0 = time.time()
-    with Traffic(dep.url()) as traffic:
+    with ContainerCreates(docker_client, dep.env) as creates, Traffic(dep.url()) as traffic:
         code, out = dep.cli("apply", "--health-timeout", "1")
     assert code == 1, out
     # the failure names the container, its last health output and its log tail
@@ -121,8 +120,7 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
     # the new containers are gone; the old release kept all the traffic
     traffic.assert_served()
     assert set(traffic.revisions) == {"revision=v1"}, traffic.revisions
-    created = container_creates(docker_client, dep.env, t0)
-    assert created and all("-web-v2-" in n for n in created), created
+    assert creates.names and all("-web-v2-" in n for n in creates.names), creates.names
     assert {c.name for c in dep.containers("web")} == old
     assert web_servers_in_config(dep) == old_servers
     assert {s.server for s in dep.haproxy.server_stats() if s.backend == "be_web"} == old_servers
@@ -146,12 +144,12 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
     assert "failed" in r.output.splitlines()[0], r.output
 
     # the same commit is not retried: web is held, no container is created
-    t1 = time.time()
-    code, out = dep.cli("apply", "--health-timeout", "1")
+    with ContainerCreates(docker_client, dep.env) as creates:
+        code, out = dep.cli("apply", "--health-timeout", "1")
     assert code == 0, out  # operations.md: a pass that only holds exits 0
     assert "service web held" in out, out
     assert "start container" not in out, out
-    assert container_creates(docker_client, dep.env, t1) == []
+    assert creates.names == [], creates.names
     code, plan = dep.plan()
     assert code == 0, plan  # nothing to change: held services stay as they run
     assert plan["actions"] == [] and any("service web held" in n for n in plan["notes"]), plan
@@ -161,11 +159,10 @@ def test_unhealthy_release_is_removed_held_and_retried(dep: Deployment,
     assert "cleared 1 failure" in retry(dep, "web")
     code, plan = dep.plan()
     assert code == 2 and "start-container" in {a["kind"] for a in plan["actions"]}, plan
-    t2 = time.time()
-    with Traffic(dep.url()) as traffic:
+    with ContainerCreates(docker_client, dep.env) as creates, Traffic(dep.url()) as traffic:
         code, out = dep.cli("apply", "--health-timeout", "1")
     assert code == 1 and "is not healthy" in out, out
-    assert [n for n in container_creates(docker_client, dep.env, t2) if "-web-v2-" in n]
+    assert [n for n in creates.names if "-web-v2-" in n], creates.names
     traffic.assert_served()
     assert set(traffic.revisions) == {"revision=v1"}
     assert {c.name for c in dep.containers("web")} == old

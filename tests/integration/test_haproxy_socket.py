@@ -19,13 +19,10 @@ from typing import TypeVar
 
 import pytest
 
-from reconciler.lb.haproxy.runtime import (
-    MasterProcs,
-    RuntimeSocket,
-    observe_haproxy,
-    parse_show_proc,
-)
-from reconciler.model import ObservedHAProxy, ServerStats
+from reconciler.lb.haproxy.observe import observe_haproxy
+from reconciler.lb.haproxy.proc import MasterProcs, parse_show_proc
+from reconciler.lb.haproxy.runtime import RuntimeSocket
+from reconciler.model import ObservedLB, ServerStats
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +82,7 @@ class HAProxy:
     master: str
     frontend_port: int
 
-    def observe(self) -> ObservedHAProxy:
+    def observe(self) -> ObservedLB:
         return observe_haproxy("lb1", self.admin, str(self.config))
 
     def proc(self) -> MasterProcs:
@@ -170,7 +167,7 @@ def haproxy(tmp_path_factory: pytest.TempPathFactory, backend_port: int) -> Iter
         log.close()
 
 
-def stat_of(observed: ObservedHAProxy, server: str) -> ServerStats:
+def stat_of(observed: ObservedLB, server: str) -> ServerStats:
     return next(s for s in observed.stats if s.server == server)
 
 
@@ -242,7 +239,7 @@ def test_master_reload_changes_counter_and_worker(haproxy: HAProxy) -> None:
     assert len(after.current_pids) == 1
     assert set(after.current_pids).isdisjoint(before.current_pids)
     # the new worker took over the admin socket; the runtime weight was not in the config
-    def new_worker() -> ObservedHAProxy | None:
+    def new_worker() -> ObservedLB | None:
         observed = haproxy.observe()
         return observed if observed.running and observed.worker_pid in after.current_pids \
             else None

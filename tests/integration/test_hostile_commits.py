@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from deploy_support import Deployment, wait_for
 from repo_support import commit, git
-from test_watch_signals import db_rows, make_key, metric, release, runs_of, ssh_keygen
+from test_watch_signals import db_rows, make_key, metric, release, runs_of, tool
 from watch_support import Watch
 
 from reconciler.cli import main
@@ -57,7 +57,7 @@ def watcher_looks_twice_more(w: Watch, check: object) -> None:
 
 def test_branch_reset_to_an_older_signed_commit_is_refused_by_watch_and_apply(
         dep: Deployment, tmp_path: Path) -> None:
-    exe = ssh_keygen()
+    exe = tool("ssh-keygen", "openssh-client")
     keys = tmp_path / "keys"
     keys.mkdir()
     keytype, b64 = make_key(exe, keys / "allowed").split()[:2]

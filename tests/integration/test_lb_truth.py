@@ -8,14 +8,21 @@
   counts exactly one reload per batch that switched.
 - `status` shows, per host, which release runs and serves while a rollout is held.
 - A changed host key is one clear line.
+- Two LB hosts, one of which rejects the new config with `haproxy -c` (its certificate
+  was deployed to the other one only): neither is switched, both keep serving on their
+  old config; once the certificate is on both, the next pass switches both.
 
-The scenarios build on each other (one set of hosts for the module).
+The scenarios build on each other (one set of hosts for the module; h5 is the second LB
+host of the last one only).
 """
 
 from __future__ import annotations
 
 import io
 import re
+import ssl
+import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +39,11 @@ STEP = re.compile(r"^\s+\[\s*(\d+)\] (\w+)\s+([\w-]+): (.*)$", re.M)
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimHosts]:
-    hosts = start_hosts(4)
+    # Not shared with test_ssh_hosts (a session fixture would save ~4 s of start and
+    # close): test_sim_hosts, which runs between the two, starts and removes hosts of its
+    # own on the one network, and both modules leave state behind on the hosts (images,
+    # a broken v3 tag, HAProxy on h4:8080) that the other's assertions would see.
+    hosts = start_hosts(5)
     try:
         yield hosts
     finally:
@@ -41,7 +52,7 @@ def sim() -> Iterator[SimHosts]:
 
 @pytest.fixture(scope="module")
 def fleet(sim: SimHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    h1, h2, h3, h4 = sim.hosts
+    h1, h2, h3, h4 = sim.hosts[:4]
     f = Fleet(tmp_path_factory.mktemp("truth"), sim, apps=[h1, h2, h3], lb=h4)
     try:
         code, out = f.apply()
@@ -101,7 +112,7 @@ def break_image_on(host: SimHost) -> None:
 
 
 def test_a_skipped_batch_reloads_nothing_and_says_so(fleet: Fleet, sim: SimHosts) -> None:
-    h1, h2, h3, _ = sim.hosts
+    h1, h2, h3, _ = sim.hosts[:4]
     break_image_on(h2)
     fleet.revisions = [("v3", 100)]
     fleet.rollout = {"limit": 1, "on_failure": "continue"}
@@ -160,3 +171,106 @@ def test_a_changed_host_key_is_one_clear_line(fleet: Fleet, sim: SimHosts,
                            f"{wrong} has "), line
     assert line.count("SHA256:") == 2 and f"ssh-keygen -R {h3.address}" in line, line
     assert "Docker" not in line and "host h3: host h3" not in line, line
+
+
+# --------------------------------------------------------------------------- two LB hosts
+
+@pytest.fixture(scope="module")
+def pair(sim: SimHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Another environment: web on h1 behind one load balancer on two LB hosts, h4 and h5,
+    each with its own HAProxy on *:8081. The certificate directory is h5's own (its sshd,
+    so everything the reconciler runs there, sees an empty tmpfs at that path): what is
+    written there from this machine reaches h4 only, as on machines that share nothing."""
+    h1, _, _, h4, h5 = sim.hosts
+    certs = sim.base / "certs"
+    certs.mkdir()
+    h5.stop_sshd()
+    h5.own_dirs = (str(certs),)
+    h5.start_sshd()
+    f = Fleet(tmp_path_factory.mktemp("pair"), sim, apps=[h1], lb=h4, extra_lbs=[h5],
+              port=8081, bind=":8081")
+    try:
+        code, out = f.apply()
+        assert code == 0, out
+        yield f
+    finally:
+        f.cleanup()
+        h5.stop_sshd()
+        h5.own_dirs = ()
+        h5.start_sshd()
+
+
+def _ssh(sim: SimHosts, host: SimHost) -> paramiko.SSHClient:
+    """An SSH connection to ``host`` as the operator would open one (close it)."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(sim.known_hosts))
+    client.connect(host.address, username="root", key_filename=str(sim.key),
+                   look_for_keys=False, allow_agent=False, timeout=10)
+    return client
+
+
+def _https(url: str) -> int:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # a self-signed certificate
+    with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
+        return int(resp.status)
+
+
+def test_a_config_one_lb_host_rejects_switches_no_lb_host(pair: Fleet, sim: SimHosts) -> None:
+    # The host that rejects is the later one in plan order (h4's config step comes first):
+    # installing host by host without checking them all first would switch h4.
+    h4, h5 = pair.lbs
+    cert = sim.base / "certs" / "edge.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=edge.test", "-keyout", str(cert), "-out", str(cert)],
+                   check=True, capture_output=True)
+    with _ssh(sim, h5) as ssh5, ssh5.open_sftp() as sftp5, pytest.raises(FileNotFoundError):
+        sftp5.stat(str(cert))  # deployed to h4 only
+    configs = {lb.name: (pair.haproxy_dir(lb) / "haproxy.cfg").read_bytes() for lb in pair.lbs}
+    procs = {lb.name: pair.haproxy(lb).procs() for lb in pair.lbs}
+    pair.frontends_extra = [{"name": "https", "bind": ":8443", "tls": {"certificate": str(cert)},
+                             "default_service": "web"}]
+    pair.write("https frontend; its certificate is on h4 only")
+    with HeyLoad(pair.url_of(h4), concurrency=2, qps=20) as load4, \
+            HeyLoad(pair.url_of(h5), concurrency=2, qps=20) as load5:
+        code, out = pair.apply()
+        reports = {"h4": load4.stop(), "h5": load5.stop()}
+    assert code == 1, out
+    # Neither LB host was switched: h4 accepted its new config, but it is installed only
+    # once every LB host accepted its own.
+    for lb in pair.lbs:
+        assert (pair.haproxy_dir(lb) / "haproxy.cfg").read_bytes() == configs[lb.name], lb.name
+        after = pair.haproxy(lb).procs()
+        assert (after.reloads, after.current_pids) == (
+            procs[lb.name].reloads, procs[lb.name].current_pids), lb.name
+        left = [p.name for p in pair.haproxy_dir(lb).iterdir() if p.name.endswith(".new")]
+        assert not left, (lb.name, left)  # the checked file of h4 was not left behind
+    assert "LB host h5: haproxy -c rejected the new config; nothing installed" in out, out
+    assert "(no LB host was switched)" in out and "LB host h4: haproxy" not in out, out
+    assert re.search(r"^run \d+: FAILED \(haproxy failed", out, re.M), out
+    for name, report in reports.items():  # both kept serving on their old config
+        print(name, report.summary())
+        assert report.failed == 0 and report.non_2xx == 0, (name, report.summary())
+        assert report.responses > 20, (name, report.summary())
+    assert "error: haproxy: LB host h5: haproxy -c rejected the new config" in out, out
+    code, text = pair.cli("status")
+    assert re.search(r"^last run \d+: failed at commit \w+; .*; haproxy failed$", text, re.M), text
+    assert "HELD" not in text, text  # nothing held: every pass tries again
+
+    # The fix: the certificate deployed to h5 too. The next pass (same commit) switches both.
+    with _ssh(sim, h5) as ssh5, ssh5.open_sftp() as sftp5:
+        sftp5.put(str(cert), str(cert))
+    code, out = pair.apply()
+    assert code == 0, out
+    for lb in pair.lbs:
+        assert f"bind :8443 ssl crt {cert}" in pair.haproxy_config(lb), lb.name
+        after = pair.haproxy(lb).procs()
+        assert after.reloads == procs[lb.name].reloads + 1, (lb.name, after)
+        assert not set(after.current_pids) & set(procs[lb.name].current_pids), (lb.name, after)
+        assert _https(f"https://{lb.address}:8443/") == 200, lb.name
+        with urllib.request.urlopen(pair.url_of(lb), timeout=5) as resp:
+            assert resp.status == 200, lb.name
+    code, out = pair.apply()
+    assert code == 0 and "No changes" in out, out

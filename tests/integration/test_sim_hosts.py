@@ -13,12 +13,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import hosts_support
 import paramiko
 import pytest
 from hosts_support import (
     SimHost,
     SimHosts,
+    _owner_id,
     _shim_sockets,
+    _wait_for_owner,
     load_image,
     main_engine,
     push_image,
@@ -79,6 +82,20 @@ def netns_state(prefix: str) -> dict[str, object]:
         "dir": Path(f"/run/rt-sim/{prefix}").exists(),
         "cgroups": [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/rtsim-{prefix}-h*")],
     }
+
+
+def test_a_run_another_live_process_owns_is_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_hosts removes a crashed run, never one another process still uses."""
+    monkeypatch.setattr(hosts_support, "OWNER_WAIT", 0.6)
+    (tmp_path / "owner").write_text(_owner_id(1) + "\n")  # alive, and not us
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="in use by pid 1 "):
+        _wait_for_owner(tmp_path)
+    assert time.monotonic() - t0 >= 0.6
+    for owner in (_owner_id(os.getpid()), "1 12345", "999999999 1", ""):
+        (tmp_path / "owner").write_text(owner + "\n")  # ours, pid reused, gone, torn
+        _wait_for_owner(tmp_path)  # returns at once
 
 
 def test_start_removes_a_crashed_run_and_close_removes_everything() -> None:
@@ -147,7 +164,7 @@ def test_wrong_host_key_is_refused(sim: SimHosts, tmp_path: Path) -> None:
 
 
 def test_each_host_has_its_own_engine(sim: SimHosts) -> None:
-    from reconciler.transport.ssh import open_streamlocal
+    from reconciler.transport.ssh_channels import open_streamlocal
 
     roots = set()
     for host in sim.hosts:

@@ -8,7 +8,8 @@ first deploy on h1+h2; h3 added; a release rolled host by host under load; a hos
 new release is unhealthy stops the rollout, or (on_failure: continue) is skipped while the
 later hosts are rolled; host keys changed or unknown are refused; accept-new records the
 keys of new hosts and still refuses a host whose key changed; h3 removed from the
-inventory is drained, then its containers removed.
+inventory is drained, then its containers removed. At the end, nothing but HAProxy (and
+the harness's own sshd and dockerd) is left in the LB host's namespace.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import itertools
 import json
 import re
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +28,9 @@ import paramiko
 import pytest
 from fleet_support import Fleet
 from hosts_support import SimHost, SimHosts, main_engine, push_image, start_hosts, start_registry
-from load_support import HeyLoad, HeyReport
+from load_support import TRAFFIC, HAProxyCounters, HeyLoad, HeyReport
 
-from reconciler.transport.ssh import fingerprint
+from reconciler.transport.ssh_keys import fingerprint
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +69,31 @@ def apply_under_load(fleet: Fleet, *extra: str) -> tuple[int, str, HeyReport]:
         report = load.stop()
     print(report.summary())
     return code, out, report
+
+
+Sent = dict[tuple[str, str], dict[str, int]]  # (backend, server) -> TRAFFIC counter -> n
+
+
+def apply_counted(fleet: Fleet, *extra: str) -> tuple[int, str, HeyReport, Sent]:
+    """`apply_under_load`, with what HAProxy sent each server of be_web meanwhile: its
+    own per-server counters (sessions, responses by class), polled every 50 ms from
+    every worker, old ones included, so that reloads and deleted servers lose nothing."""
+    with HAProxyCounters(fleet.haproxy(), fields=TRAFFIC) as counters:
+        code, out, report = apply_under_load(fleet, *extra)
+    sent = counters.totals("be_web")
+    print({srv: c for (_, srv), c in sent.items()})
+    return code, out, report, sent
+
+
+def assert_never_sent_to(host: SimHost, revision: str, sent: Sent, report: HeyReport) -> None:
+    """No container of ``revision`` on ``host`` got a request through HAProxy (none was
+    even a server, or every counter of it stayed 0), while HAProxy's counters did see
+    the load: the other servers answered (nearly) every response hey got."""
+    mark = f"-web-{revision}-"
+    seen = {srv: c for (_, srv), c in sent.items() if srv.startswith(f"{host.name}.") and mark in srv}
+    assert not any(any(c.values()) for c in seen.values()), seen
+    answered = sum(c["hrsp_2xx"] for c in sent.values())
+    assert answered >= 0.9 * report.responses > 0, (answered, report.summary(), sent)
 
 
 def steps(output: str) -> list[tuple[int, str, str, str]]:
@@ -144,15 +171,18 @@ def test_unhealthy_host_stops_the_rollout(fleet: Fleet, sim: SimHosts) -> None:
     fleet.revisions = [("v3", 100)]
     fleet.rollout = {"limit": 1, "on_failure": "stop"}
     fleet.write("v3 (h2's image is broken)")
-    code, out, report = apply_under_load(fleet)
+    code, out, report, sent = apply_counted(fleet)
     assert code == 1, out
+    # The broken container never got traffic. Its `/` answers 200 like a good one (only
+    # FAIL_HEALTH's /healthz fails), so hey alone cannot tell; HAProxy's counters can.
+    assert_never_sent_to(h2, "v3", sent, report)
     assert "host h2" in out and "not healthy" in out and "HTTP 503" in out, out
     assert "rollout stopped after batch 2/3" in out, out
     assert fleet.revisions_on(h1) == ["v3"]  # batch 1 switched
     assert fleet.revisions_on(h2) == ["v2"]  # failed: its new container removed
     assert fleet.revisions_on(h3) == ["v2"]  # never reached
     assert "h2." in fleet.haproxy_config() and "h3." in fleet.haproxy_config()
-    # The LB kept serving through it all; the broken container never got traffic.
+    # The LB kept serving through it all.
     assert report.failed == 0 and report.non_2xx == 0, report.summary()
     assert re.search(r"revision=v[23]", get(fleet.url))
 
@@ -167,8 +197,9 @@ def test_on_failure_continue_rolls_the_hosts_after_a_failed_one(
     fleet.rollout = {"limit": 1, "on_failure": "continue"}
     fleet.write("v3 with a new greeting; on_failure: continue")
     # The health deadline: 5 s (healthy ones take < 1 s; h2's never gets there).
-    code, out, report = apply_under_load(fleet, "--health-timeout", "5")
+    code, out, report, sent = apply_counted(fleet, "--health-timeout", "5")
     assert code == 1, out
+    assert_never_sent_to(h2, "v3", sent, report)  # (its v2 server kept its share)
     assert re.search(
         r"error: web: host h2: container \S+-web-v3-\S+ is not healthy: GET /healthz: HTTP 503",
         out,
@@ -378,10 +409,68 @@ def test_unreachable_retired_host_does_not_block(fleet: Fleet, sim: SimHosts) ->
     assert "revision=v3" in get(fleet.url)
 
 
-def test_no_process_left_in_the_lb_namespace_but_haproxy(sim: SimHosts) -> None:
-    lb = sim.hosts[3]
-    pids = subprocess.run(
-        ["ip", "netns", "pids", lb.netns], capture_output=True, text=True, check=True
-    ).stdout.split()
-    names = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if Path(f"/proc/{p}").exists()}
-    assert "haproxy" in names, names
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name) of every process of this machine."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            out[int(d.name)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), comm)
+    return out
+
+
+def _tree(root: int | None, procs: dict[int, tuple[int, str]]) -> set[int]:
+    """``root`` and all of its descendants."""
+    found = {root} if root is not None else set()
+    while more := {p for p, (ppid, _) in procs.items() if ppid in found} - found:
+        found |= more
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "(gone)"
+
+
+def test_no_process_left_in_the_lb_namespace_but_haproxy(fleet: Fleet, sim: SimHosts) -> None:
+    """After all the passes above, the LB host's network namespace holds HAProxy and what
+    the harness runs on every simulated host (hosts_support), and nothing else:
+    - HAProxy: exactly its master and the workers the master lists (`show proc`; old
+      workers of a recent reload included), each named haproxy;
+    - the harness: the listening sshd itself, not its per-connection children (an SSH
+      session the reconciler left open is a leak), and dockerd with its descendants
+      (containerd: no container runs on the LB host, so no shim either).
+    A helper the reconciler started there and left behind, a session it never closed or a
+    second HAProxy fails. Sessions closed by the last pass may take a moment to exit on
+    the sshd side: polled up to 10 s."""
+    lb = fleet.lb
+    assert lb is sim.hosts[3]
+    deadline = time.monotonic() + 10
+    while True:
+        procs = fleet.haproxy().procs()
+        haproxy = {procs.master_pid, *procs.current_pids, *procs.old_pids}
+        pids = {
+            int(p)
+            for p in subprocess.run(
+                ["ip", "netns", "pids", lb.netns], capture_output=True, text=True, check=True
+            ).stdout.split()
+        }
+        table = _processes()
+        harness = {lb.sshd_pid()} | _tree(lb.dockerd_pid(), table)
+        left = {p: table[p] for p in pids - haproxy - harness if p in table}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, {p: f"{comm} (parent {ppid}): {_cmdline(p)}" for p, (ppid, comm) in left.items()}
+    running = {procs.master_pid, *procs.current_pids}
+    assert running <= pids, (running, pids)  # HAProxy does run there
+    assert {table[p][1] for p in running} == {"haproxy"}, {p: table[p] for p in running}
+    assert all(table[p][0] == procs.master_pid for p in procs.current_pids), table
+    assert lb.sshd_pid() in pids and lb.dockerd_pid() in pids  # the allowance is not empty
+

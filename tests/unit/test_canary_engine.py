@@ -7,7 +7,7 @@ from dataclasses import replace
 from support import converge, desired, simulate, spec
 
 from reconciler.canary.engine import CanaryState, evaluate, overlay, undecided
-from reconciler.lb.haproxy.runtime import info_pid
+from reconciler.lb.haproxy.stats import info_pid
 from reconciler.model import (
     CanaryPolicy,
     CanaryStep,
@@ -40,14 +40,14 @@ def fleet(canary: str = "v2") -> DesiredState:
 
 def with_counts(world: ObservedState, counts: dict[str, tuple[int, int]], pid: int = 7) -> ObservedState:
     """HAProxy's per-server counters: revision -> (2xx, 5xx) so far."""
-    lb = world.haproxy[0]
+    lb = world.lbs[0]
     stats = []
     for s in lb.servers:
         rev = "v1" if "-v1-" in s.server else s.server.split("-web-")[1].split("-")[0]
         ok, bad = counts.get(rev, (0, 0))
         stats.append(ServerStats(s.backend, s.server, "UP", s.weight, 0, ok + bad,
                                  hrsp_2xx=ok, hrsp_5xx=bad))
-    return replace(world, haproxy=(replace(lb, stats=tuple(stats), worker_pid=pid),))
+    return replace(world, lbs=(replace(lb, stats=tuple(stats), worker_pid=pid),))
 
 
 def weights(d: DesiredState) -> dict[str, int]:
@@ -76,7 +76,7 @@ def test_starts_once_deployed_then_moves_by_steps_and_is_promoted() -> None:
     after = simulate(p, world, promoted)
     assert verify(promoted, after) == ()
     served = {s.server.split("-web-")[1].split("-")[0]: s.weight
-              for s in after.haproxy[0].servers if s.backend == "be_web"}
+              for s in after.lbs[0].servers if s.backend == "be_web"}
     assert served == {"v1": 0, "v2": 100}, served
 
 
@@ -128,3 +128,17 @@ def test_a_canary_needs_looks_from_its_deploy_until_it_is_decided() -> None:
     # No canary: no looks.
     plain = replace(svc, releases=(svc.releases[0],))
     assert not undecided(env, plain, state)
+
+
+def test_evaluate_leaves_the_states_it_is_given_as_they_are() -> None:
+    d = fleet()
+    world = converge(d)
+    first = evaluate(d, with_counts(world, {"v1": (100, 0), "v2": (0, 0)}), {}, 10, {})
+    before = first["web"].to_json()
+    after = evaluate(d, with_counts(world, {"v1": (500, 1), "v2": (100, 0)}), first, 12, {})
+    assert first["web"].to_json() == before  # meter, totals, progress, history untouched
+    assert after["web"] is not first["web"]
+    assert after["web"].to_json() != before and after["web"].updated_at == 12
+    # the same look from the same states gives the same result: nothing carried over
+    again = evaluate(d, with_counts(world, {"v1": (500, 1), "v2": (100, 0)}), first, 12, {})
+    assert again["web"].to_json() == after["web"].to_json()

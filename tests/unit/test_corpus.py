@@ -306,13 +306,14 @@ def _rendered(m: Any) -> dict[tuple[str, str], str]:
     from reconciler.desired.manifests import resolve
     from reconciler.identity import backend_name, container_name, server_name
     from reconciler.lb.haproxy.paths import HAProxyPaths
-    from reconciler.lb.haproxy.render import RenderServer, render
+    from reconciler.lb.haproxy.render import render
+    from reconciler.lb.port import ServerEntry
 
     out = {}
     for env in m.environment_names():
         d = resolve(m, env, "0" * 40)
         servers = [
-            RenderServer(backend_name(s.name), server_name(h, container_name(
+            ServerEntry(backend_name(s.name), server_name(h, container_name(
                 env, s.name, r.revision, "0" * 64, i)), d.host(h).address, 30000, r.weight)
             for s in d.services for r in s.releases for h in s.hosts for i in range(s.replicas)
         ]

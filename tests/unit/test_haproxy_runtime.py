@@ -1,4 +1,5 @@
-"""Parsers of reconciler.lb.haproxy.runtime against outputs recorded from HAProxy 2.6.
+"""HAProxy parsers (reconciler.lb.haproxy: stats, proc, installed) against outputs
+recorded from HAProxy 2.6; the runtime socket client and observe_haproxy.
 
 The fixtures and the sequence that produced them are described in
 tests/fixtures/haproxy/README.md.
@@ -14,19 +15,14 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ObserveError
-from reconciler.lb.haproxy.runtime import (
-    MasterProcs,
-    RuntimeSocket,
-    SocketUnavailable,
-    WorkerProc,
-    admin_names,
-    observe_haproxy,
-    parse_config_header,
-    parse_servers_state,
-    parse_show_proc,
-    parse_stat_csv,
-)
-from reconciler.model import ObservedHAProxy, ServerState, ServerStats
+from reconciler.lb.haproxy.control import HAProxy
+from reconciler.lb.haproxy.installed import parse_config_header, parse_config_servers
+from reconciler.lb.haproxy.observe import observe_haproxy
+from reconciler.lb.haproxy.paths import HAProxyPaths
+from reconciler.lb.haproxy.proc import MasterProcs, WorkerProc, parse_show_proc
+from reconciler.lb.haproxy.runtime import RuntimeSocket, SocketUnavailable
+from reconciler.lb.haproxy.stats import admin_names, parse_servers_state, parse_stat_csv
+from reconciler.model import ObservedLB, ServerState, ServerStats
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "haproxy"
 
@@ -250,17 +246,17 @@ def test_runtime_socket_times_out_naming_path(tmp_path: Path) -> None:
 def test_observe_not_running(tmp_path: Path) -> None:
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text("# reconciler-section global ab12\nglobal\n", encoding="utf-8")
-    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), None) == ObservedHAProxy(
+    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), None) == ObservedLB(
         host="lb1", running=False
     )
-    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), str(cfg)) == ObservedHAProxy(
+    assert observe_haproxy("lb1", str(tmp_path / "none.sock"), str(cfg)) == ObservedLB(
         host="lb1", running=False, config_sections=(("global", "ab12"),)
     )
     refused = tmp_path / "stale.sock"  # a socket file left behind by a dead process
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(refused))
     observed = observe_haproxy("lb1", str(refused), str(tmp_path / "missing.cfg"))
-    assert observed == ObservedHAProxy(host="lb1", running=False)
+    assert observed == ObservedLB(host="lb1", running=False)
 
 
 def test_config_servers_are_read_back_from_the_rendered_config() -> None:
@@ -269,14 +265,36 @@ def test_config_servers_are_read_back_from_the_rendered_config() -> None:
     from support import converge, desired, service
 
     from reconciler.lb.haproxy.paths import HAProxyPaths
-    from reconciler.lb.haproxy.render import RenderServer, render
-    from reconciler.lb.haproxy.runtime import parse_config_servers
+    from reconciler.lb.haproxy.render import render
+    from reconciler.lb.port import ServerEntry
 
     d = desired(service("web"), service("api", replicas=1))
     world = converge(d)
-    servers = [RenderServer(s.backend, s.server, s.address, s.port, s.weight)
-               for s in world.haproxy[0].servers]
+    servers = [ServerEntry(s.backend, s.server, s.address, s.port, s.weight)
+               for s in world.lbs[0].servers]
     text = render(d, d.loadbalancers[0], servers, HAProxyPaths.embedded(P("/x"), "prod"))
     assert parse_config_servers(text) == tuple(sorted(
         (s.backend, s.name, s.address, s.port, s.weight) for s in servers))
     assert len(parse_config_servers(text)) == 3
+
+
+def _stat(status: str, check: str) -> ServerStats:
+    return ServerStats(backend="be_web", server="local.c0", status=status, weight=100,
+                       current_sessions=0, total_sessions=0, check_status=check)
+
+
+@pytest.mark.parametrize("seen, not_up", [
+    # HAProxy shows a server it has just loaded UP before its first check (INI): wait
+    ([("UP 1/3", "INI"), ("UP", "L7OK")], []),
+    ([("UP 1/3", "INI"), ("DOWN", "L7STS")], ["be_web/local.c0"]),
+    ([("UP 1/3", "INI")], ["be_web/local.c0"]),  # never checked within the timeout
+    ([("UP", "")], []),  # a server without checks
+])
+def test_wait_up_counts_only_up_after_a_completed_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seen: list[tuple[str, str]],
+        not_up: list[str]) -> None:
+    lb = HAProxy(HAProxyPaths.embedded(tmp_path, "t"))
+    answers = [(_stat(status, check),) for status, check in seen]
+    monkeypatch.setattr(lb, "server_stats", lambda: answers.pop(0) if len(answers) > 1
+                        else answers[0])
+    assert lb.wait_up([("be_web", "local.c0")], timeout=0.5) == not_up

@@ -13,7 +13,7 @@ from support import converge, desired, service, simulate, with_images
 from reconciler import identity
 from reconciler.model import Frontend, ObservedContainer, ObservedState
 from reconciler.plan.actions import (
-    ConfigureHAProxy,
+    ConfigureLB,
     DrainServer,
     PullImage,
     RemoveContainer,
@@ -47,7 +47,7 @@ def test_first_deploy_starts_adds_and_configures() -> None:
     assert kinds(p) == ["start-container"] * 2 + ["add-server"] * 2 + ["configure-haproxy"]
     assert all("first deploy" in a.reason for a in p.actions if isinstance(a, StartContainer))
     cfg = p.actions[-1]
-    assert isinstance(cfg, ConfigureHAProxy) and cfg.reload
+    assert isinstance(cfg, ConfigureLB) and cfg.reload
     assert "HAProxy is not running" in cfg.reasons
 
 
@@ -128,7 +128,7 @@ def test_weight_change_only_uses_runtime_api_and_no_reload() -> None:
     p, _ = four_runs(d, with_images(world, d))
     assert kinds(p) == ["set-weight"] * 4 + ["configure-haproxy"]
     cfg = p.actions[-1]
-    assert isinstance(cfg, ConfigureHAProxy) and not cfg.reload
+    assert isinstance(cfg, ConfigureLB) and not cfg.reload
 
 
 def test_release_removal() -> None:
@@ -147,7 +147,7 @@ def test_service_removal_removes_backend_and_containers() -> None:
     assert {a.reason for a in p.actions if isinstance(a, RemoveContainer)} == {
         "service api removed"
     }
-    cfgs = [a for a in p.actions if isinstance(a, ConfigureHAProxy)]
+    cfgs = [a for a in p.actions if isinstance(a, ConfigureLB)]
     assert any("backend be_api removed" in r for c in cfgs for r in c.reasons)
 
 
@@ -220,9 +220,9 @@ def test_other_environments_and_unknown_labels_are_ignored() -> None:
 def test_weight_drift_through_runtime_api_is_repaired() -> None:
     d = desired(service("web", replicas=1))
     world = converge(d)
-    lb = world.haproxy[0]
+    lb = world.lbs[0]
     drifted = replace(lb, servers=(replace(lb.servers[0], weight=3, admin=("maint",)),))
-    p = plan(d, replace(world, haproxy=(drifted,)))
+    p = plan(d, replace(world, lbs=(drifted,)))
     assert kinds(p) == ["set-weight", "configure-haproxy"]
     assert "state maint" in p.actions[0].reason
 
@@ -230,7 +230,7 @@ def test_weight_drift_through_runtime_api_is_repaired() -> None:
 def test_server_missing_from_haproxy_is_added_back() -> None:
     d = desired(service("web", replicas=1))
     world = converge(d)
-    world = replace(world, haproxy=(replace(world.haproxy[0], servers=()),))
+    world = replace(world, lbs=(replace(world.lbs[0], servers=()),))
     p = plan(d, world)
     assert kinds(p) == ["add-server", "configure-haproxy"]
     assert p.actions[0].reason == "server missing"
@@ -296,7 +296,7 @@ def perturbed(draw, world):  # type: ignore[no-untyped-def]
                 cs.append(c)
         out.append(replace(h, containers=tuple(cs)))
     lbs = []
-    for lb in world.haproxy:
+    for lb in world.lbs:
         lbs.append(
             replace(
                 lb,
@@ -306,7 +306,7 @@ def perturbed(draw, world):  # type: ignore[no-untyped-def]
                 ),
             )
         )
-    return replace(world, hosts=tuple(out), haproxy=tuple(lbs))
+    return replace(world, hosts=tuple(out), lbs=tuple(lbs))
 
 
 @settings(max_examples=150, deadline=None)
@@ -343,8 +343,8 @@ def test_plan_reaches_a_fixpoint_and_is_deterministic(data, before, after) -> No
 def test_stale_config_file_is_rewritten_without_reload() -> None:
     d = desired(service("web", replicas=2))
     world = converge(d)
-    lb = world.haproxy[0]
-    stale = replace(world, haproxy=(replace(lb, config_servers=lb.config_servers[:1]),))
+    lb = world.lbs[0]
+    stale = replace(world, lbs=(replace(lb, config_servers=lb.config_servers[:1]),))
     p = plan(d, stale)
     assert kinds(p) == ["configure-haproxy"]
     assert not p.actions[0].reload  # type: ignore[attr-defined]

@@ -199,7 +199,7 @@ def perturbed(draw, world: ObservedState, frozen: frozenset[str],  # type: ignor
                 images[ref] = image_id(ref + "@moved")
         hosts.append(replace(h, containers=tuple(cs), images=tuple(sorted(images.items()))))
     lbs = []
-    for lb in world.haproxy:
+    for lb in world.lbs:
         if draw(ONE_IN_TEN) == 0:  # HAProxy is not running
             lbs.append(replace(lb, running=False, servers=(), stats=()))
             continue
@@ -239,7 +239,7 @@ def perturbed(draw, world: ObservedState, frozen: frozenset[str],  # type: ignor
             config_servers, sections = kept, ()
         lbs.append(replace(lb, servers=tuple(servers), stats=tuple(stats),
                            config_servers=config_servers, config_sections=sections))
-    return replace(world, hosts=tuple(hosts), haproxy=tuple(lbs))
+    return replace(world, hosts=tuple(hosts), lbs=tuple(lbs))
 
 
 def _container_key(c) -> tuple[str, str, str, str]:  # type: ignore[no-untyped-def]
@@ -296,7 +296,7 @@ def check_outcome(after: DesiredState, world: ObservedState, held: dict[str, str
     # was, see the report of issue 16)
     weight = {(s.name, r.revision): r.weight for s in after.services for r in s.releases}
     lb_hosts = {h for lb in after.loadbalancers for h in lb.hosts}
-    for lb in result.haproxy:
+    for lb in result.lbs:
         if lb.host not in lb_hosts:
             continue
         assert lb.running, (lb.host, text)

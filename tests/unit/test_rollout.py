@@ -8,7 +8,7 @@ from dataclasses import replace
 from support import converge, desired, service, simulate
 
 from reconciler.model import ObservedState, Rollout
-from reconciler.plan.actions import ConfigureHAProxy, RemoveContainer, StartContainer
+from reconciler.plan.actions import ConfigureLB, RemoveContainer, StartContainer
 from reconciler.plan.planner import plan
 from reconciler.session.passrun import batches
 
@@ -42,7 +42,7 @@ def test_frozen_hosts_are_left_exactly_as_they_run() -> None:
 def test_every_lb_config_comes_after_every_lb_add() -> None:
     p = plan(fleet("v2"), converge(fleet("v1")))
     kinds = [a.kind for a in p.actions]
-    reloads = [i for i, a in enumerate(p.actions) if isinstance(a, ConfigureHAProxy) and a.reload]
+    reloads = [i for i, a in enumerate(p.actions) if isinstance(a, ConfigureLB) and a.reload]
     assert len(reloads) == 2 and reloads[1] == reloads[0] + 1, kinds
     assert max(i for i, k in enumerate(kinds) if k == "add-server") < reloads[0]
 
@@ -61,7 +61,7 @@ def test_retired_host_has_its_containers_drained_then_removed() -> None:
 
 def test_batches_follow_the_limit_and_put_retired_hosts_last() -> None:
     d = fleet()
-    obs = ObservedState(hosts=(), haproxy=())
+    obs = ObservedState(hosts=(), lbs=())
     assert batches(d, obs) == [["a1", "a2", "a3"]]
     limited = replace(d, rollout=Rollout(limit=2))
     assert batches(limited, obs) == [["a1", "a2"], ["a3"]]

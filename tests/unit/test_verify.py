@@ -17,7 +17,7 @@ def world_and_desired() -> tuple[ObservedState, object]:
 
 
 def with_lb(world: ObservedState, **changes: object) -> ObservedState:
-    return replace(world, haproxy=(replace(world.haproxy[0], **changes),))
+    return replace(world, lbs=(replace(world.lbs[0], **changes),))
 
 
 def test_a_converged_world_holds() -> None:
@@ -26,14 +26,14 @@ def test_a_converged_world_holds() -> None:
 
 
 def _web(world: ObservedState, i: int = 0):  # type: ignore[no-untyped-def]
-    return sorted((s for s in world.haproxy[0].servers if s.backend == "be_web"),
+    return sorted((s for s in world.lbs[0].servers if s.backend == "be_web"),
                   key=lambda s: s.server)[i]
 
 
 CASES = {
     "server on a port its container does not publish": (
         lambda w: with_lb(w, servers=tuple(
-            replace(s, port=1) if s == _web(w) else s for s in w.haproxy[0].servers)),
+            replace(s, port=1) if s == _web(w) else s for s in w.lbs[0].servers)),
         "points at 10.0.0.1:1 but its container publishes 10.0.0.1:",
     ),
     "container gone (server left DOWN on a dead port)": (
@@ -54,22 +54,22 @@ CASES = {
     ),
     "wrong weight": (
         lambda w: with_lb(w, servers=tuple(
-            replace(s, weight=7) if s == _web(w) else s for s in w.haproxy[0].servers)),
+            replace(s, weight=7) if s == _web(w) else s for s in w.lbs[0].servers)),
         "weight 7, want 100",
     ),
     "left drained": (
         lambda w: with_lb(w, servers=tuple(
-            replace(s, admin=("drain",)) if s == _web(w) else s for s in w.haproxy[0].servers)),
+            replace(s, admin=("drain",)) if s == _web(w) else s for s in w.lbs[0].servers)),
         "state drain, want ready",
     ),
     "config file without a server": (
         lambda w: with_lb(w, config_servers=tuple(
-            x for x in w.haproxy[0].config_servers if x[1] != _web(w).server)),
+            x for x in w.lbs[0].config_servers if x[1] != _web(w).server)),
         "in HAProxy but not in its config file",
     ),
     "desired server missing": (
-        lambda w: with_lb(w, servers=tuple(s for s in w.haproxy[0].servers if s != _web(w)),
-                          config_servers=tuple(x for x in w.haproxy[0].config_servers
+        lambda w: with_lb(w, servers=tuple(s for s in w.lbs[0].servers if s != _web(w)),
+                          config_servers=tuple(x for x in w.lbs[0].config_servers
                                                if x[1] != _web(w).server)),
         "missing (its container on h1)",
     ),
@@ -98,9 +98,9 @@ def test_a_server_of_a_removed_release_is_left_over() -> None:
 
 def test_skipped_services_and_frozen_hosts_are_left_as_they_run() -> None:
     world, d = world_and_desired()
-    gone = with_lb(world, servers=tuple(s for s in world.haproxy[0].servers
+    gone = with_lb(world, servers=tuple(s for s in world.lbs[0].servers
                                         if s.backend != "be_web"),
-                   config_servers=tuple(x for x in world.haproxy[0].config_servers
+                   config_servers=tuple(x for x in world.lbs[0].config_servers
                                         if x[0] != "be_web"))
     assert verify(d, gone)  # type: ignore[arg-type]
     assert verify(d, gone, skip={"web"}) == ()  # type: ignore[arg-type]

@@ -10,6 +10,9 @@ with ``haproxy -c``, and only then renamed over it (the previous one is kept as
 the master's reload counter moved, no failure was counted, and none of the previous
 workers is still the current one (HAProxy 2.6 reports nothing itself). A failed reload
 restores the last good config and reloads it.
+
+What HAProxy says about itself (running, processes, server stats, waits on them) is read
+through ``process.HAProxyProcess``, which ``HAProxy`` extends.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from reconciler.errors import ObserveError, ReconcilerError
+from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.binds import (
     bind_key,
     bind_problems,
@@ -27,26 +30,30 @@ from reconciler.lb.haproxy.binds import (
     parse_addresses,
     parse_listeners,
 )
+from reconciler.lb.haproxy.observe import observe_haproxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs, detect
-from reconciler.lb.haproxy.runtime import (
-    MasterProcs,
-    RuntimeSocket,
-    SocketUnavailable,
-    parse_show_proc,
-    parse_stat_csv,
-)
-from reconciler.model import ServerStats
+from reconciler.lb.haproxy.process import HAProxyProcess
+from reconciler.lb.haproxy.render import render
+from reconciler.lb.haproxy.requestlog import RING
+from reconciler.lb.port import LBError, NoSuchServer, ServerEntry
+from reconciler.model import DesiredState, LoadBalancer, ObservedLB
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
 
-class HAProxyError(ReconcilerError):
+class HAProxyError(LBError):
     """HAProxy refused a config, did not start, or did not reload."""
 
 
-class HAProxy:
-    """One HAProxy in master-worker mode, its files under ``paths``."""
+class HAProxyNoSuchServer(HAProxyError, NoSuchServer):
+    """HAProxy answered that the server (or its backend) does not exist."""
+
+
+class HAProxy(HAProxyProcess):
+    """One HAProxy in master-worker mode, its files under ``paths``: the load-balancer
+    port (``reconciler.lb.port.LoadBalancerPort``; each method's contract is there).
+    What HAProxy says about itself is read through ``HAProxyProcess``."""
 
     def __init__(
         self,
@@ -55,14 +62,10 @@ class HAProxy:
         timeout: float = 15.0,
         transport: Transport | None = None,
     ) -> None:
-        self.paths = paths
-        self.transport = transport or LocalTransport()
+        super().__init__(paths, transport or LocalTransport())
         local = isinstance(self.transport, LocalTransport)
         self.binary = binary or (shutil.which("haproxy") if local else None) or "haproxy"
         self.timeout = timeout
-        self.stats = RuntimeSocket(str(paths.stats_socket), transport=self.transport)
-        self.master = RuntimeSocket(str(paths.master_socket), transport=self.transport)
-        self.host = self.transport.name
         self._run_as: tuple[RunAs | None] | None = None
 
     def run_as(self) -> RunAs | None:
@@ -75,7 +78,25 @@ class HAProxy:
             self._run_as = (detect(self.transport, root) if self.paths.managed else None,)
         return self._run_as[0]
 
+    def observe(self) -> ObservedLB:
+        return observe_haproxy(
+            self.host, str(self.paths.stats_socket), str(self.paths.config), self.transport
+        )
+
+    def request_events(self) -> str:
+        """``show events`` of the request-log ring."""
+        return self.stats.command(f"show events {RING}")
+
     # ------------------------------------------------------------------ config files
+
+    def config_text(
+        self, desired: DesiredState, lb: LoadBalancer, servers: Iterable[ServerEntry]
+    ) -> str:
+        """The rendered config; the workers' user and chroot found on the host."""
+        return render(desired, lb, servers, self.paths, self.run_as())
+
+    def discard(self, checked: Path) -> None:
+        self.transport.unlink(str(checked))
 
     def check(self, text: str) -> Path:
         """Write ``text`` beside the live config and verify it; the checked file's path.
@@ -125,9 +146,7 @@ class HAProxy:
         if self.running():
             procs = self.procs()
             own = {procs.master_pid, *procs.current_pids, *procs.old_pids}
-        return bind_problems(
-            new, parse_addresses(addrs.stdout), parse_listeners(socks.stdout), own
-        )
+        return bind_problems(new, parse_addresses(addrs.stdout), parse_listeners(socks.stdout), own)
 
     @property
     def _on(self) -> str:
@@ -153,21 +172,6 @@ class HAProxy:
         return True
 
     # ------------------------------------------------------------------ process
-
-    def running(self) -> bool:
-        """True when the master CLI answers (a reset while it starts up is retried)."""
-        for attempt in range(5):
-            try:
-                self.master.command("show proc")
-            except SocketUnavailable:
-                return False
-            except ObserveError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.1)
-                continue
-            return True
-        return False
 
     def start(self) -> None:
         """Start HAProxy (daemon, master-worker) on the installed config; wait for its sockets.
@@ -218,28 +222,6 @@ class HAProxy:
         self.transport.run(["kill", "-TERM", str(pid)])
         self._wait(lambda: not self._alive(pid), f"HAProxy master {pid} to exit")
 
-    def _recorded_pid(self) -> int | None:
-        """The master's pid from the pid file; None when there is none."""
-        try:
-            return int((self.transport.read_text(str(self.paths.pid_file)) or "").split()[0])
-        except (TransportError, ValueError, IndexError):
-            return None
-
-    def _alive(self, pid: int) -> bool:
-        return self.transport.run(["kill", "-0", str(pid)]).returncode == 0
-
-    def procs(self) -> MasterProcs:
-        """The master's view of its processes. The master re-executes itself on every
-        reload, so a refused or reset connection is retried for a moment."""
-        deadline = time.monotonic() + 3.0
-        while True:
-            try:
-                return parse_show_proc(self.master.command("show proc"))
-            except ObserveError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
     def reload(self) -> None:
         """Reload and confirm it took; on failure restore the last good config and raise."""
         try:
@@ -285,11 +267,6 @@ class HAProxy:
             )
         self._wait(lambda: self._answers(self.stats), "the new worker's stats socket")
 
-    def save_server_state(self) -> None:
-        """Dump runtime server states so the next worker keeps weights and drain states."""
-        text = self.stats.command("show servers state")
-        self.transport.write_text(str(self.paths.server_state), text)
-
     # ------------------------------------------------------------------ runtime API
 
     def runtime(self, *commands: str) -> None:
@@ -297,7 +274,8 @@ class HAProxy:
         raise with HAProxy's answer otherwise."""
         answer = self.stats.commands(list(commands)).strip()
         if answer:
-            raise HAProxyError(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
+            error = HAProxyNoSuchServer if "No such" in answer else HAProxyError
+            raise error(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         self.runtime(
@@ -327,60 +305,12 @@ class HAProxy:
                 raise HAProxyError(f"HAProxy refused to delete {backend}/{server}: {answer}")
             time.sleep(0.05)
 
-    def old_worker_sessions(self, servers: Iterable[tuple[str, str]]) -> int:
-        """Current sessions on ``servers`` in HAProxy processes of earlier configs (the
-        drain only saw the current process); addressed through the master CLI."""
-        wanted = set(servers)
-        total = 0
-        for pid in self.procs().old_pids:
-            try:
-                text = self.master.command(f"@!{pid} show stat")
-                stats = parse_stat_csv(text)
-            except (ObserveError, ValueError):
-                continue  # the process exited meanwhile
-            total += sum(s.current_sessions for s in stats if (s.backend, s.server) in wanted)
-        return total
-
     def drain(self, backend: str, server: str) -> None:
         self.runtime(
             f"set weight {backend}/{server} 0", f"set server {backend}/{server} state drain"
         )
 
-    def server_stats(self) -> tuple[ServerStats, ...]:
-        return parse_stat_csv(self.stats.command("show stat"))
-
-    def wait_up(self, servers: Iterable[tuple[str, str]], timeout: float) -> list[str]:
-        """Wait until every (backend, server) is UP; the ones that are not by the deadline."""
-        pending = set(servers)
-        deadline = time.monotonic() + timeout
-        while pending:
-            stats = {(s.backend, s.server): s for s in self.server_stats()}
-            pending = {k for k in pending if not _is_up(stats.get(k))}
-            if not pending or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        return sorted(f"{b}/{s}" for b, s in pending)
-
-    def wait_drained(self, backend: str, server: str, timeout: float) -> bool:
-        """True when the server's current sessions reached 0 before ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stats = {(s.backend, s.server): s for s in self.server_stats()}
-            s = stats.get((backend, server))
-            if s is None or s.current_sessions == 0:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-
     # ------------------------------------------------------------------ helpers
-
-    def _answers(self, sock: RuntimeSocket) -> bool:
-        try:
-            sock.command("show info")
-        except SocketUnavailable:
-            return False
-        return True
 
     def _wait(self, cond: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -394,9 +324,3 @@ def _alerts(output: str) -> str:
     """HAProxy's ALERT lines without their prefix (the NOTICE lines say nothing useful)."""
     alerts = [line.split(" : ", 1)[-1] for line in output.splitlines() if "[ALERT]" in line]
     return "\n".join(alerts) if alerts else output.strip()
-
-
-def _is_up(s: ServerStats | None) -> bool:
-    # HAProxy starts a server UP; its first check may come up to `inter` later. The
-    # reconciler's own health gate has passed already, so UP in HAProxy is enough here.
-    return s is not None and s.status.startswith("UP")

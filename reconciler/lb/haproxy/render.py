@@ -10,25 +10,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from reconciler.identity import backend_name, frontend_name
+from reconciler.health import LBCheck, kind_of
+from reconciler.identity import backend_name, frontend_name, section_marker
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs
 from reconciler.lb.haproxy.requestlog import LOG_FORMAT, RING
 from reconciler.lb.haproxy.sections import request_log, section_digests
-from reconciler.model import DesiredState, Frontend, HealthCheck, LoadBalancer, Service
-
-MARKER = "# reconciler-section"
-
-
-@dataclass(frozen=True)
-class RenderServer:
-    backend: str
-    name: str
-    address: str
-    port: int
-    weight: int
+from reconciler.lb.port import ServerEntry
+from reconciler.model import DesiredState, Frontend, LoadBalancer, Service
 
 
 def _ms(value: int) -> str:
@@ -38,7 +28,7 @@ def _ms(value: int) -> str:
 def render(
     desired: DesiredState,
     lb: LoadBalancer,
-    servers: Iterable[RenderServer],
+    servers: Iterable[ServerEntry],
     paths: HAProxyPaths,
     run_as: RunAs | None = None,
 ) -> str:
@@ -46,12 +36,12 @@ def render(
     servers (a removed service whose servers are being drained). ``run_as``: the user,
     group and chroot of the workers (``reconciler.lb.haproxy.privileges``; None: as the
     user that starts HAProxy)."""
-    by_backend: dict[str, list[RenderServer]] = defaultdict(list)
+    by_backend: dict[str, list[ServerEntry]] = defaultdict(list)
     for srv in servers:
         by_backend[srv.backend].append(srv)
     services = {backend_name(s.name): s for s in desired.services}
     drain_max = max((s.drain_timeout_s for s in desired.services), default=30)
-    out = [f"{MARKER} {name} {digest}" for name, digest in section_digests(desired, lb)]
+    out = [section_marker(name, digest) for name, digest in section_digests(desired, lb)]
     out += [
         f"# HAProxy config of load balancer {lb.name}, environment {desired.environment}.",
         "# Written by reconciler; do not edit: the next pass replaces this file.",
@@ -132,20 +122,21 @@ def _frontend(fe: Frontend) -> list[str]:
     return [*lines, ""]
 
 
-def _health_lines(health: HealthCheck | None) -> list[str]:
-    if health is None or health.kind == "none":
+def _health_lines(check: LBCheck | None) -> list[str]:
+    """HAProxy's lines of the LB-neutral ``check`` (None: HAProxy's default TCP check)."""
+    if check is None:
         return ["    default-server check inter 2s fall 3 rise 2"]
     lines = []
-    if health.kind == "http":
-        lines.append(f"    option httpchk GET {health.path}")
+    if check.kind == "http":
+        lines.append(f"    option httpchk GET {check.path}")
     lines.append(
-        f"    default-server check inter {_ms(health.interval_ms)} fall {health.retries} rise 2"
+        f"    default-server check inter {_ms(check.interval_ms)} fall {check.retries} rise 2"
     )
-    lines.append(f"    timeout check {_ms(health.timeout_ms)}")
+    lines.append(f"    timeout check {_ms(check.timeout_ms)}")
     return lines
 
 
-def _backend(name: str, svc: Service | None, servers: list[RenderServer]) -> list[str]:
+def _backend(name: str, svc: Service | None, servers: list[ServerEntry]) -> list[str]:
     lines = [f"backend {name}"]
     if svc is None:
         lines += ["    balance roundrobin", "    default-server check inter 2s fall 3 rise 2"]
@@ -157,6 +148,6 @@ def _backend(name: str, svc: Service | None, servers: list[RenderServer]) -> lis
             f"    timeout server {_ms(t.server_ms)}",
             f"    timeout queue {_ms(t.queue_ms)}",
         ]
-        lines += _health_lines(svc.releases[0].spec.health if svc.releases else None)
+        lines += _health_lines(kind_of(svc.health).lb_check(svc.health))
     lines += [f"    server {s.name} {s.address}:{s.port} weight {s.weight}" for s in servers]
     return [*lines, ""]

@@ -31,11 +31,12 @@ def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[
     for fe in lb.frontends:
         out[f"frontend {frontend_name(fe.name)}"] = plain(fe)
     for svc in desired.services:
-        health = svc.releases[0].spec.health if svc.releases else None
         out[f"backend {backend_name(svc.name)}"] = {
             "balance": svc.balance,
             "timeouts": plain(svc.timeouts),
-            "health": plain(health) if health else None,
+            # None for a service without releases (only ever built by hand): the digest
+            # of what it always was
+            "health": plain(svc.health) if svc.releases else None,
         }
     return out
 

@@ -3,9 +3,9 @@
 The loop is level-based: every pass reads live state afresh. A pass runs when the branch
 head moves (seen at once through file-system events for a local repository, or by a
 cheap ``ls-remote`` every ``poll`` seconds for a remote one, fetching only when it moved)
-and every ``drift`` seconds (repairing drift: containers stopped by hand, HAProxy edited
-by hand, weights changed through the runtime API). In detect-only mode drift is reported
-(log, metrics) and nothing changes.
+and every ``drift`` seconds (repairing drift: containers stopped by hand, server lines of
+the HAProxy config edited by hand, weights changed through the runtime API). In detect-only
+mode drift is reported (log, metrics) and nothing changes.
 
 Errors: an invalid or wrongly signed commit is rejected once and not read again until the
 head moves; services whose apply failed are held at that commit (``reconcile retry``);
@@ -18,7 +18,6 @@ stale the view of the repository is.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,9 @@ from reconciler.model import DesiredState, Instance
 from reconciler.present.metrics import Metrics
 from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
-from reconciler.watch_source import BranchSource
+from reconciler.watch.backoff import backoff_delay
+from reconciler.watch.report import report_pass, set_healthy, set_release_weights
+from reconciler.watch.source import BranchSource
 
 log = logging.getLogger("reconciler.watch")
 
@@ -155,10 +156,14 @@ class Watcher:
         self.state.last_pass = time.monotonic()
 
     def _transient(self, what: str, exc: Exception) -> None:
-        """Back off exponentially with jitter (1 s doubling to 60 s); hosts stay as they are."""
+        """Back off exponentially with jitter (``backoff_delay``); hosts stay as they are.
+
+        The attempt number counts transient failures since the last pass that ended
+        (``step`` resets it then); the log line carries it and the delay (``attempt``,
+        ``delay_s``), so an operator sees when the next attempt comes."""
         self.metrics.failures.labels(kind=what).inc()
         n = self.state.failures_in_a_row = self.state.failures_in_a_row + 1
-        delay = min(60.0, 2.0 ** (n - 1)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
+        delay = backoff_delay(n)
         self.state.retry_at = time.monotonic() + delay
         stale = (
             "never read"
@@ -169,9 +174,15 @@ class Watcher:
             "transient error (%s; hosts left as they are; repository %s), retrying in %.1fs: %s",
             what,
             stale,
-            delay,
+            round(delay, 3),  # the message says what delay_s says
             exc,
-            extra={"event": "transient-error", "attempt": n, "stale": stale},
+            extra={
+                "event": "transient-error",
+                "what": what,
+                "attempt": n,
+                "delay_s": round(delay, 3),
+                "stale": stale,
+            },
         )
 
     def _reject(self, sha: str, why: str, kind: str) -> None:
@@ -268,7 +279,7 @@ class Watcher:
             return
         snapshot, desired = loaded
         previous, self.state.good = self.state.good, sha
-        self._set_release_metrics(desired)
+        set_release_weights(self.metrics, desired)
         held = self.session.held(desired)
         if "haproxy" in held:
             return  # HAProxy refused this commit's config: a new commit or `retry`
@@ -279,8 +290,8 @@ class Watcher:
         if done is None:
             return
         self.state.canary_s = self._canary_interval(desired)
-        self._report(done, sha, kind)
-        self._set_health_metrics(desired)
+        report_pass(self.metrics, done, sha, kind)
+        set_healthy(self.metrics, desired, self.session.observe(desired))
 
     def _detect(self, desired: DesiredState, sha: str) -> None:
         """Detect-only: report drift (log, metrics) and change nothing."""
@@ -321,71 +332,3 @@ class Watcher:
                 should_stop=self.stop.is_set,
                 retention=self.cfg.retention,
             )
-
-    def _report(self, done: PassResult, sha: str, kind: str) -> None:
-        """Metrics and log lines of a pass: outcome, reloads, drift, failures."""
-        res = done.result
-        self.metrics.reloads.inc(res.reloads)
-        outcome = "stopped" if res.stopped else "ok" if res.ok else "failed"
-        self.metrics.passes.labels(outcome=outcome).inc()
-        if kind == "drift" and not done.plan.empty:
-            self.metrics.drift.inc()
-        self.metrics.mismatches.set(len(res.mismatches))
-        if res.mismatches:
-            self.metrics.failures.labels(kind="outcome").inc()
-            log.error(
-                "the outcome at commit %s differs from the plan: %s",
-                sha[:7],
-                "; ".join(res.mismatches),
-                extra={"event": "outcome-differs", "commit": sha, "mismatches": res.mismatches},
-            )
-        for service in res.failures:
-            self.metrics.failures.labels(kind="apply").inc()
-            log.error(
-                "%s failed at commit %s",
-                service,
-                sha[:7],
-                extra={"event": "apply-failed", "commit": sha, "service": service},
-            )
-        if res.ok and not res.stopped:
-            self.metrics.set_applied(sha)
-        self.metrics.drift_pending.set(0)
-        if not done.plan.empty:
-            log.info(
-                "pass %s at commit %s: %d step(s), %s",
-                done.run_id,
-                sha[:7],
-                len(res.steps),
-                outcome,
-                extra={
-                    "event": "pass",
-                    "commit": sha,
-                    "run": done.run_id,
-                    "reason": kind,
-                    "outcome": outcome,
-                },
-            )
-
-    def _set_release_metrics(self, desired: DesiredState) -> None:
-        self.metrics.release_weight.clear()
-        for svc in desired.services:
-            for rel in svc.releases:
-                self.metrics.release_weight.labels(service=svc.name, revision=rel.revision).set(
-                    rel.weight
-                )
-
-    def _set_health_metrics(self, desired: DesiredState) -> None:
-        from reconciler import identity
-
-        observed = self.session.observe(desired)
-        for svc in desired.services:
-            healthy = sum(
-                1
-                for h in svc.hosts
-                for c in observed.host(h).containers
-                if c.label(identity.ENVIRONMENT) == desired.environment
-                and c.label(identity.SERVICE) == svc.name
-                and c.status == "running"
-                and c.health != "unhealthy"
-            )
-            self.metrics.healthy.labels(service=svc.name).set(healthy)

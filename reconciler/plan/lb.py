@@ -1,0 +1,216 @@
+"""LB planning: the HAProxy actions that make each LB host serve ``Phases.servers``.
+
+Pure, like the rest of the planner. Runs after container planning (``plan.containers``),
+whose wanted servers and retirement reasons it reads. Per LB host: add missing servers
+and reload when the config's structure changed; repoint and reweight servers through the
+runtime API and write them into the config (no reload); drain and remove servers no
+container backs any more (no reload). Held backends and servers of frozen app hosts are
+left exactly as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from reconciler import identity
+from reconciler.lb.haproxy.sections import section_digests
+from reconciler.model import DesiredState, LoadBalancer, ObservedLB, ServerState
+from reconciler.plan.actions import (
+    AddServer,
+    ConfigureLB,
+    DrainServer,
+    RemoveServer,
+    RepointServer,
+    SetWeight,
+)
+from reconciler.plan.phases import Phases, WantedServer
+
+_Key = tuple[str, str]  # (backend, HAProxy server name)
+
+
+def plan_lb(
+    ph: Phases,
+    desired: DesiredState,
+    lb: LoadBalancer,
+    obs: ObservedLB,
+    held: set[str],
+    frozen: set[str],
+) -> None:
+    """Plan one LB host of ``lb`` from what it runs (``obs``). ``held``: backend names
+    left as they are; ``frozen``: app hosts whose servers are left as they are."""
+    lb_host = obs.host
+    structure = _structure_changes(desired, lb, obs)
+    live = {
+        (s.backend, s.server): s
+        for s in obs.servers
+        if s.backend not in held and not _frozen_server(s.server, frozen)
+    }
+    wanted = {(s.backend, s.name): s for s in ph.servers}
+    for key in sorted(wanted):
+        _plan_server(ph, lb_host, wanted[key], live.get(key))
+    if ph_adds := [a for a in ph.lb_adds if a.host == lb_host]:
+        structure.append(f"{len(ph_adds)} server(s) added")
+    if structure:
+        ph.lb_configs.append(
+            ConfigureLB(
+                host=lb_host,
+                service=None,
+                reload=True,
+                reasons=tuple(structure),
+                reason="structure changed",
+            )
+        )
+    runtime_changes = [a for a in (*ph.repoints, *ph.weights) if a.host == lb_host]
+    if runtime_changes:
+        ph.weights.append(
+            ConfigureLB(
+                host=lb_host,
+                service=None,
+                reload=False,
+                reasons=("keep the new addresses and weights across reloads",),
+                reason="servers changed at runtime",
+            )
+        )
+    removed = [key for key in sorted(live) if key not in wanted]
+    if obs.running and not structure and not removed and not runtime_changes:
+        _check_file(ph, obs, wanted.values(), held, frozen)
+    drain_timeout = {identity.backend_name(s.name): s.drain_timeout_s for s in desired.services}
+    _remove_servers(ph, lb_host, removed, drain_timeout)
+
+
+def _structure_changes(desired: DesiredState, lb: LoadBalancer, obs: ObservedLB) -> list[str]:
+    """Why the LB host needs a reload for its config's structure (empty: it does not)."""
+    if not obs.running:
+        return ["HAProxy is not running"]
+    return _section_changes(dict(obs.config_sections), dict(section_digests(desired, lb)))
+
+
+def _section_changes(have: dict[str, str], want: dict[str, str]) -> list[str]:
+    if not have:
+        return ["no managed config installed"]
+    out: list[str] = []
+    for name in sorted(set(have) | set(want)):
+        if name not in have:
+            out.append(f"{name} added")
+        elif name not in want:
+            out.append(f"{name} removed")
+        elif have[name] != want[name]:
+            out.append(f"{name} changed")
+    return out
+
+
+def _frozen_server(server: str, frozen: set[str]) -> bool:
+    # Server names are "<app host>.<container>"; host names have no dots.
+    return identity.server_host(server) in frozen
+
+
+def _plan_server(ph: Phases, lb_host: str, srv: WantedServer, have: ServerState | None) -> None:
+    """Add ``srv`` when HAProxy lacks it (``have`` is None); otherwise repoint it when its
+    container is new or publishes elsewhere, and set its weight when that differs or an
+    admin state (maint, drain) holds it."""
+    if have is None:
+        ph.lb_adds.append(
+            AddServer(
+                host=lb_host,
+                service=srv.service,
+                backend=srv.backend,
+                server=srv.name,
+                app_host=srv.app_host,
+                container=srv.container,
+                weight=srv.weight,
+                reason=srv.reason,
+            )
+        )
+        return
+    if srv.port is None or (have.address, have.port) != (srv.address, srv.port):
+        ph.repoints.append(
+            RepointServer(
+                host=lb_host,
+                service=srv.service,
+                backend=srv.backend,
+                server=srv.name,
+                app_host=srv.app_host,
+                container=srv.container,
+                reason=(
+                    f"its container is new; HAProxy has it at {have.address}:{have.port}"
+                    if srv.port is None
+                    else f"its container publishes {srv.address}:{srv.port}, "
+                    f"not {have.address}:{have.port}"
+                ),
+            )
+        )
+    if have.weight != srv.weight or have.admin:
+        state = f" (state {','.join(have.admin)})" if have.admin else ""
+        ph.weights.append(
+            SetWeight(
+                host=lb_host,
+                service=srv.service,
+                backend=srv.backend,
+                server=srv.name,
+                old_weight=have.weight,
+                weight=srv.weight,
+                reason=f"weight of its release is {srv.weight}{state}",
+            )
+        )
+
+
+def _check_file(
+    ph: Phases,
+    obs: ObservedLB,
+    wanted: Iterable[WantedServer],
+    held: set[str],
+    frozen: set[str],
+) -> None:
+    """The runtime is right; is the file (read at the next reload) right too? A pass
+    killed between a runtime change and the file write leaves it behind: write it."""
+    expected = tuple(
+        sorted(
+            (s.backend, s.name, s.address, s.port, s.weight) for s in wanted if s.port is not None
+        )
+    )
+    in_file = tuple(
+        x for x in obs.config_servers if x[0] not in held and not _frozen_server(x[1], frozen)
+    )
+    if in_file != expected:
+        ph.weights.append(
+            ConfigureLB(
+                host=obs.host,
+                service=None,
+                reload=False,
+                reasons=("the config file's servers differ from HAProxy's",),
+                reason="config file out of date",
+            )
+        )
+
+
+def _remove_servers(
+    ph: Phases, lb_host: str, removed: list[_Key], drain_timeout: dict[str, int]
+) -> None:
+    """Drain, then remove through the runtime API, each server in ``removed``; the file is
+    written to match, with no reload."""
+    for backend, server in removed:
+        service = identity.parse_backend_name(backend)
+        why = ph.retiring.get(server, "no such container")
+        ph.drains.append(
+            DrainServer(
+                host=lb_host,
+                service=service,
+                backend=backend,
+                server=server,
+                timeout_s=drain_timeout.get(backend, 30),
+                reason=why,
+            )
+        )
+        ph.lb_removals.append(
+            RemoveServer(host=lb_host, service=service, backend=backend, server=server, reason=why)
+        )
+    if removed:
+        ph.lb_removals.append(
+            ConfigureLB(
+                host=lb_host,
+                service=None,
+                reload=False,
+                reasons=(f"{len(removed)} server(s) removed",),
+                reason="servers removed",
+            )
+        )
