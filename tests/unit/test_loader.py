@@ -49,10 +49,9 @@ def test_alias_bomb_is_refused_quickly() -> None:
     docs, problems = load_yaml("bomb.yaml", "\n".join(lines) + "\n")
     assert time.monotonic() - t0 < 5
     assert not docs and "YAML nodes" in problems[0].message
-    # libyaml's answer is taken as it is here (no position to differ): PyYAML's is the same,
-    # with a document before the bomb too
-    for text in ("\n".join(lines) + "\n", "a: 1\n---\n" + "\n".join(lines) + "\n"):
-        _same_answer(text)
+    # libyaml's answer is taken as it is here (no position to differ): PyYAML's is the
+    # same, the documents before the bomb too
+    _same_answer("a: 1\n---\n" + "\n".join(lines) + "\n")
 
 
 def test_unclosed_quote_points_where_it_opens() -> None:
