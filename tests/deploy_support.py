@@ -97,7 +97,10 @@ class Deployment:
             labels.append(f"{identity.INSTANCE}={name}")
         if service:
             labels.append(f"{identity.SERVICE}={service}")
-        return self.client.containers.list(all=True, filters={"label": labels})
+        # ignore_removed: a container the reconciler removes between the list and its
+        # inspect is simply not there (not a 404 out of the test helper)
+        return self.client.containers.list(
+            all=True, filters={"label": labels}, ignore_removed=True)
 
     def revisions(self, service: str) -> list[str]:
         return sorted(c.labels[identity.REVISION] for c in self.containers(service))

@@ -48,9 +48,11 @@ class Session:
 
     The sequence observe -> held services -> retired hosts -> canary weights -> plan
     exists here only (``preview``, ``apply``); commands and ``watch`` are adapters over
-    it. Connections stay open across passes of one session (``watch`` keeps one session
-    for its life) and are reopened when a host's definition changes or after a pass
-    that raised (a connection that broke is not reused). ``read_only``: a session of a
+    it. SSH connections stay open across passes of one session (``watch`` keeps one
+    session for its life) and are reopened when a host's definition changes or after a
+    pass that raised or failed (a connection that broke is not reused); the local
+    engine is reached afresh by every pass (cheap, and a restarted dockerd or a moved
+    socket is seen at once). ``read_only``: a session of a
     command that changes nothing (``plan``) creates no state: without a history it
     reads none. Use as a context manager, or ``close()``.
     """
@@ -107,6 +109,11 @@ class Session:
             for lb in desired.loadbalancers
             for h in lb.hosts
         }
+
+    def _fresh_local(self) -> None:
+        """A pass starts with a new connection to the local engine (see the class)."""
+        if self._conns is not None:
+            self._conns.close_local()
 
     def reset(self) -> None:
         """Close every connection; the next use opens new ones."""
@@ -177,6 +184,7 @@ class Session:
 
     def preview(self, desired: DesiredState) -> Preview:
         """Observe and plan as a pass would, changing nothing and judging no canary."""
+        self._fresh_local()
         held = self.held(desired)
         view = self.with_canaries(desired)
         observed = self.observe(desired)
@@ -238,6 +246,7 @@ class Session:
         (``on_step``, the result, a ReconcilerError it raises).
         """
         redactor = Redactor()
+        self._fresh_local()
         try:
             pass_ = PassRun(self, desired, redactor, health_min_s, should_stop)
             done = pass_.run(source, on_plan, on_step, retention)

@@ -36,6 +36,15 @@ class Connections:
                 self._open[name] = found
             return found
 
+    def close_local(self) -> None:
+        """Close the transports of hosts reached without SSH; SSH connections stay."""
+        with self._lock:
+            local = {n: t for n, t in self._open.items() if self.hosts[n].ssh is None}
+            for name in local:
+                del self._open[name]
+        for t in local.values():
+            t.close()
+
     def close(self) -> None:
         with self._lock:
             opened, self._open = self._open, {}
