@@ -176,8 +176,8 @@ else:
             event: Any = self.peek_event()
             if event.value == "" and not event.style:
                 # An empty plain scalar (a key or value left out, an empty document):
-                # libyaml marks it where the next token starts, PyYAML where the one
-                # before it ends.
+                # libyaml may mark it where the next token starts ("{a: }", "---" at the
+                # end of the text), PyYAML where the one before it ends.
                 raise _Unsure
             return super().compose_scalar_node(anchor)
 

@@ -152,12 +152,13 @@ def test_both_parsers_answer_alike_on_every_file_of_the_corpus() -> None:
 
 # Where the two parsers part, each found by the random test below and kept here: libyaml
 # takes a tab as a separator, a "#" right after a block scalar header as a comment, a
-# "?" inside a plain scalar in a flow collection and tags like "!:x!!str"; it marks an
-# empty value, key or document where the next token starts; it reads "!" alone as "".
+# "?" inside a plain scalar in a flow collection and tags like "!:x!!str"; it marks some
+# empty values and documents (in a flow mapping, at the end of the text) where the next
+# token starts; it reads "!" alone as "".
 PARTING = (
     "a:\tb\n", "a: b\t\nc: d\n", "a: |#\n  x\n", "- >+#\n", "a: [x?y]\n", "{a: b?c}\n",
-    "- !:*a!!str x\n", "!=!!int <<: 1\n", "a:\nb: 1\n", "? k\n", "---\n", "---\n---\na: 1\n",
-    "a: !\n", "- \n- x\n",
+    "- !:*a!!str x\n", "!=!!int <<: 1\n", "? k", "---", "a: 1\n---", "{a: }\n", "a: !\n",
+    "a:\nb: 1\n", "- \n- x\n",
 )
 
 
