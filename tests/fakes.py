@@ -455,7 +455,7 @@ class FakeHAProxyHost:
         self.files.pop(path, None)
 
     def docker(self) -> Any:
-        raise NotImplementedError("an LB host of the fakes has no Docker engine")
+        raise AssertionError("an LB host of the fakes has no Docker engine: nothing may ask it")
 
     def close(self) -> None:
         pass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,3 +225,12 @@ class Fleet:
         for h in {h.name: h for h in [*self.apps, *self.inventory_extra]}.values():
             for c in self.containers(h):
                 c.remove(force=True)
+
+
+STEP = re.compile(r"^\s+\[\s*(\d+)\] (\w+)\s+([\w-]+): (.*)$", re.M)
+
+
+def steps(output: str) -> list[tuple[int, str, str, str]]:
+    """(step, status, host, what) of each step line of `reconcile apply`."""
+    return [(int(n), status, host, text) for n, status, host, text in STEP.findall(output)]
+

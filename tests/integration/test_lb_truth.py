@@ -28,14 +28,11 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from fleet_support import Fleet
+from fleet_support import Fleet, steps
 from hosts_support import SimHost, SimHosts, start_hosts
 from load_support import HeyLoad, HeyReport
 
 pytestmark = pytest.mark.integration
-
-STEP = re.compile(r"^\s+\[\s*(\d+)\] (\w+)\s+([\w-]+): (.*)$", re.M)
-
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimHosts]:
@@ -70,10 +67,6 @@ def under_load(fleet: Fleet, keepalive: bool = True) -> tuple[int, str, HeyRepor
         report = load.stop()
     print(report.summary())
     return code, out, report
-
-
-def steps(output: str) -> list[tuple[int, str, str, str]]:
-    return [(int(n), status, host, text) for n, status, host, text in STEP.findall(output)]
 
 
 @pytest.mark.parametrize("bind, why", [

@@ -26,16 +26,13 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from fleet_support import Fleet
+from fleet_support import Fleet, steps
 from hosts_support import SimHost, SimHosts, main_engine, push_image, start_hosts, start_registry
 from load_support import TRAFFIC, HAProxyCounters, HeyLoad, HeyReport
 
 from reconciler.transport.ssh_keys import fingerprint
 
 pytestmark = pytest.mark.integration
-
-STEP = re.compile(r"^\s+\[\s*(\d+)\] (\w+)\s+([\w-]+): (.*)$", re.M)
-
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimHosts]:
@@ -94,11 +91,6 @@ def assert_never_sent_to(host: SimHost, revision: str, sent: Sent, report: HeyRe
     assert not any(any(c.values()) for c in seen.values()), seen
     answered = sum(c["hrsp_2xx"] for c in sent.values())
     assert answered >= 0.9 * report.responses > 0, (answered, report.summary(), sent)
-
-
-def steps(output: str) -> list[tuple[int, str, str, str]]:
-    """(step, status, host, what) of each step line of `reconcile apply`."""
-    return [(int(n), status, host, text) for n, status, host, text in STEP.findall(output)]
 
 
 def test_first_deploy_over_ssh(fleet: Fleet, sim: SimHosts) -> None:
