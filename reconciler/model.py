@@ -132,6 +132,17 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class ActionSpec:
+    """A named kind of request of a service (for request records and canary analysis):
+    ``path`` is a template whose ``{name}`` segments match one path segment each;
+    ``method`` None matches any method."""
+
+    name: str
+    path: str
+    method: str | None = None
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     releases: tuple[Release, ...]
@@ -140,6 +151,8 @@ class Service:
     balance: str = "roundrobin"
     timeouts: Timeouts = Timeouts()
     drain_timeout_s: int = 30
+    actions: tuple[ActionSpec, ...] = ()
+    max_actions: int = 20  # actions kept apart per service; the rest count as "other"
 
     @property
     def health(self) -> HealthCheck:
@@ -173,6 +186,7 @@ class LoadBalancer:
     name: str
     hosts: tuple[str, ...]
     frontends: tuple[Frontend, ...]
+    request_records: bool = True  # every request logged into the ring (request records)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ BASE: dict[str, dict[str, Any]] = {
              "default_service": "web"},
             {"name": "http", "bind": "127.0.0.1:8080", "redirect_https": True},
         ],
+        "request_records": True,
     },
     "services/web.yaml": {
         "apiVersion": "reconciler/v1",
@@ -91,6 +92,8 @@ BASE: dict[str, dict[str, Any]] = {
         "stop_grace_period": "5s",
         "loadbalancing": {"balance": "roundrobin", "drain_timeout": "10s",
                           "timeouts": {"connect": "2s", "server": "30s", "queue": "30s"}},
+        "actions": [{"name": "orders.show", "path": "/api/orders/{id}", "method": "GET"}],
+        "max_actions": 20,
     },
     "services/api.yaml": {
         "apiVersion": "reconciler/v1",

@@ -57,7 +57,12 @@ def loadbalancer(
         fe = {**base, **where.override}
         frontends.append(_frontend(fe, where, ctx))
         bind_at[fe["name"]] = where.at("bind")
-    lb = LoadBalancer(name=name, hosts=tuple(sorted(host_names)), frontends=tuple(frontends))
+    lb = LoadBalancer(
+        name=name,
+        hosts=tuple(sorted(host_names)),
+        frontends=tuple(frontends),
+        request_records=data.get("request_records", True),
+    )
     bind_at[HOSTS_KEY] = hosts_at
     return lb, bind_at
 

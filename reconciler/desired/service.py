@@ -16,6 +16,7 @@ from reconciler.desired.units import duration_ms, memory_bytes
 from reconciler.errors import Problem
 from reconciler.health import NO_HEALTH, read_health
 from reconciler.model import (
+    ActionSpec,
     CanaryPolicy,
     CanaryStep,
     ContainerSpec,
@@ -197,6 +198,10 @@ def _build(
             queue_ms=duration_ms(t.get("queue", "30s")),
         ),
         drain_timeout_s=_seconds(lb.get("drain_timeout", "30s")),
+        actions=tuple(
+            ActionSpec(a["name"], a["path"], a.get("method")) for a in data.get("actions", [])
+        ),
+        max_actions=data.get("max_actions", 20),
     )
 
 

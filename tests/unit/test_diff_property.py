@@ -78,6 +78,8 @@ def base_repo() -> Repo:
             "resources": {"memory": "64m", "cpus": 0.5}, "restart": "unless-stopped",
             "logging": {"driver": "syslog", "options": {"tag": "web"}},
             "labels": {"team": "web"}, "stop_grace_period": "5s",
+            "actions": [{"name": "orders.show", "path": "/api/orders/{id}", "method": "GET"}],
+            "max_actions": 20,
             "loadbalancing": {"balance": "roundrobin", "timeouts": {
                 "connect": "2s", "server": "30s", "queue": "30s"}, "drain_timeout": "10s"},
         },
@@ -320,6 +322,13 @@ MUTATIONS: list[Mutation] = [
       for k in ("connect", "server", "queue")],
     ("Service.loadbalancing.drain_timeout", "",
      lambda r: web(r)["loadbalancing"].update(drain_timeout="20s")),
+    ("Service.actions", "a second one", lambda r: web(r)["actions"].append(
+        {"name": "orders.list", "path": "/api/orders"})),
+    ("Service.actions[].name", "", lambda r: web(r)["actions"][0].update(name="order")),
+    ("Service.actions[].path", "", lambda r: web(r)["actions"][0].update(path="/o/{id}")),
+    ("Service.actions[].method", "", lambda r: web(r)["actions"][0].update(method="POST")),
+    ("Service.max_actions", "", setter(web, "max_actions", 5)),
+    ("LoadBalancer.request_records", "", lambda r: lb(r).update(request_records=False)),
     ("LoadBalancer.name", "rename edge", rename_lb),
     ("LoadBalancer.hosts", "", lambda r: lb(r).update(hosts=[app3(r)])),
     ("LoadBalancer.frontends[].name", "rename https", rename_frontend),

@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"lb"},
     {"desired", "observe"},
     {"plan"},
+    {"records"},
     {"canary"},
     {"apply"},
     {"present"},

@@ -54,7 +54,7 @@ def render(
         f"    hard-stop-after {drain_max + 60}s",
         *(run_as.global_lines() if run_as else []),
         "",
-        *_request_log(desired),
+        *_request_log(lb),
         "defaults",
         "    mode http",
         "    option redispatch",
@@ -70,7 +70,7 @@ def render(
         "    load-server-state-from-file global",
         *(
             [f"    log ring@{RING} local0 info", f'    log-format "{LOG_FORMAT}"']
-            if request_log(desired)
+            if request_log(lb)
             else []
         ),
         "",
@@ -84,12 +84,13 @@ def render(
     return "\n".join(out) + "\n"
 
 
-def _request_log(desired: DesiredState) -> list[str]:
-    """A ring buffer for the request log (read by the canary analysis through the stats
-    socket: ``show events``); only when some service has a canary."""
-    if not request_log(desired):
+def _request_log(lb: LoadBalancer) -> list[str]:
+    """A ring buffer for the request log, read through the stats socket (``show
+    events``): request records and canary analysis. 8 MiB hold about 40,000 requests,
+    several seconds at HAProxy's limit here; a longer line is cut at ``maxlen``."""
+    if not request_log(lb):
         return []
-    return [f"ring {RING}", "    format raw", "    maxlen 256", "    size 4194304", ""]
+    return [f"ring {RING}", "    format raw", "    maxlen 512", "    size 8388608", ""]
 
 
 def _frontend(fe: Frontend) -> list[str]:

@@ -13,29 +13,56 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 RING = "reqlog"
-# %Ta: active time of the request (receiving it to the end of the response), the time
-# a client waited; %Tr: the server's response time (-1 when it never answered).
-LOG_FORMAT = "reqlog be=%b srv=%s st=%ST tr=%Tr ta=%Ta id=%pid.%rt"
-_LINE = re.compile(r"reqlog be=(\S+) srv=(\S+) st=(-?\d+) tr=(-?\d+) ta=(-?\d+) id=(\d+)\.(\d+)")
+# %Ts: when the request arrived (Unix seconds); %Tr: the server's response time, from
+# sending the request to receiving its headers (time to first byte; -1 when it never
+# answered); %Ta: the request's active time (receiving it to the end of the response),
+# what a client waited; %B: bytes sent to the client; %HM and %HPO: the method and the
+# path without query string (last: a path is the only field that could hold odd text,
+# and HAProxy escapes spaces and control characters in it).
+LOG_FORMAT = "reqlog be=%b srv=%s st=%ST tr=%Tr ta=%Ta b=%B t=%Ts id=%pid.%rt m=%HM p=%HPO"
+_LINE = re.compile(
+    r"reqlog be=(\S+) srv=(\S+) st=(-?\d+) tr=(-?\d+) ta=(-?\d+) b=(\d+) t=(\d+) "
+    r"id=(\d+)\.(\d+) m=(\S*) p=(\S*)"
+)
 
 
 @dataclass(frozen=True)
 class Request:
+    """One request as HAProxy logged it (times in ms; -1: not reached)."""
+
     backend: str
     server: str
     status: int
-    response_ms: int
-    total_ms: int
+    response_ms: int  # time to first byte from the server (%Tr)
+    total_ms: int  # what the client waited (%Ta)
     pid: int
     number: int
+    bytes: int = 0
+    time: int = 0  # Unix seconds it arrived
+    method: str = ""
+    path: str = ""
 
 
 def parse_events(text: str) -> list[Request]:
     """Request lines of ``show events reqlog`` output; other lines are skipped."""
     out = []
     for m in _LINE.finditer(text):
-        be, srv, st, tr, ta, pid, n = m.groups()
-        out.append(Request(be, srv, int(st), int(tr), int(ta), int(pid), int(n)))
+        be, srv, st, tr, ta, size, ts, pid, n, method, path = m.groups()
+        out.append(
+            Request(
+                be,
+                srv,
+                int(st),
+                int(tr),
+                int(ta),
+                int(pid),
+                int(n),
+                int(size),
+                int(ts),
+                method,
+                path,
+            )
+        )
     return out
 
 

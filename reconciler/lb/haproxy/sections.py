@@ -15,18 +15,19 @@ from reconciler.identity import backend_name, canonical_json, frontend_name, pla
 from reconciler.model import DesiredState, LoadBalancer, Pairs
 
 # Bump when the renderer's output changes, so installed configs are re-rendered.
-RENDER_VERSION = 3  # 3: workers run as an unprivileged user in a chroot
+RENDER_VERSION = 4  # 4: every request logged with method and path (request records)
 
 
-def request_log(desired: DesiredState) -> bool:
-    """Whether HAProxy logs every request into its ring (for canary response times)."""
-    return any(r.canary for s in desired.services for r in s.releases)
+def request_log(lb: LoadBalancer) -> bool:
+    """Whether HAProxy logs every request into its ring (request records: per-revision
+    and per-action counts and times, canary latency analysis)."""
+    return lb.request_records
 
 
 def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[str, Any]]:
     """Section name ("global", "frontend fe_http", "backend be_web") -> its settings."""
     out: dict[str, dict[str, Any]] = {
-        "global": {"render_version": RENDER_VERSION, "request_log": request_log(desired)}
+        "global": {"render_version": RENDER_VERSION, "request_log": request_log(lb)}
     }
     for fe in lb.frontends:
         out[f"frontend {frontend_name(fe.name)}"] = plain(fe)

@@ -1,0 +1,1 @@
+"""Request records: every request HAProxy answers, named by action, counted and timed."""
