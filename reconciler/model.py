@@ -182,11 +182,21 @@ class Frontend:
 
 
 @dataclass(frozen=True)
+class SyslogTarget:
+    """Where HAProxy also sends its request log (UDP syslog)."""
+
+    address: str  # IPv4:port
+    facility: str = "local0"
+    format: str = "rfc3164"
+
+
+@dataclass(frozen=True)
 class LoadBalancer:
     name: str
     hosts: tuple[str, ...]
     frontends: tuple[Frontend, ...]
     request_records: bool = True  # every request logged into the ring (request records)
+    syslog: SyslogTarget | None = None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ BASE: dict[str, dict[str, Any]] = {
             {"name": "http", "bind": "127.0.0.1:8080", "redirect_https": True},
         ],
         "request_records": True,
+        "syslog": {"address": "127.0.0.1:514", "facility": "local0", "format": "rfc5424"},
     },
     "services/web.yaml": {
         "apiVersion": "reconciler/v1",

@@ -18,7 +18,7 @@ from reconciler.desired.loader import At, Document, Path
 from reconciler.desired.service import HostCheck
 from reconciler.desired.units import duration_ms
 from reconciler.errors import Problem
-from reconciler.model import Frontend, LoadBalancer, Route, Service
+from reconciler.model import Frontend, LoadBalancer, Route, Service, SyslogTarget
 
 if TYPE_CHECKING:
     from reconciler.desired.manifests import Manifests
@@ -62,9 +62,22 @@ def loadbalancer(
         hosts=tuple(sorted(host_names)),
         frontends=tuple(frontends),
         request_records=data.get("request_records", True),
+        syslog=_syslog(data.get("syslog"), At(doc, ("syslog", "address")), problems),
     )
     bind_at[HOSTS_KEY] = hosts_at
     return lb, bind_at
+
+
+def _syslog(data: dict[str, Any] | None, at: At, problems: list[Problem]) -> SyslogTarget | None:
+    """The syslog target; an address whose octets or port are out of range is a problem."""
+    if data is None:
+        return None
+    host, _, port = data["address"].rpartition(":")
+    if any(int(o) > 255 for o in host.split(".")) or not 0 < int(port) < 65536:
+        problems.append(at.problem(f"syslog address {data['address']!r} is not a valid IPv4:port"))
+    return SyslogTarget(
+        data["address"], data.get("facility", "local0"), data.get("format", "rfc3164")
+    )
 
 
 @dataclass(frozen=True)

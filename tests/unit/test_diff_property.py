@@ -90,6 +90,7 @@ def base_repo() -> Repo:
                            "releases": [{"revision": "v1", "weight": 100}],
                            "hosts": ["app3"], "port": 9000},
         "loadbalancer": {**meta, "kind": "LoadBalancer", "name": "edge", "hosts": ["local"],
+                         "syslog": {"address": "10.0.0.9:514"},
                          "frontends": [
             {"name": "http", "bind": "127.0.0.1:8080", "client_timeout": "30s",
              "default_service": "web", "redirect_https": False,
@@ -329,6 +330,10 @@ MUTATIONS: list[Mutation] = [
     ("Service.actions[].method", "", lambda r: web(r)["actions"][0].update(method="POST")),
     ("Service.max_actions", "", setter(web, "max_actions", 5)),
     ("LoadBalancer.request_records", "", lambda r: lb(r).update(request_records=False)),
+    ("LoadBalancer.syslog", "removed", lambda r: lb(r).pop("syslog")),
+    ("LoadBalancer.syslog.address", "", lambda r: lb(r)["syslog"].update(address="10.1.1.1:1")),
+    ("LoadBalancer.syslog.facility", "", lambda r: lb(r)["syslog"].update(facility="local3")),
+    ("LoadBalancer.syslog.format", "", lambda r: lb(r)["syslog"].update(format="rfc5424")),
     ("LoadBalancer.name", "rename edge", rename_lb),
     ("LoadBalancer.hosts", "", lambda r: lb(r).update(hosts=[app3(r)])),
     ("LoadBalancer.frontends[].name", "rename https", rename_frontend),

@@ -68,11 +68,7 @@ def render(
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
         "    load-server-state-from-file global",
-        *(
-            [f"    log ring@{RING} local0 info", f'    log-format "{LOG_FORMAT}"']
-            if request_log(lb)
-            else []
-        ),
+        *_log_lines(lb),
         "",
     ]
     for fe in lb.frontends:
@@ -91,6 +87,15 @@ def _request_log(lb: LoadBalancer) -> list[str]:
     if not request_log(lb):
         return []
     return [f"ring {RING}", "    format raw", "    maxlen 512", "    size 8388608", ""]
+
+
+def _log_lines(lb: LoadBalancer) -> list[str]:
+    """Where the request log goes (the ring, a syslog server) and its format."""
+    lines = [f"    log ring@{RING} local0 info"] if request_log(lb) else []
+    if lb.syslog:
+        t = lb.syslog
+        lines.append(f"    log {t.address} len 1024 format {t.format} {t.facility} info")
+    return [*lines, f'    log-format "{LOG_FORMAT}"'] if lines else []
 
 
 def _frontend(fe: Frontend) -> list[str]:

@@ -27,7 +27,11 @@ def request_log(lb: LoadBalancer) -> bool:
 def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[str, Any]]:
     """Section name ("global", "frontend fe_http", "backend be_web") -> its settings."""
     out: dict[str, dict[str, Any]] = {
-        "global": {"render_version": RENDER_VERSION, "request_log": request_log(lb)}
+        "global": {
+            "render_version": RENDER_VERSION,
+            "request_log": request_log(lb),
+            "syslog": plain(lb.syslog) if lb.syslog else None,
+        }
     }
     for fe in lb.frontends:
         out[f"frontend {frontend_name(fe.name)}"] = plain(fe)
