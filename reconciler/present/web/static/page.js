@@ -69,6 +69,11 @@ function tone(word) {
   return "info";
 }
 
+/* A pass's outcome: "running" is under way here, not a container that is fine. */
+function passTone(outcome) {
+  return outcome === "running" ? "info" : tone(outcome);
+}
+
 function banner(text) {
   const el = document.getElementById("banner");
   el.textContent = text || "";
@@ -169,12 +174,12 @@ function drawSeries(svc, series) {
   const specs = {
     rate: { title: "requests / s", series: revs.map((r) => line(r, r, "rate")), yValues: (u, v) => v.map((x) => fmt(x, 1)) },
     errors: {
-      title: "error rate (5xx+err solid, 4xx dashed)",
+      title: "error rate: 5xx ─  4xx ┄",
       series: revs.flatMap((r) => [line(r, `${r} 5xx`, "err_5xx"), line(r, `${r} 4xx`, "err_4xx", [4, 4])]),
       yValues: (u, v) => v.map((x) => `${(100 * x).toFixed(1)}%`),
     },
     latency: {
-      title: "response time ms (p50 thin, p95, p99 dashed)",
+      title: "response ms: p50 thin, p95, p99 ┄",
       series: revs.flatMap((r) => [line(r, `${r} p50`, "p50", null, 1), line(r, `${r} p95`, "p95", null, 2),
         line(r, `${r} p99`, "p99", [6, 3], 1.5)]),
     },
@@ -202,14 +207,16 @@ function drawEvidence(svc, canary) {
     looks.map((l) => (l.weights || {})[canary.canary] ?? null),
   ];
   chart(holder, "evidence", {
-    title: "canary: evidence against it (log) and its weight",
+    title: "evidence (log) and canary weight",
     data,
     series: [
       { label: "evidence", stroke: "#c53030", width: 2, scale: "e" },
       { label: "abort at", stroke: "#c5303066", width: 1, dash: [4, 4], scale: "e", points: { show: false } },
       { label: `${canary.canary} weight %`, stroke: colourOf(svc, canary.canary), width: 1.5, scale: "w", paths: uPlot.paths.stepped({ align: 1 }) },
     ],
-    scales: { x: { time: true }, e: { distr: 3 }, w: { range: [0, 100] } },
+    // at least the last two minutes: a single look would otherwise span years
+    scales: { x: { time: true, range: (u, lo, hi) => [Math.min(lo, hi - 120), hi + 5] },
+      e: { distr: 3 }, w: { range: [0, 100] } },
     axes: [
       { stroke: "#6b7280", grid: { stroke: "#eef0f3" } },
       { scale: "e", stroke: "#6b7280", grid: { stroke: "#eef0f3" }, size: 56 },
@@ -251,7 +258,7 @@ function renderService(svc, data) {
   svc.head.replaceChildren(
     h("h2", {}, data.name),
     h("span", { class: "muted" }, `${serving} of ${data.containers.length} containers running`),
-    data.held ? h("span", { class: "badge bad" }, `held: ${data.held}`) : null,
+    ...(data.held ? [h("span", { class: "badge bad" }, `held: ${data.held}`)] : []),
   );
   svc.releases.replaceChildren(...data.releases.map((r) => h("div", { class: "release", "data-revision": r.revision },
     h("span", {}, h("span", { class: "swatch", style: { background: colourOf(svc, r.revision) } }), r.revision,
@@ -357,10 +364,10 @@ async function refreshPasses() {
   const passes = await getJSON("/api/passes?limit=60");
   const strip = document.getElementById("strip");
   strip.replaceChildren(...passes.slice().reverse().map((p) =>
-    h("span", { class: tone(p.outcome), title: `${clock(p.t)} ${p.outcome}: ${p.summary}` })));
+    h("span", { class: passTone(p.outcome), title: `${clock(p.t)} ${p.outcome}: ${p.summary}` })));
   const rows = passes.map((p) => h("tr", { "data-pass": p.id },
     h("td", {}, clock(p.t)),
-    h("td", {}, h("span", { class: `badge ${tone(p.outcome)}` }, p.outcome)),
+    h("td", {}, h("span", { class: `badge ${passTone(p.outcome)}` }, p.outcome)),
     h("td", {}, p.kind, p.looks > 1 ? ` ×${p.looks}` : ""),
     h("td", { class: "mono" }, p.commit ? p.commit.slice(0, 7) : "–"),
     h("td", { class: "wrap" }, p.summary)));
