@@ -376,6 +376,8 @@ async function refreshPasses() {
 }
 
 function report(err) {
+  // A bug of this page is an error, not a reconciler out of reach: say both in the console.
+  console.error("status page:", err);
   page.failures += 1;
   banner(`cannot reach the reconciler (${err.message}); retrying`);
 }
