@@ -199,12 +199,17 @@ function drawEvidence(svc, canary) {
     holder.replaceChildren(h("div", { class: "empty muted" }, "no looks yet"));
     return;
   }
-  const xs = looks.map((l) => l.t);
+  // At least two minutes wide (an empty point before the first look): a chart of one
+  // look would otherwise span years.
+  const first = looks[0].t;
+  const last = looks[looks.length - 1].t;
+  const pad = last - first < 120 ? [{ t: last - 120, pad: true }] : [];
+  const all = [...pad, ...looks];
   const data = [
-    xs,
-    looks.map((l) => Math.max(1e-6, l.evidence)),
-    looks.map(() => canary.abort_at || null),
-    looks.map((l) => (l.weights || {})[canary.canary] ?? null),
+    all.map((l) => l.t),
+    all.map((l) => (l.pad ? null : Math.max(1e-6, l.evidence))),
+    all.map(() => canary.abort_at || null),
+    all.map((l) => (l.pad ? null : (l.weights || {})[canary.canary] ?? null)),
   ];
   chart(holder, "evidence", {
     title: "evidence (log) and canary weight",
@@ -214,9 +219,7 @@ function drawEvidence(svc, canary) {
       { label: "abort at", stroke: "#c5303066", width: 1, dash: [4, 4], scale: "e", points: { show: false } },
       { label: `${canary.canary} weight %`, stroke: colourOf(svc, canary.canary), width: 1.5, scale: "w", paths: uPlot.paths.stepped({ align: 1 }) },
     ],
-    // at least the last two minutes: a single look would otherwise span years
-    scales: { x: { time: true, range: (u, lo, hi) => [Math.min(lo, hi - 120), hi + 5] },
-      e: { distr: 3 }, w: { range: [0, 100] } },
+    scales: { x: { time: true }, e: { distr: 3 }, w: { range: [0, 100] } },
     axes: [
       { stroke: "#6b7280", grid: { stroke: "#eef0f3" } },
       { scale: "e", stroke: "#6b7280", grid: { stroke: "#eef0f3" }, size: 56 },
