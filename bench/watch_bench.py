@@ -228,6 +228,8 @@ class Watch:
                 str(drift),
                 "--metrics-addr",
                 f"127.0.0.1:{self.metrics_port}",
+                "--ui-addr",
+                "off",
                 "--log-format",
                 "json",
             ],

@@ -149,6 +149,18 @@ class Store:
             if name not in columns:  # a database made by an earlier version
                 self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {definition}")
 
+    @classmethod
+    def read_only(cls, path: Path) -> Store:
+        """The history at ``path`` opened for reading only, beside a writer in another
+        thread or process (WAL: neither blocks the other): nothing is created or
+        migrated. Raises sqlite3.Error when it cannot be opened."""
+        store = cls.__new__(cls)
+        store.db = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5, isolation_level=None
+        )
+        store.path = path
+        return store
+
     def close(self) -> None:
         self.db.close()
 

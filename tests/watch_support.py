@@ -25,13 +25,16 @@ class Watch:
             git(dep.root, "clone", "-q", "--bare", str(dep.repo), str(self.bare))
             git(dep.repo, "remote", "add", "origin", str(self.bare))
         self.metrics_port = free_port()
+        # The status page's default port is one for the whole machine: tests (and other
+        # runs at the same time) ask for it explicitly, with --ui-addr.
+        ui = [] if "--ui-addr" in extra else ["--ui-addr", "off"]
         self.log = (dep.root / f"watch-{self.metrics_port}.log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "watch", "--repo", str(self.bare),
              "--branch", "main", "--env", dep.env, "--state-dir", str(dep.state),
              "--poll", "1", "--drift-interval", str(drift), "--health-timeout", "20",
              "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--log-format", "json",
-             *extra],
+             *ui, *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def push(self, message: str) -> tuple[str, float]:

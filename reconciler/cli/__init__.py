@@ -1,5 +1,5 @@
 """Command line: ``reconcile [--dry-run]``, ``plan``, ``apply``, ``status``, ``history``,
-``retry``, ``promote``, ``abort``, ``haproxy``, ``validate``, ``diff``, ``watch``.
+``retry``, ``promote``, ``abort``, ``haproxy``, ``validate``, ``diff``, ``watch``, ``ui``.
 
 Exit codes: 0 success and nothing to change; 2 changes pending (plan / --dry-run); 1 any
 error (bad manifests, unreachable host, unknown commit). Heavy libraries (docker, git,
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from reconciler import __version__
-from reconciler.cli import canary, haproxy, inspect, plan_apply, validate_diff, watch
+from reconciler.cli import canary, haproxy, inspect, plan_apply, ui, validate_diff, watch
 from reconciler.cli.options import (
     Source,
     apply_options,
@@ -113,5 +113,6 @@ for _command in (
     validate_diff.validate,
     validate_diff.diff,
     watch.watch,
+    ui.ui,
 ):
     main.add_command(_command)

@@ -57,8 +57,26 @@ def _stop_on_signals(watcher: Watcher) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def _run(cfg: WatchConfig, src: Source, metrics_addr: str) -> None:
-    """Run the loop until a signal stops it, serving metrics on ``metrics_addr``."""
+def _serve_page(watcher: Watcher, ui_addr: str) -> None:
+    """Serve the status page of ``watcher`` on ``ui_addr`` in a daemon thread ('off': not).
+    Its requests read what the last pass observed and the history: the loop never waits."""
+    import logging
+
+    from reconciler.present.web.data import PageData
+    from reconciler.present.web.server import PageServer
+
+    if ui_addr == "off":
+        return
+    data = PageData(watcher.cfg.state_dir, lambda: watcher.view, watcher.cfg.environment)
+    server = or_fail(lambda: PageServer(data, ui_addr)).start()
+    logging.getLogger("reconciler.watch").info(
+        "status page on %s (read-only)", server.url, extra={"event": "ui", "url": server.url}
+    )
+
+
+def _run(cfg: WatchConfig, src: Source, metrics_addr: str, ui_addr: str) -> None:
+    """Run the loop until a signal stops it, serving metrics on ``metrics_addr`` and the
+    status page on ``ui_addr``."""
     import logging
 
     from reconciler.present.metrics import Metrics, serve
@@ -68,6 +86,7 @@ def _run(cfg: WatchConfig, src: Source, metrics_addr: str) -> None:
     _stop_on_signals(watcher)
     if metrics_addr != "off":
         serve(watcher.metrics, metrics_addr, stale_after_s=max(3 * cfg.drift_s, 60))
+    _serve_page(watcher, ui_addr)
     logging.getLogger("reconciler.watch").info(
         "watching %s (%s) for environment %s",
         src.repo,
@@ -104,6 +123,14 @@ def _signature_options(f: F) -> F:
 def _loop_options(f: F) -> F:
     f = click.option(
         "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    )(f)
+    f = click.option(
+        "--ui-addr",
+        default="127.0.0.1:9180",
+        show_default=True,
+        help="Address of the read-only status page (charts, canaries, passes; see "
+        "`reconcile ui --help`); 'off' to disable. It has no login: keep it on loopback "
+        "or behind an authenticating proxy.",
     )(f)
     f = click.option(
         "--metrics-addr",
@@ -154,6 +181,7 @@ def watch(
     drift_interval: float,
     detect_only: bool,
     metrics_addr: str,
+    ui_addr: str,
     log_format: str,
     require_signed: bool,
     allowed_signers: Path | None,
@@ -202,4 +230,4 @@ def watch(
         retention=retention,
         policy=or_fail(lambda: src.load_policy(state_dir)),
     )
-    _run(cfg, src, metrics_addr)
+    _run(cfg, src, metrics_addr, ui_addr)

@@ -30,8 +30,9 @@ from reconciler.desired.policy import Policy
 from reconciler.desired.source import RepoSpec, Snapshot, read_commit
 from reconciler.errors import ManifestError, ReconcilerError, SourceError
 from reconciler.lb.haproxy.paths import HAProxyPaths
-from reconciler.model import DesiredState, Instance
+from reconciler.model import DesiredState, Instance, ObservedState
 from reconciler.present.metrics import Metrics
+from reconciler.present.web.data import PageView
 from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
 from reconciler.watch.backoff import backoff_delay
@@ -82,6 +83,9 @@ class Watcher:
         self.stop = threading.Event()
         self.source = BranchSource(cfg.spec, cfg.allowed_signers, cfg.gpg_home)
         self._session: Session | None = None
+        # What the last pass observed, for the status page (read by its threads; a
+        # reference swap is atomic, and a PageView is never changed).
+        self.view: PageView | None = None
 
     @property
     def session(self) -> Session:
@@ -291,11 +295,21 @@ class Watcher:
             return
         self.state.canary_s = self._canary_interval(desired)
         report_pass(self.metrics, done, sha, kind)
-        set_healthy(self.metrics, desired, self.session.observe(desired))
+        observed = self.session.observe(desired)
+        set_healthy(self.metrics, desired, observed)
+        self._show(desired, observed)
+
+    def _show(self, desired: DesiredState, observed: ObservedState) -> None:
+        """Hand what this pass observed to the status page (no observation of its own)."""
+        git_dir = Path(self.source.repo()[0].git_dir)
+        held = self.session.held(desired)
+        self.view = PageView(desired, observed, held, git_dir, time.time())
 
     def _detect(self, desired: DesiredState, sha: str) -> None:
         """Detect-only: report drift (log, metrics) and change nothing."""
-        found = self.session.preview(desired).plan
+        preview = self.session.preview(desired)
+        found = preview.plan
+        self._show(desired, preview.observed)
         self.metrics.drift_pending.set(0 if found.empty else 1)
         if not found.empty:
             self.metrics.drift.inc()

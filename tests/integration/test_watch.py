@@ -145,7 +145,8 @@ def test_unreachable_remote_is_reported_and_retried(tmp_path: Path) -> None:
             [sys.executable, "-m", "reconciler", "watch", "--repo",
              f"file://{tmp_path}/missing.git", "--branch", "main", "--env", "x",
              "--state-dir", str(tmp_path / "state"), "--poll", "0.2",
-             "--metrics-addr", f"127.0.0.1:{port}", "--log-format", "json"],
+             "--metrics-addr", f"127.0.0.1:{port}", "--ui-addr", "off",
+             "--log-format", "json"],
             stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
         try:

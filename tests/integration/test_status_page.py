@@ -1,0 +1,229 @@
+"""The status page in a real browser (Debian's headless Chromium, tests/browser_support.py).
+
+- During a canary under load (`hey`), `reconcile watch --ui-addr` serves the page of a
+  real deployment (Docker, HAProxy): services, containers of both revisions, the
+  canary's state and evidence chart, the passes from history, and the charts per
+  revision are in the DOM; the browser console has no error (a CSP violation is one).
+  Once the request-record store exists (``reconciler.records.query``), the charts must
+  show data from both revisions; before, the page says why they are empty. The page is
+  saved as docs/status-page.png. `reconcile ui` serves the same services and containers.
+- Charts drawn from a small fixture of two revisions' series, through the same server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from browser_support import Browser
+from deploy_support import Deployment, free_port, wait_for
+from load_support import HeyLoad
+from repo_support import edit
+from support import converge, desired, service
+from watch_support import Watch
+
+from reconciler.present.web.data import PageData, PageView, records_module
+from reconciler.present.web.server import PageServer
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "status-page.png"
+WEB = "services/web.yaml"
+RELEASES = "releases:\n  - revision: v1\n    weight: 100\n"
+# A canary that stays at its first step (50%) for the whole test: long min_duration.
+CANARY = """releases:
+  - revision: v1
+    weight: 100
+  - revision: v2
+    weight: 0
+    canary:
+      steps:
+        - {weight: 50, min_duration: 300s, min_requests: 40}
+        - {weight: 100, min_duration: 300s, min_requests: 40}
+      analysis:
+        confidence: 0.99
+        max_error_rate: 0.2
+        interval: 1s
+"""
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def points(browser: Browser, service: str, chart: str) -> dict[str, int]:
+    """Points drawn per series label in one chart of a service (the page's draw hook)."""
+    raw = browser.js(f"(document.querySelector('section[data-service=\"{service}\"] "
+                     f"[data-chart=\"{chart}\"]') || {{getAttribute: () => null}})"
+                     ".getAttribute('data-points')")
+    return json.loads(raw) if raw else {}
+
+
+def assert_charts_show(browser: Browser, service: str, revisions: set[str]) -> None:
+    """Each chart of ``service`` is a canvas with points for every revision."""
+    for chart, suffix in (("rate", ""), ("errors", " 5xx"), ("latency", " p95")):
+        drawn = wait_for(lambda c=chart: points(browser, service, c), 15, f"{chart} chart")
+        for rev in revisions:
+            assert drawn.get(f"{rev}{suffix}", 0) > 0, (chart, rev, drawn)
+        assert browser.js(f"document.querySelectorAll('section[data-service=\"{service}\"] "
+                          f"[data-chart=\"{chart}\"] canvas').length") == 1
+
+
+# ------------------------------------------------------------------ charts from a fixture
+
+
+class FixtureRecords(PageData):
+    """Series and actions of two revisions from a fixture, the rest as served."""
+
+    def series(self, service: str, since_s: float) -> dict[str, Any]:
+        now = time.time()
+        t = [now - 600 + 10 * i for i in range(60)]
+        return {"resolution_s": 10, "revisions": {
+            rev: {"t": t, "rate": [5.0 + k] * 60, "err_4xx": [0.01] * 60,
+                  "err_5xx": [0.002 * k] * 60, "p50": [2.0 + k] * 60, "p95": [5.0 + 4 * k] * 60,
+                  "p99": [9.0 + 6 * k] * 60}
+            for k, rev in enumerate(("v1", "v2"))}}
+
+    def actions(self, service: str, since_s: float) -> list[dict[str, Any]]:
+        side = {"requests": 10, "errors": 0, "error_rate": 0.0, "p50": 2.0, "p95": 5.0, "p99": 9.0}
+        return [{"action": "GET /api/orders/{id}", "revisions": {"v1": side, "v2": side}}]
+
+    def note(self) -> str | None:
+        return None
+
+
+def test_charts_are_drawn_for_each_revision_of_the_series(tmp_path: Path) -> None:
+    d = desired(service("web", [("v1", 100)]))
+    view = PageView(d, converge(d), {}, None, time.time())
+    server = PageServer(FixtureRecords(tmp_path, lambda: view, "prod"), "127.0.0.1:0").start()
+    try:
+        with Browser() as browser:
+            browser.load(server.url)
+            assert_charts_show(browser, "web", {"v1", "v2"})
+            browser.wait_for("document.querySelectorAll('tr[data-action]').length == 1", 10,
+                             "the per-action table")
+            assert browser.console_errors() == []
+    finally:
+        server.close()
+
+
+# ------------------------------------------------------------------ a real deployment
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    os.environ["STAGING_DB_PASSWORD"] = "not-a-real-password"
+    d = Deployment(tmp_path_factory.mktemp("page"), docker.from_env())
+    code, out = d.apply()
+    assert code == 0, out
+    yield d
+    d.cleanup()
+
+
+def ui_process(dep: Deployment, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "ui", "--repo", str(dep.repo), "--env", dep.env,
+         "--state-dir", str(dep.state), "--addr", f"127.0.0.1:{port}", "--refresh", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def overview_at(port: int) -> dict[str, Any] | None:
+    try:
+        return dict(get_json(f"http://127.0.0.1:{port}/api/overview"))
+    except OSError:
+        return None
+
+
+def names(overview: dict[str, Any]) -> dict[str, set[str]]:
+    return {s["name"]: {c["name"] for c in s["containers"]} for s in overview["services"]}
+
+
+def test_watch_serves_the_page_during_a_canary_under_load(dep: Deployment) -> None:
+    port = free_port()
+    watch = Watch(dep, "--ui-addr", f"127.0.0.1:{port}", drift=60)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        edit(dep.repo, WEB, RELEASES, CANARY)
+        with HeyLoad(dep.url(), concurrency=5, qps=40, max_duration_s=180):
+            watch.push("canary v2 at 50%")
+            wait_for(lambda: (o := overview_at(port)) and any(
+                (s["canary"] or {}).get("status") == "progressing" for s in o["services"]),
+                timeout=90, what="the canary's analysis under way, on the page's data")
+            with Browser() as browser:
+                browser.load(url)
+                check_page(browser, dep)
+                check_series(browser, port)
+                assert browser.console_errors() == [], browser.console_errors()
+                browser.screenshot(SCREENSHOT, width=1280)
+            check_ui_command(dep, port)
+    finally:
+        assert watch.stop() == 0
+
+
+def check_page(browser: Browser, dep: Deployment) -> None:
+    """What a person sees at a glance, in the DOM."""
+    browser.wait_for("document.getElementById('env').textContent", 10, "the environment")
+    assert browser.js("document.getElementById('env').textContent") == dep.env
+    assert browser.js("document.getElementById('commit').textContent").startswith("applied commit")
+    services = browser.wait_for(
+        "[...document.querySelectorAll('section.service')].map(e => e.dataset.service)",
+        15, "services")
+    assert {"web", "api"} <= set(services), services
+    revisions = browser.wait_for(
+        "[...new Set([...document.querySelectorAll('section[data-service=web] tr[data-container]')]"
+        ".map(r => r.children[2].textContent))].sort().join(' ') == 'v1 v2' && 'ok'", 20,
+        "containers of both revisions of web")
+    assert revisions
+    canary = browser.js("document.querySelector('section[data-service=web] .canary')")
+    assert canary is not None and browser.js(
+        "!document.querySelector('section[data-service=web] .canary').hidden")
+    text = browser.js("document.querySelector('section[data-service=web] .canary').textContent")
+    assert "progressing" in text and "v2 vs v1" in text and "step 1 of 2" in text, text
+    assert "v1 50%" in text and "v2 50%" in text, text
+    wait_for(lambda: points(browser, "web", "evidence").get("evidence", 0) > 0, 15,
+             "the canary's evidence chart")
+    browser.wait_for("document.querySelectorAll('#passes tr[data-pass]').length > 0", 15,
+                     "passes from history")
+    lb_states = browser.js("[...document.querySelectorAll('section[data-service=web] "
+                           "tr[data-container] td:nth-child(6)')].map(td => td.textContent)")
+    assert lb_states and all(s.startswith("UP") for s in lb_states), lb_states
+
+
+def check_series(browser: Browser, port: int) -> None:
+    """Charts of every revision the records have; of both once the store exists."""
+    series = get_json(f"http://127.0.0.1:{port}/api/series?service=web&since=3600")
+    if records_module() is None:
+        assert series["revisions"] == {} and series["note"], series
+        browser.wait_for("document.querySelector('section[data-service=web] [data-chart=rate]')"
+                         ".textContent.includes('request records')", 15, "the note")
+        return
+    wait_for(lambda: {"v1", "v2"} <= set(get_json(
+        f"http://127.0.0.1:{port}/api/series?service=web&since=3600")["revisions"]),
+        60, "request records of both revisions")
+    assert_charts_show(browser, "web", {"v1", "v2"})
+
+
+def check_ui_command(dep: Deployment, watch_port: int) -> None:
+    """`reconcile ui` serves the same services and containers as watch's page."""
+    port = free_port()
+    proc = ui_process(dep, port)
+    try:
+        seen = wait_for(lambda: overview_at(port), 30, "reconcile ui to answer")
+        assert names(seen) == names(overview_at(watch_port) or {}), seen
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert b"/static/page.js" in resp.read()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert b"Traceback" not in err, err.decode()
