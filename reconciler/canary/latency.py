@@ -19,10 +19,11 @@ errors (``decision.EProcess``), and ``tau`` being a function of the past only ke
 so. The times are HAProxy's whole milliseconds (``%Ta``); the rounding makes the null
 inexact by at most 1 ms around ``tau``, which ``min_ms`` keeps small.
 
-One e-process is kept for all requests (key ``ALL``) and one per action, in at most
-``action_slots`` slots. An action gets a slot when its baseline first has enough times
-for a threshold (the busiest actions come first), the service's declared actions
-before others. The latency evidence is
+One e-process is kept for all requests (key ``ALL``; each request judged against its
+own action's threshold when its action has a slot) and one per action, in at most
+``action_slots`` slots. An action gets a slot once its baseline has ``min_baseline``
+times (so busy actions come first), declared actions before others in the same look;
+a slot is kept for good. The latency evidence is
 ``1/2 E_all + 1/2 * (1/action_slots) * sum of the slots' E_a`` (a slot not yet taken
 counts as 1, the value of an e-process that never looked): an average of
 e-processes on the same looks with weights fixed in advance is again an e-process, so
