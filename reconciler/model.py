@@ -114,6 +114,17 @@ class CanaryStep:
 
 
 @dataclass(frozen=True)
+class LatencyPolicy:
+    """When a canary is slower than its baseline (reconciler.canary.latency): slower
+    than ``max_slowdown`` times the baseline, judged on requests above the baseline's
+    ``quantile`` of its earlier times (never below ``min_ms``)."""
+
+    quantile: float = 0.95
+    max_slowdown: float = 1.2
+    min_ms: float = 2.0
+
+
+@dataclass(frozen=True)
 class CanaryPolicy:
     """A release judged against the service's other release (the baseline) while its
     weight follows ``steps``; its declared weight (0) is where it goes on abort."""
@@ -122,6 +133,8 @@ class CanaryPolicy:
     confidence: float = 0.99
     max_error_rate: float = 0.05
     interval_ms: int = 10_000
+    latency: LatencyPolicy | None = field(default_factory=LatencyPolicy)  # None: off
+    errors_4xx: bool = False
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,10 @@ DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 _CANARY = {
     "steps": [{"weight": 10, "min_duration": "1m", "min_requests": 10}],
-    "analysis": {"confidence": 0.99, "max_error_rate": 0.05, "interval": "10s"},
+    "analysis": {"confidence": 0.99, "max_error_rate": 0.05, "interval": "10s",
+                 "errors_4xx": False,
+                 "latency": {"enabled": True, "quantile": 0.95, "max_slowdown": 1.2,
+                             "min_ms": 2}},
 }
 # Every field of every kind, valid together: the base each case breaks in one place.
 BASE: dict[str, dict[str, Any]] = {

@@ -18,88 +18,30 @@ evidence smaller, so the one-sided null "not worse" is covered too.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_ODDS_RATIOS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+from reconciler.canary.evidence import (
+    DEFAULT_ODDS_RATIOS,
+    Counts,
+    EProcess,
+    log_likelihood_ratio,
+    log_likelihood_ratios,
+)
+from reconciler.canary.latency import ALL, LatencyEvidence, LatencySettings, Sample
 
-
-@dataclass(frozen=True)
-class Counts:
-    """Requests and errors of one side over one interval (deltas, never totals)."""
-
-    requests: int
-    errors: int
-
-    def __post_init__(self) -> None:
-        if self.requests < 0 or self.errors < 0 or self.errors > self.requests:
-            raise ValueError(f"bad counts {self.requests} requests, {self.errors} errors")
-
-
-def _log_comb(n: int, k: int) -> float:
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-
-
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def log_likelihood_ratio(canary: Counts, baseline: Counts, psi: float) -> float:
-    """log P_psi(X = x) / P_1(X = x) for the canary's errors x given both sides'
-    requests and the interval's total errors (Fisher's noncentral hypergeometric)."""
-    return log_likelihood_ratios(canary, baseline, (psi,))[0]
-
-
-def log_likelihood_ratios(
-    canary: Counts, baseline: Counts, odds_ratios: tuple[float, ...]
-) -> list[float]:
-    """``log_likelihood_ratio`` for each odds ratio: the hypergeometric weights, which do
-    not depend on it, are computed once."""
-    n1, n2 = canary.requests, baseline.requests
-    m = canary.errors + baseline.errors
-    lo, hi = max(0, m - n2), min(n1, m)
-    if m == 0 or lo == hi:
-        return [0.0] * len(odds_ratios)  # the margins fix x: no information
-    log_w = [_log_comb(n1, u) + _log_comb(n2, m - u) for u in range(lo, hi + 1)]
-    log_null = _logsumexp(log_w)
-    out = []
-    for psi in odds_ratios:
-        log_psi = math.log(psi)
-        numerator = canary.errors * log_psi
-        out.append(
-            numerator
-            - (
-                _logsumexp([w + u * log_psi for u, w in zip(range(lo, hi + 1), log_w, strict=True)])
-                - log_null
-            )
-        )
-    return out
-
-
-@dataclass
-class EProcess:
-    """Evidence that the canary fails more often than the baseline: the equal-weight
-    mixture over ``odds_ratios`` of the products of conditional likelihood ratios."""
-
-    odds_ratios: tuple[float, ...] = DEFAULT_ODDS_RATIOS
-    log_products: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.log_products:
-            self.log_products = [0.0] * len(self.odds_ratios)
-
-    def update(self, canary: Counts, baseline: Counts) -> None:
-        ratios = log_likelihood_ratios(canary, baseline, self.odds_ratios)
-        for i, r in enumerate(ratios):
-            self.log_products[i] += r
-
-    @property
-    def value(self) -> float:
-        """The evidence: 1 at the start; reject "not worse" when it reaches 1/alpha."""
-        return math.exp(_logsumexp(self.log_products) - math.log(len(self.log_products)))
-
+__all__ = [
+    "DEFAULT_ODDS_RATIOS",
+    "Analysis",
+    "Counts",
+    "EProcess",
+    "Progress",
+    "Step",
+    "Verdict",
+    "log_likelihood_ratio",
+    "log_likelihood_ratios",
+]
 
 # --------------------------------------------------------------------------- verdicts
 
@@ -120,13 +62,17 @@ class Analysis:
     ``max_error_rate``: abort when the canary's error rate since the start is above
     it (with at least ``guard_min_requests`` requests), whatever the baseline does.
     ``silence_requests``: a canary with weight above 0 that got no request while the
-    baseline got this many in the same step has failed (it is not reachable)."""
+    baseline got this many in the same step has failed (it is not reachable).
+    ``latency``: what slower means (``latency`` module), None: times are not judged.
+    ``actions``: the service's declared actions, first in line for latency slots."""
 
     confidence: float = 0.99
     max_error_rate: float = 0.05
     guard_min_requests: int = 100
     silence_requests: int = 50
     odds_ratios: tuple[float, ...] = DEFAULT_ODDS_RATIOS
+    latency: LatencySettings | None = field(default_factory=LatencySettings)
+    actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,24 +86,47 @@ class Verdict:
 class Progress:
     """Where a canary's analysis stands: the step, what each side got in it and since
     the start, and the evidence. ``observe`` feeds one interval, ``verdict`` says what
-    to do."""
+    to do.
+
+    The evidence judged is ``E = 1/2 E_errors + 1/2 E_latency`` (``latency`` module for
+    the second), or ``E_errors`` alone when latency is off. Both are e-processes on the
+    same looks (each look's counts and times are known when it is taken) and the
+    weights are fixed before the first look, so E is one too: under the null "the
+    canary neither fails more often nor is slower than ``max_slowdown`` times the
+    baseline", P(E ever >= 1/alpha) <= alpha. Equal halves: a regression of either
+    kind needs only twice the evidence it would need alone (log 2, about one more
+    interval of a clear regression), and neither kind can be drowned by the other."""
 
     steps: tuple[Step, ...]
     analysis: Analysis = field(default_factory=Analysis)
     step: int = 0
     step_elapsed_s: float = 0.0
-    step_canary: Counts = Counts(0, 0)
-    step_baseline: Counts = Counts(0, 0)
-    total_canary: Counts = Counts(0, 0)
-    total_baseline: Counts = Counts(0, 0)
+    step_canary: Counts = field(default_factory=lambda: Counts(0, 0))
+    step_baseline: Counts = field(default_factory=lambda: Counts(0, 0))
+    total_canary: Counts = field(default_factory=lambda: Counts(0, 0))
+    total_baseline: Counts = field(default_factory=lambda: Counts(0, 0))
     last_interval_requests: int = 0
     evidence: EProcess = field(default_factory=EProcess)
+    latency: LatencyEvidence | None = None
 
     def __post_init__(self) -> None:
-        self.evidence = EProcess(self.analysis.odds_ratios)
+        a = self.analysis
+        self.evidence = EProcess(a.odds_ratios)
+        if a.latency is not None:
+            self.latency = LatencyEvidence(a.latency, a.odds_ratios, a.actions)
 
-    def observe(self, canary: Counts, baseline: Counts, seconds: float) -> None:
+    def observe(
+        self,
+        canary: Counts,
+        baseline: Counts,
+        seconds: float,
+        times: Mapping[str, Sample] | None = None,
+    ) -> None:
+        """Feed one interval: the counts of each side and, when the request log was
+        read, the total times of each action's requests per side."""
         self.evidence.update(canary, baseline)
+        if self.latency is not None and times is not None:
+            self.latency.observe(times)
         self.step_elapsed_s += seconds
         self.step_canary = _add(self.step_canary, canary)
         self.step_baseline = _add(self.step_baseline, baseline)
@@ -181,6 +150,24 @@ class Progress:
             ],
             "last_interval_requests": self.last_interval_requests,
             "log_products": self.evidence.log_products,
+            **({"latency": self.latency.to_dict()} if self.latency is not None else {}),
+        }
+
+    @property
+    def value(self) -> float:
+        """The evidence judged (see the class doc): 1 at the start."""
+        if self.latency is None:
+            return self.evidence.value
+        return 0.5 * self.evidence.value + 0.5 * self.latency.value()
+
+    def parts(self) -> dict[str, Any]:
+        """Each e-process's own evidence, for status: errors, latency of all requests
+        and of each judged action."""
+        lat = self.latency
+        return {
+            "errors": self.evidence.value,
+            "latency": None if lat is None else lat.all_value(),
+            "actions": {} if lat is None else lat.action_values(),
         }
 
     @classmethod
@@ -196,6 +183,8 @@ class Progress:
         p.last_interval_requests = int(data["last_interval_requests"])
         if len(data["log_products"]) == len(p.evidence.log_products):
             p.evidence.log_products = [float(x) for x in data["log_products"]]
+        if p.latency is not None and "latency" in data:
+            p.latency.load(data["latency"])
         return p
 
     def advance(self) -> None:
@@ -203,19 +192,24 @@ class Progress:
         self.step_elapsed_s = 0.0
         self.step_canary = self.step_baseline = Counts(0, 0)
 
+    def _why(self, threshold: float) -> str:
+        """Why the evidence passed ``threshold``: the larger of its two halves."""
+        lat = self.latency
+        if lat is None or self.evidence.value >= lat.value():
+            return (
+                f"the canary fails more often than the baseline "
+                f"({_rate(self.total_canary)} vs {_rate(self.total_baseline)})"
+            )
+        return _latency_reason(lat, threshold)
+
     def verdict(self) -> Verdict:
-        a, e = self.analysis, self.evidence.value
+        a, e = self.analysis, self.value
         step = self.steps[self.step]
         where = f"step {self.step + 1}/{len(self.steps)} at {step.weight}%"
         threshold = 1 / (1 - a.confidence)
         if e >= threshold:
-            return Verdict(
-                "abort",
-                f"{where}: the canary fails more often than the baseline "
-                f"({_rate(self.total_canary)} vs {_rate(self.total_baseline)}; "
-                f"evidence {e:.3g} >= {threshold:.3g})",
-                e,
-            )
+            why = f"{self._why(threshold)} (evidence {e:.3g} >= {threshold:.3g})"
+            return Verdict("abort", f"{where}: {why}", e)
         c = self.total_canary
         if c.requests >= a.guard_min_requests and c.errors / c.requests > a.max_error_rate:
             return Verdict(
@@ -258,6 +252,16 @@ class Progress:
             f"{self.step_elapsed_s:.0f}/{step.min_duration_s:.0f}s",
             e,
         )
+
+
+def _latency_reason(lat: LatencyEvidence, threshold: float) -> str:
+    """What is slower: the one action whose own evidence passed ``threshold`` (the
+    message names it), else all requests (and every action that passed it)."""
+    over = sorted(((v, n) for n, v in lat.action_values().items() if v >= threshold), reverse=True)
+    if len(over) == 1:
+        return f"latency: action {over[0][1]} {lat.describe(over[0][1])}"
+    slower = "".join(f"; action {n} {lat.describe(n)}" for _, n in over)
+    return f"latency: {lat.describe(ALL)}{slower}"
 
 
 def _add(a: Counts, b: Counts) -> Counts:

@@ -26,11 +26,15 @@ from typing import Any
 
 from reconciler import identity
 from reconciler.canary.decision import Analysis, Counts, Progress, Step
+from reconciler.canary.latency import LatencySettings
 from reconciler.canary.measure import Meter
-from reconciler.lb.haproxy.requestlog import LogCursor, parse_events, percentile
+from reconciler.canary.sides import Look, add_to_summary, split, summarize
+from reconciler.lb.haproxy.requestlog import LogCursor, Request, parse_events, percentile
 from reconciler.model import DesiredState, ObservedState, Release, Service
+from reconciler.records.actions import ActionTable
 
 MAX_TIMES = 5000  # response times kept per revision for the percentiles
+MAX_LOOKS = 720  # looks kept for the evidence over time (2 h at one a 10 s)
 
 
 def canary_pair(svc: Service) -> tuple[Release, Release] | None:
@@ -68,6 +72,10 @@ class CanaryState:
     times: dict[str, list[int]] = field(default_factory=dict)  # revision -> ms
     totals: dict[str, list[int]] = field(default_factory=dict)  # revision -> [req, err]
     history: list[str] = field(default_factory=list)  # what happened, newest last
+    # one entry a look: {"t", "evidence", "step" (1-based), "weights": {revision: w}}
+    looks: list[dict[str, Any]] = field(default_factory=list)
+    actions: dict[str, Any] = field(default_factory=dict)  # sides.add_to_summary
+    admitted: list[str] = field(default_factory=list)  # ActionTable names, across looks
 
     @property
     def evidence(self) -> float:
@@ -99,6 +107,10 @@ class CanaryState:
             "p99_ms": percentile(times, 0.99),
         }
 
+    def action_summary(self) -> dict[str, Any]:
+        """action -> "canary"/"baseline" -> requests, errors, error rate, p50, p95."""
+        return summarize(self.actions)
+
 
 def undecided(env: str, svc: Service, state: CanaryState | None) -> bool:
     """True while ``svc`` has a canary that still needs looks: its analysis has not
@@ -118,9 +130,24 @@ def _steps(rel: Release) -> tuple[Step, ...]:
     return tuple(Step(s.weight, s.min_duration_ms / 1000, s.min_requests) for s in rel.canary.steps)
 
 
-def _analysis(rel: Release) -> Analysis:
-    assert rel.canary is not None
-    return Analysis(confidence=rel.canary.confidence, max_error_rate=rel.canary.max_error_rate)
+def _analysis(svc: Service, rel: Release) -> Analysis:
+    c = rel.canary
+    assert c is not None
+    lat = c.latency
+    settings = None if lat is None else LatencySettings(lat.quantile, lat.max_slowdown, lat.min_ms)
+    return Analysis(
+        confidence=c.confidence,
+        max_error_rate=c.max_error_rate,
+        latency=settings,
+        actions=tuple(a.name for a in svc.actions),
+    )
+
+
+def _progress(svc: Service, canary: Release, state: CanaryState) -> Progress:
+    steps, analysis = _steps(canary), _analysis(svc, canary)
+    if state.progress:
+        return Progress.from_dict(steps, analysis, state.progress)
+    return Progress(steps, analysis)
 
 
 def evaluate(
@@ -155,16 +182,18 @@ def evaluate(
                 continue  # not deployed yet: the declared weights (canary 0) apply
             state = CanaryState(svc.name, key, baseline.revision, canary.revision)
             state.updated_at = now
-            _measure(state, observed, revision_of, events, backend)  # starting point
+            _, look = _measure(state, svc, observed, revision_of, events)  # starting point
+            _prime(state, svc, canary, look)
             state.history.append(f"started at step 1/{len(_steps(canary))}")
             out[svc.name] = state
             continue
         state = copy.deepcopy(old)
-        deltas = _measure(state, observed, revision_of, events, backend)
+        deltas, look = _measure(state, svc, observed, revision_of, events)
         interval = max(0.0, now - state.updated_at)
         state.updated_at = now
         if state.status not in ("aborted", "promoted"):
-            _judge(state, baseline, canary, deltas, interval)
+            _judge(state, svc, (baseline, canary), (deltas, look), interval)
+            _record_look(state, svc, now)
         out[svc.name] = state
     return out
 
@@ -181,24 +210,32 @@ def _revisions(observed: ObservedState, env: str) -> dict[tuple[str, str], str]:
     return revision_of
 
 
+def _prime(state: CanaryState, svc: Service, canary: Release, look: Look | None) -> None:
+    """The analysis's starting point: the baseline's times logged before the canary's
+    first interval are its earlier intervals, so the first interval has a threshold."""
+    progress = _progress(svc, canary, state)
+    if progress.latency is not None and look is not None:
+        progress.latency.observe(look.samples)
+    state.progress = {**progress.to_dict(), "evidence": progress.value}
+
+
 def _judge(
     state: CanaryState,
-    baseline: Release,
-    canary: Release,
-    deltas: Mapping[str, Counts],
+    svc: Service,
+    pair: tuple[Release, Release],
+    seen: tuple[Mapping[str, Counts], Look | None],
     interval: float,
 ) -> None:
     """One step of the sequential decision for ``state`` (a copy the caller owns), from
-    the counts each revision got since the last look, ``interval`` seconds ago."""
-    progress = (
-        Progress.from_dict(_steps(canary), _analysis(canary), state.progress)
-        if state.progress
-        else Progress(_steps(canary), _analysis(canary))
-    )
+    the counts each revision got since the last look, ``interval`` seconds ago, and the
+    request log's records of each side by action (None: the log was not read)."""
+    (baseline, canary), (deltas, look) = pair, seen
+    progress = _progress(svc, canary, state)
     progress.observe(
         deltas.get(canary.revision, Counts(0, 0)),
         deltas.get(baseline.revision, Counts(0, 0)),
         interval,
+        None if look is None else look.samples,
     )
     verdict = progress.verdict()
     if verdict.action == "advance":
@@ -212,36 +249,84 @@ def _judge(
     if verdict.action in ("abort", "promote"):
         state.history.append(verdict.reason)
     state.reason = verdict.reason
-    state.progress = {**progress.to_dict(), "evidence": verdict.evidence}
+    state.progress = {**progress.to_dict(), "evidence": verdict.evidence, "parts": progress.parts()}
+
+
+def _record_look(state: CanaryState, svc: Service, now: float) -> None:
+    """Append this look to ``state.looks`` (bounded): the evidence over time."""
+    weights = effective_weights(svc, state) or {r.revision: r.weight for r in svc.releases}
+    state.looks.append(
+        {
+            "t": now,
+            "evidence": state.evidence,
+            "step": int(state.progress.get("step", 0)) + 1,
+            "weights": weights,
+        }
+    )
+    del state.looks[:-MAX_LOOKS]
 
 
 def _measure(
     state: CanaryState,
+    svc: Service,
     observed: ObservedState,
     revision_of: Mapping[tuple[str, str], str],
     events: Mapping[str, str],
-    backend: str,
-) -> dict[str, Counts]:
-    """Feed one look at every LB host into the state's meter, totals and response
-    times; the increments of requests and errors per revision of ``backend``."""
+) -> tuple[dict[str, Counts], Look | None]:
+    """Feed one look at every LB host into the state's meter, totals, response times
+    and per-action summary; the increments of requests and errors per revision of the
+    service's backend, and the new request log records by action and side (None when
+    no LB host's log was read)."""
+    backend = identity.backend_name(svc.name)
+    errors_4xx = any(r.canary.errors_4xx for r in svc.releases if r.canary)
     deltas: dict[str, Counts] = {}
+    requests: list[Request] = []
     for lb in observed.lbs:
         stats = [s for s in lb.stats if s.backend == backend]
         generation = str(lb.worker_pid)
-        for (_, revision), c in state.meter.update(lb.host, generation, stats, revision_of).items():
+        counted = state.meter.update(lb.host, generation, stats, revision_of, errors_4xx)
+        for (_, revision), c in counted.items():
             prev = deltas.get(revision, Counts(0, 0))
             deltas[revision] = Counts(prev.requests + c.requests, prev.errors + c.errors)
-        for r in state.cursor.new(parse_events(events.get(lb.host, ""))):
-            rev = revision_of.get((r.backend, r.server))
-            if r.backend == backend and rev is not None and r.total_ms >= 0:
-                kept = state.times.setdefault(rev, [])
-                kept.append(r.total_ms)
-                del kept[:-MAX_TIMES]
+        requests += [
+            r
+            for r in state.cursor.new(parse_events(events.get(lb.host, "")))
+            if r.backend == backend
+        ]
+    for r in requests:
+        rev = revision_of.get((r.backend, r.server))
+        if rev is not None and r.total_ms >= 0:
+            kept = state.times.setdefault(rev, [])
+            kept.append(r.total_ms)
+            del kept[:-MAX_TIMES]
     for revision, c in deltas.items():
         total = state.totals.setdefault(revision, [0, 0])
         total[0] += c.requests
         total[1] += c.errors
-    return deltas
+    if not any(events.get(lb.host) for lb in observed.lbs):
+        return deltas, None
+    return deltas, _look(state, svc, backend, requests, revision_of, errors_4xx)
+
+
+def _look(
+    state: CanaryState,
+    svc: Service,
+    backend: str,
+    requests: list[Request],
+    revision_of: Mapping[tuple[str, str], str],
+    errors_4xx: bool,
+) -> Look:
+    """The records by action and side, folded into the per-action summary too."""
+    side_of = {
+        server: "canary" if rev == state.canary else "baseline"
+        for (be, server), rev in revision_of.items()
+        if be == backend and rev in (state.canary, state.baseline)
+    }
+    table = ActionTable(svc.actions, svc.max_actions, set(state.admitted))
+    look = split(requests, backend, side_of, table, errors_4xx)
+    state.admitted = sorted(table.admitted)
+    add_to_summary(state.actions, look)
+    return look
 
 
 def effective_weights(svc: Service, state: CanaryState | None) -> dict[str, int] | None:

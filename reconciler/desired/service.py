@@ -21,6 +21,7 @@ from reconciler.model import (
     CanaryStep,
     ContainerSpec,
     HealthCheck,
+    LatencyPolicy,
     Logging,
     Release,
     SecretRef,
@@ -275,6 +276,20 @@ def _canary(data: dict[str, Any]) -> CanaryPolicy:
         confidence=float(analysis.get("confidence", 0.99)),
         max_error_rate=float(analysis.get("max_error_rate", 0.05)),
         interval_ms=duration_ms(analysis.get("interval", "10s")),
+        latency=_latency(analysis.get("latency", {})),
+        errors_4xx=bool(analysis.get("errors_4xx", False)),
+    )
+
+
+def _latency(data: Any) -> LatencyPolicy | None:
+    """``analysis.latency``: off (``off``, which YAML reads as false, or ``enabled:
+    false``) or the policy."""
+    if not isinstance(data, dict) or not data.get("enabled", True):
+        return None
+    return LatencyPolicy(
+        quantile=float(data.get("quantile", 0.95)),
+        max_slowdown=float(data.get("max_slowdown", 1.2)),
+        min_ms=float(data.get("min_ms", 2)),
     )
 
 

@@ -256,6 +256,10 @@ def _canary(svc: Service, state: CanaryState | None) -> dict[str, Any] | None:
             "canary": {"revision": canary.revision, **state.summary(canary.revision)},
         },
         "history": state.history[-10:],
+        # per action (p50/p95 by side), each e-process's evidence, and the looks
+        "actions": state.action_summary(),
+        "evidence_parts": state.progress.get("parts"),
+        "looks": state.looks,
     }
 
 

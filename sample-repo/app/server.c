@@ -15,6 +15,9 @@
  *                checked on every probe so a test can flip it at run time)
  *   ERROR_RATE   percent (0-100, fractional allowed) of non-health requests that get 500
  *   DELAY_MS     extra latency (milliseconds, fractional allowed) for non-health requests
+ *   DELAY_PATHS  more latency for some paths: "PREFIX=MS,PREFIX=MS" (at most 16), e.g.
+ *                "/api/orders=20,/slow=5": a path starting with PREFIX waits MS more
+ *                (the longest matching prefix counts), on top of DELAY_MS
  *
  * Every path other than /healthz answers like "/" and its body names the path, so
  * routing tests can tell backends and path prefixes apart.
@@ -60,6 +63,13 @@ static char g_hostname[256];
 static int g_fail_health_env;
 static double g_error_rate;     /* 0..100 */
 static double g_delay_ms;
+#define MAX_DELAY_PATHS 16
+static struct {
+    char prefix[128];
+    size_t len;
+    double ms;
+} g_delay_paths[MAX_DELAY_PATHS];
+static int g_n_delay_paths;
 static int g_port = 8080;
 
 static atomic_int g_connections;
@@ -102,6 +112,46 @@ static double parse_nonneg(const char *name, double max) {
         return 0.0;
     }
     return v;
+}
+
+/* DELAY_PATHS="PREFIX=MS,...": entries that do not parse are skipped with a warning. */
+static void parse_delay_paths(void) {
+    const char *s = getenv("DELAY_PATHS");
+    if (s == NULL) return;
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", s);
+    char *save = NULL;
+    for (char *item = strtok_r(buf, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strrchr(item, '=');
+        char *end = NULL;
+        double ms = eq ? strtod(eq + 1, &end) : -1.0;
+        size_t len = eq ? (size_t)(eq - item) : 0;
+        if (eq == NULL || end == eq + 1 || *end != '\0' || !(ms >= 0.0) || ms > 3600.0 * 1000.0 ||
+            len == 0 || item[0] != '/' || len >= sizeof g_delay_paths[0].prefix ||
+            g_n_delay_paths >= MAX_DELAY_PATHS) {
+            fprintf(stderr, "sample-app: ignoring DELAY_PATHS entry %s\n", item);
+            continue;
+        }
+        memcpy(g_delay_paths[g_n_delay_paths].prefix, item, len);
+        g_delay_paths[g_n_delay_paths].prefix[len] = '\0';
+        g_delay_paths[g_n_delay_paths].len = len;
+        g_delay_paths[g_n_delay_paths].ms = ms;
+        g_n_delay_paths++;
+    }
+}
+
+/* The extra delay of a path: DELAY_MS plus its longest DELAY_PATHS prefix's. */
+static double path_delay_ms(const char *path) {
+    double extra = 0.0;
+    size_t best = 0;
+    for (int i = 0; i < g_n_delay_paths; i++) {
+        if (g_delay_paths[i].len > best &&
+            strncmp(path, g_delay_paths[i].prefix, g_delay_paths[i].len) == 0) {
+            best = g_delay_paths[i].len;
+            extra = g_delay_paths[i].ms;
+        }
+    }
+    return g_delay_ms + extra;
 }
 
 /* Per-thread splitmix64: no shared state, so no locking on the hot path. */
@@ -285,7 +335,7 @@ static int handle_request(int fd, const char *req, size_t head_len, int *discard
         return respond(fd, 200, "OK", "ok\n", head_only, keep_alive) == 0 && keep_alive;
     }
 
-    sleep_ms(g_delay_ms);
+    sleep_ms(path_delay_ms(path));
     if (g_error_rate > 0.0 && rng_percent() < g_error_rate) {
         snprintf(body, sizeof body, "error revision=%s host=%s path=%s\n", g_revision,
                  g_hostname, path);
@@ -469,6 +519,7 @@ int main(int argc, char **argv) {
     g_fail_health_env = fh != NULL && strcmp(fh, "1") == 0;
     g_error_rate = parse_nonneg("ERROR_RATE", 100.0);
     g_delay_ms = parse_nonneg("DELAY_MS", 3600.0 * 1000.0);
+    parse_delay_paths();
 
     /* Signals are consumed through a signalfd in the accept loop; every thread
      * inherits the blocked mask, so none is interrupted by them. */

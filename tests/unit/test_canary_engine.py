@@ -142,3 +142,50 @@ def test_evaluate_leaves_the_states_it_is_given_as_they_are() -> None:
     # the same look from the same states gives the same result: nothing carried over
     again = evaluate(d, with_counts(world, {"v1": (500, 1), "v2": (100, 0)}), first, 12, {})
     assert again["web"].to_json() == after["web"].to_json()
+
+
+def ring(world: ObservedState, times: dict[str, list[int]], start: int) -> str:
+    """``show events`` text: one request a time, revision -> total times (ms)."""
+    servers = {("v1" if "-v1-" in s.server else "v2"): s.server
+               for s in world.lbs[0].servers if s.backend == "be_web"}
+    lines, n = [], start
+    for rev, values in times.items():
+        for ms in values:
+            lines.append(f"<134>1 - - haproxy 7 - - reqlog be=be_web srv={servers[rev]} st=200 "
+                         f"tr={ms} ta={ms} b=10 t=1 id=7.{n} m=GET p=/orders/{n}")
+            n += 1
+    return "\n".join(lines) + "\n"
+
+
+def test_a_slower_canary_is_aborted_on_times_from_the_request_log() -> None:
+    d = fleet()
+    world = converge(d)
+    host = world.lbs[0].host
+    # Before the canary's first interval: the baseline's earlier times (1-3 ms).
+    start = {host: ring(world, {"v1": [1, 2, 3] * 20}, 0)}
+    states = evaluate(d, with_counts(world, {"v1": (60, 0)}), {}, 0, start)
+    slow = {host: ring(world, {"v1": [1, 2, 3] * 20, "v2": [30] * 20}, 60)}
+    states = evaluate(d, with_counts(world, {"v1": (120, 0), "v2": (20, 0)}), states, 5, slow)
+    state = states["web"]
+    assert state.status == "aborted", state.reason
+    assert "latency: action GET /orders/{id} p95 30 ms vs 3 ms" in state.reason, state.reason
+    assert state.looks[-1]["weights"] == {"v1": 100, "v2": 0} and state.looks[-1]["step"] == 1
+    summary = state.action_summary()["GET /orders/{id}"]
+    assert summary["canary"]["p50_ms"] == 30 and summary["baseline"]["requests"] == 120
+    again = CanaryState.from_json(state.to_json())
+    assert again.looks == state.looks and again.actions == state.actions
+
+
+def test_latency_off_judges_errors_only() -> None:
+    off = replace(POLICY, latency=None)
+    d = fleet()
+    svc = d.services[0]
+    d = replace(d, services=(replace(svc, releases=(svc.releases[0],
+                                                    replace(svc.releases[1], canary=off))),))
+    world = converge(d)
+    host = world.lbs[0].host
+    states = evaluate(d, with_counts(world, {"v1": (60, 0)}), {}, 0,
+                      {host: ring(world, {"v1": [1, 2, 3] * 20}, 0)})
+    slow = {host: ring(world, {"v1": [1, 2, 3] * 20, "v2": [30] * 20}, 60)}
+    states = evaluate(d, with_counts(world, {"v1": (120, 0), "v2": (20, 0)}), states, 5, slow)
+    assert states["web"].status == "progressing", states["web"].reason

@@ -44,3 +44,20 @@ def test_unknown_servers_are_skipped_and_state_survives_json() -> None:
     assert again.update("lb", "g1", [stat("h1.a", 15), stat("other", 500)], REV) == {
         ("be_web", "v1"): Counts(5, 0)
     }
+
+
+def test_4xx_are_errors_only_when_the_analysis_counts_them() -> None:
+    def with_4xx(ok: int, err4: int) -> ServerStats:
+        return ServerStats("be_web", "h1.c", "UP", 1, 0, ok + err4, hrsp_2xx=ok, hrsp_4xx=err4)
+
+    m = Meter()
+    m.update("lb", "g1", [with_4xx(0, 0)], REV)
+    assert m.update("lb", "g1", [with_4xx(10, 5)], REV) == {("be_web", "v2"): Counts(15, 0)}
+    assert m.update("lb", "g1", [with_4xx(20, 8)], REV, errors_4xx=True) == {
+        ("be_web", "v2"): Counts(13, 3)
+    }
+    # A state saved before 4xx were kept (5 fields a server) loads; its 4xx start there.
+    old = '{"last": [["lb", "be_web", "h1.c", 28, 0]], "generation": {"lb": "g1"}}'
+    assert Meter.from_json(old).update("lb", "g1", [with_4xx(22, 9)], REV, errors_4xx=True) == {
+        ("be_web", "v2"): Counts(3, 0)
+    }

@@ -50,7 +50,9 @@ def releases(image: str) -> list[dict[str, Any]]:
          "canary": {"steps": [{"weight": 10, "min_duration": "1m", "min_requests": 100},
                               {"weight": 50}],
                     "analysis": {"confidence": 0.99, "max_error_rate": 0.05,
-                                 "interval": "10s"}}},
+                                 "interval": "10s", "errors_4xx": False,
+                                 "latency": {"quantile": 0.95, "max_slowdown": 1.2,
+                                             "min_ms": 2, "enabled": True}}}},
     ]
 
 
@@ -152,6 +154,14 @@ def setter(get: Callable[[Repo], dict[str, Any]], key: str, value: Any) -> Calla
     return edit
 
 
+def latency(canary: dict[str, Any]) -> dict[str, Any]:
+    """The canary's latency settings, made a mapping again if a mutation turned it off."""
+    if not isinstance(canary["analysis"].get("latency"), dict):
+        canary["analysis"]["latency"] = {"quantile": 0.95}
+    found: dict[str, Any] = canary["analysis"]["latency"]
+    return found
+
+
 def canary_edit(rels: Callable[[Repo], list[dict[str, Any]]],
                 change: Callable[[dict[str, Any]], None]) -> Callable[[Repo], None]:
     def edit(r: Repo) -> None:
@@ -193,6 +203,18 @@ def release_mutations(prefix: str, rels: Callable[[Repo], list[dict[str, Any]]])
          canary_edit(rels, lambda c: c["analysis"].update(max_error_rate=0.1))),
         (f"{prefix}.canary.analysis.interval", "",
          canary_edit(rels, lambda c: c["analysis"].update(interval="30s"))),
+        (f"{prefix}.canary.analysis.errors_4xx", "count 4xx",
+         canary_edit(rels, lambda c: c["analysis"].update(errors_4xx=True))),
+        (f"{prefix}.canary.analysis.latency", "latency off",
+         canary_edit(rels, lambda c: c["analysis"].update(latency=False))),
+        (f"{prefix}.canary.analysis.latency.enabled", "",
+         canary_edit(rels, lambda c: latency(c).update(enabled=False))),
+        (f"{prefix}.canary.analysis.latency.quantile", "",
+         canary_edit(rels, lambda c: latency(c).update(quantile=0.99))),
+        (f"{prefix}.canary.analysis.latency.max_slowdown", "",
+         canary_edit(rels, lambda c: latency(c).update(max_slowdown=1.5))),
+        (f"{prefix}.canary.analysis.latency.min_ms", "",
+         canary_edit(rels, lambda c: latency(c).update(min_ms=5))),
     ]
 
 
