@@ -30,8 +30,10 @@ from reconciler.desired.policy import Policy
 from reconciler.desired.source import RepoSpec, Snapshot, read_commit
 from reconciler.errors import ManifestError, ReconcilerError, SourceError
 from reconciler.lb.haproxy.paths import HAProxyPaths
-from reconciler.model import DesiredState, Instance
+from reconciler.model import DesiredState, Instance, ObservedState
 from reconciler.present.metrics import Metrics
+from reconciler.records.collector import Records
+from reconciler.records.store import FILENAME, RecordsRetention, RecordsStore
 from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
 from reconciler.watch.backoff import backoff_delay
@@ -58,6 +60,8 @@ class WatchConfig:
     instance: Instance = field(default_factory=Instance)  # whose containers
     retention: Retention = field(default_factory=Retention)  # of the history database
     policy: Policy = field(default_factory=Policy)  # the operator's (reconciler.desired.policy)
+    # Request records (reconciler.records): kept this long; None: not collected.
+    records: RecordsRetention | None = field(default_factory=RecordsRetention)
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Watcher:
         self.stop = threading.Event()
         self.source = BranchSource(cfg.spec, cfg.allowed_signers, cfg.gpg_home)
         self._session: Session | None = None
+        self.records: Records | None = None  # started by the first pass that observes
 
     @property
     def session(self) -> Session:
@@ -89,7 +94,10 @@ class Watcher:
         passes (an SSH connection is opened once, not every pass)."""
         if self._session is None:
             self._session = Session(
-                self.cfg.state_dir, external=self.cfg.external, policy=self.cfg.policy
+                self.cfg.state_dir,
+                external=self.cfg.external,
+                policy=self.cfg.policy,
+                record_requests=False,  # the collectors stream the request log instead
             )
         return self._session
 
@@ -113,7 +121,23 @@ class Watcher:
         finally:
             if watcher is not None:
                 watcher.stop()
+            if self.records is not None:
+                self.records.stop()
             self.close()
+
+    def follow_records(self, desired: DesiredState, observed: ObservedState) -> None:
+        """Give the request records collectors this pass's mapping and LB hosts (they
+        start with the first call). Never raises: records are not worth a pass."""
+        retention = self.cfg.records
+        if retention is None:
+            return
+        try:
+            if self.records is None:
+                store = RecordsStore(self.cfg.state_dir / FILENAME, retention)
+                self.records = Records(store, sink=self.metrics.observe_records)
+            self.records.follow(desired, observed, self.session.lb_targets(desired, observed))
+        except ReconcilerError as exc:
+            log.warning("request records: %s", exc, extra={"event": "records-error"})
 
     def step(self) -> None:
         """One iteration: read the head; pass if it moved or drift is due."""
@@ -284,18 +308,21 @@ class Watcher:
         if "haproxy" in held:
             return  # HAProxy refused this commit's config: a new commit or `retry`
         if self.cfg.detect_only:
-            self._detect(desired, sha)
+            self.follow_records(desired, self._detect(desired, sha))
             return
         done = self._apply(desired, sha, f"commit {snapshot.short}", previous)
         if done is None:
             return
         self.state.canary_s = self._canary_interval(desired)
         report_pass(self.metrics, done, sha, kind)
-        set_healthy(self.metrics, desired, self.session.observe(desired))
+        observed = self.session.observe(desired)
+        set_healthy(self.metrics, desired, observed)
+        self.follow_records(desired, observed)
 
-    def _detect(self, desired: DesiredState, sha: str) -> None:
-        """Detect-only: report drift (log, metrics) and change nothing."""
-        found = self.session.preview(desired).plan
+    def _detect(self, desired: DesiredState, sha: str) -> ObservedState:
+        """Detect-only: report drift (log, metrics) and change nothing; what it saw."""
+        preview = self.session.preview(desired)
+        found = preview.plan
         self.metrics.drift_pending.set(0 if found.empty else 1)
         if not found.empty:
             self.metrics.drift.inc()
@@ -308,6 +335,7 @@ class Watcher:
                     "actions": [a.describe() for a in found.actions],
                 },
             )
+        return preview.observed
 
     def _apply(
         self, desired: DesiredState, sha: str, label: str, previous: str | None
