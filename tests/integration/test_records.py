@@ -1,7 +1,8 @@
 """Request records for real: `reconcile watch` streams HAProxy's request log into the
-records database while load runs; the per-revision counts equal HAProxy's own counters
-(``show stat``), the Prometheus counters say the same, and the records survive a
-restart of the watcher without being counted twice. `reconcile apply` records too."""
+records database while load runs and HAProxy reloads; the per-revision counts equal
+HAProxy's own counters (``show stat`` of every worker), the Prometheus counters say the
+same, and the records survive a restart of the watcher without being counted twice.
+`reconcile apply` records too."""
 
 from __future__ import annotations
 
@@ -90,8 +91,13 @@ def test_watch_records_match_haproxy_counters_and_survive_a_restart(dep: Deploym
         with HAProxyCounters(dep.haproxy, fields=TRAFFIC) as counters:
             load = HeyLoad(dep.url("/load/17"), concurrency=4, qps=100, max_duration_s=60)
             load.start()
-            time.sleep(8)  # the load's length, not a wait for a condition
+            time.sleep(4)  # the load's length, not a wait for a condition
+            dep.haproxy.reload()  # a new worker, a new ring: the collector follows it
+            time.sleep(4)
             report = load.stop()
+        # the collector let the old worker go (an open stream would keep it alive)
+        wait_for(lambda: not dep.haproxy.procs().old_pids, timeout=10,
+                 what="the old HAProxy worker gone")
         truth = haproxy_responses(dep, counters.totals("be_web"))
         assert set(truth) == {"v1", "v2"}, truth
         assert sum(truth.values()) == report.responses, (truth, report.summary())
