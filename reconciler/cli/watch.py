@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +24,7 @@ from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.lb.haproxy.paths import HAProxyPaths
+    from reconciler.records.store import RecordsRetention
     from reconciler.store import Retention
     from reconciler.watch import WatchConfig, Watcher
 
@@ -120,6 +123,48 @@ def _signature_options(f: F) -> F:
     )(f)
 
 
+def _records_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Request records options; the command receives ``records: RecordsRetention |
+    None`` (None: not collected)."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any, records: bool, records_fine_hours: float, records_coarse_days: float,
+        **kwargs: Any,
+    ) -> Any:
+        from reconciler.records.store import RecordsRetention
+
+        kept = RecordsRetention(records_fine_hours * 3600, records_coarse_days * 86400)
+        return f(*args, records=kept if records else None, **kwargs)
+
+    for option in reversed([
+        click.option(
+            "--records/--no-records",
+            default=True,
+            show_default=True,
+            help="Record every request HAProxy answers (service, revision, action, status, "
+            "times) in <state dir>/requests.db and as metrics; a LoadBalancer with "
+            "request_records: false has no request log to read either way.",
+        ),
+        click.option(
+            "--records-fine-hours",
+            type=click.FloatRange(min=0, min_open=True),
+            default=24.0,
+            show_default=True,
+            help="Keep request records at 10 s resolution this many hours.",
+        ),
+        click.option(
+            "--records-coarse-days",
+            type=click.FloatRange(min=0, min_open=True),
+            default=14.0,
+            show_default=True,
+            help="Keep request records at 1 min resolution this many days.",
+        ),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def _loop_options(f: F) -> F:
     f = click.option(
         "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -166,6 +211,7 @@ def _loop_options(f: F) -> F:
 @haproxy_options
 @apply_options
 @retention_options
+@_records_options
 @_loop_options
 @_signature_options
 def watch(
@@ -177,6 +223,7 @@ def watch(
     lock_timeout: float,
     health_timeout: float,
     retention: Retention,
+    records: RecordsRetention | None,
     poll: float,
     drift_interval: float,
     detect_only: bool,
@@ -228,6 +275,7 @@ def watch(
         gpg_home=gpg_home,
         instance=or_fail(lambda: inst.resolve(state_dir, instance, create=not detect_only)),
         retention=retention,
+        records=records,
         policy=or_fail(lambda: src.load_policy(state_dir)),
     )
     _run(cfg, src, metrics_addr, ui_addr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,6 +22,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from reconciler.records.aggregate import Record, status_class
+from reconciler.records.histogram import PROMETHEUS_BUCKETS_S
+
 
 class Metrics:
     """The watcher's metrics, in a registry of their own (``docs/operations.md`` lists
@@ -30,6 +34,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._pass_metrics(self.registry)
         self._state_metrics(self.registry)
+        self._request_metrics(self.registry)
         self.last_loop = time.monotonic()
 
     def _pass_metrics(self, r: CollectorRegistry) -> None:
@@ -98,6 +103,40 @@ class Metrics:
             ["service"],
             registry=r,
         )
+
+    def _request_metrics(self, r: CollectorRegistry) -> None:
+        """Requests HAProxy answered (request records), fed by the records collector."""
+        self.requests = Counter(
+            "reconcile_requests",
+            "Requests answered, by service, revision, action and status class.",
+            ["service", "revision", "action", "code_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "reconcile_request_duration_seconds",
+            "Total time of requests (what the client waited).",
+            ["service", "revision", "action"],
+            registry=r,
+            buckets=PROMETHEUS_BUCKETS_S,
+        )
+        self._durations: dict[tuple[str, str, str], Any] = {}
+
+    def observe_records(self, records: Sequence[Record]) -> None:
+        """Count ``records`` (the records collector's sink): one increment per label
+        set and batch, one observation per request (label children are cached)."""
+        counts: dict[tuple[str, str, str, str], int] = {}
+        durations = self._durations
+        for rec in records:
+            server = "<NOSRV>" if rec.container == "-" else rec.container
+            key = (rec.service, rec.revision, rec.action, status_class(rec.status, server))
+            counts[key] = counts.get(key, 0) + 1
+            dkey = key[:3]
+            child = durations.get(dkey)
+            if child is None:
+                child = durations[dkey] = self.request_duration.labels(*dkey)
+            child.observe(max(rec.total_ms, 0) / 1000)
+        for key, n in counts.items():
+            self.requests.labels(*key).inc(n)
 
     def set_applied(self, commit: str) -> None:
         self.applied.clear()

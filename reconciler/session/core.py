@@ -18,6 +18,7 @@ from reconciler.lb.port import LoadBalancerPort
 from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.plan.planner import Plan, plan
+from reconciler.records.collector import LBTarget
 from reconciler.redact import Redactor
 from reconciler.session.passrun import PassRun
 from reconciler.store import Retention, Store
@@ -64,10 +65,14 @@ class Session:
         external: HAProxyPaths | None = None,
         policy: Policy | None = None,
         read_only: bool = False,
+        record_requests: bool = True,
     ) -> None:
         self.state_dir = state_dir
         self.external = external
         self.policy = policy or Policy()
+        # Each pass ingests the request log ring it reads into the records database;
+        # off under `watch`, whose collectors stream it (reconciler.records.collector).
+        self.record_requests = record_requests
         db = state_dir / "history.sqlite"
         self._store = None if read_only and not db.exists() else Store(db)
         self._conns: Connections | None = None
@@ -105,6 +110,24 @@ class Session:
             h: HAProxy(
                 lb_paths(desired, self.state_dir, self.external, desired.host(h)),
                 transport=conns.get(h),
+            )
+            for lb in desired.loadbalancers
+            for h in lb.hosts
+        }
+
+    def lb_targets(self, desired: DesiredState, observed: ObservedState) -> dict[str, LBTarget]:
+        """How the records collector reaches each LB host's request log (its stats
+        socket on that host's connection, the worker the last look found)."""
+        conns = self.connections(desired)
+        return {
+            h: LBTarget(
+                host=h,
+                transport=conns.get(h),
+                socket=str(
+                    lb_paths(desired, self.state_dir, self.external, desired.host(h)).stats_socket
+                ),
+                enabled=lb.request_records,
+                worker_pid=observed.lb(h).worker_pid,
             )
             for lb in desired.loadbalancers
             for h in lb.hosts

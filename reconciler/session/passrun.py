@@ -9,10 +9,12 @@ with a failure ends the rollout unless ``rollout.on_failure`` is continue.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.apply.engines import DockerEngines
@@ -29,12 +31,17 @@ from reconciler.plan.planner import Plan, plan
 from reconciler.plan.pulls import plan_after_pulls
 from reconciler.plan.verify import Mismatch, verify
 from reconciler.present.output import plan_json
+from reconciler.records.aggregate import action_tables, origins
+from reconciler.records.oneshot import ingest_dump
+from reconciler.records.store import FILENAME, RecordsStore
 from reconciler.redact import Redactor
 from reconciler.store import Retention
 from reconciler.transport.pool import Connections
 
 if TYPE_CHECKING:
     from reconciler.session.core import Session
+
+log = logging.getLogger("reconciler.records")
 
 
 def batches(desired: DesiredState, observed: ObservedState) -> list[list[str]]:
@@ -140,19 +147,34 @@ class PassRun:
         self.remember(current)
         return PassResult(current, self.result, self.finish(run_id, current, retention))
 
+    def request_events(self, canaries: bool) -> dict[str, str]:
+        """LB host -> the text of its request log ring, read when canaries need it or
+        the session records requests (LBs whose ``request_records`` is off have none);
+        the ring's new requests are then recorded (``reconciler.records.oneshot``)."""
+        wanted = {h for lb in self.desired.loadbalancers if lb.request_records for h in lb.hosts}
+        if not wanted or not (canaries or self.s.record_requests):
+            return {}
+        events: dict[str, str] = {}
+        for host, lb in self.s.lbs(self.desired).items():
+            if host not in wanted:
+                continue
+            try:
+                events[host] = lb.request_events()
+            except ReconcilerError:
+                continue  # not running yet: no response times this time
+        if self.s.record_requests:
+            record_dumps(self.s.state_dir, self.desired, self.observed, events)
+        return events
+
     def judge_canaries(self) -> DesiredState:
         """One look at every canary (reconciler.canary.engine.evaluate), stored; the
         desired state with the weights that follow from it."""
         desired, env = self.desired, self.desired.environment
         before = self.s.canaries(env)
-        if not before and not any(canary_pair(s) for s in desired.services):
+        canaries = bool(before) or any(canary_pair(s) for s in desired.services)
+        events = self.request_events(canaries)
+        if not canaries:
             return desired
-        events: dict[str, str] = {}
-        for host, lb in self.s.lbs(desired).items():
-            try:
-                events[host] = lb.request_events()
-            except ReconcilerError:
-                continue  # not running yet: no response times this time
         after = evaluate(desired, self.observed, before, time.time(), events)
         for service in before.keys() - after.keys():
             self.s.save_canary(env, service, None)
@@ -294,6 +316,29 @@ class PassRun:
             self.store.finish_run(run_id, status, failures, summary)
         self.store.prune(self.desired.environment, retention)
         return run_id
+
+
+def record_dumps(
+    state_dir: Path, desired: DesiredState, observed: ObservedState, events: Mapping[str, str]
+) -> None:
+    """Record the new requests of each LB host's ring dump in the records database
+    (``<state_dir>/requests.db``); a database that cannot be written is logged, never
+    fails the pass."""
+    if not events:
+        return
+    try:
+        store = RecordsStore(state_dir / FILENAME)
+    except ReconcilerError as exc:
+        log.warning("request records not written: %s", exc)
+        return
+    try:
+        where, tables = origins(observed, desired), action_tables(desired, {})
+        for host, text in events.items():
+            ingest_dump(store, host, text, where, tables)
+    except ReconcilerError as exc:
+        log.warning("request records not written: %s", exc)
+    finally:
+        store.close()
 
 
 def record_at(record: Callable[[StepResult], None], offset: int) -> Callable[[StepResult], None]:

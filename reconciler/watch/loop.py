@@ -33,6 +33,8 @@ from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.model import DesiredState, Instance, ObservedState
 from reconciler.present.metrics import Metrics
 from reconciler.present.web.data import PageView
+from reconciler.records.collector import Records
+from reconciler.records.store import FILENAME, RecordsRetention, RecordsStore
 from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
 from reconciler.watch.backoff import backoff_delay
@@ -59,6 +61,8 @@ class WatchConfig:
     instance: Instance = field(default_factory=Instance)  # whose containers
     retention: Retention = field(default_factory=Retention)  # of the history database
     policy: Policy = field(default_factory=Policy)  # the operator's (reconciler.desired.policy)
+    # Request records (reconciler.records): kept this long; None: not collected.
+    records: RecordsRetention | None = field(default_factory=RecordsRetention)
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Watcher:
         # What the last pass observed, for the status page (read by its threads; a
         # reference swap is atomic, and a PageView is never changed).
         self.view: PageView | None = None
+        self.records: Records | None = None  # started by the first pass that observes
 
     @property
     def session(self) -> Session:
@@ -93,7 +98,10 @@ class Watcher:
         passes (an SSH connection is opened once, not every pass)."""
         if self._session is None:
             self._session = Session(
-                self.cfg.state_dir, external=self.cfg.external, policy=self.cfg.policy
+                self.cfg.state_dir,
+                external=self.cfg.external,
+                policy=self.cfg.policy,
+                record_requests=False,  # the collectors stream the request log instead
             )
         return self._session
 
@@ -117,7 +125,23 @@ class Watcher:
         finally:
             if watcher is not None:
                 watcher.stop()
+            if self.records is not None:
+                self.records.stop()
             self.close()
+
+    def follow_records(self, desired: DesiredState, observed: ObservedState) -> None:
+        """Give the request records collectors this pass's mapping and LB hosts (they
+        start with the first call). Never raises: records are not worth a pass."""
+        retention = self.cfg.records
+        if retention is None:
+            return
+        try:
+            if self.records is None:
+                store = RecordsStore(self.cfg.state_dir / FILENAME, retention)
+                self.records = Records(store, sink=self.metrics.observe_records)
+            self.records.follow(desired, observed, self.session.lb_targets(desired, observed))
+        except ReconcilerError as exc:
+            log.warning("request records: %s", exc, extra={"event": "records-error"})
 
     def step(self) -> None:
         """One iteration: read the head; pass if it moved or drift is due."""
@@ -288,7 +312,7 @@ class Watcher:
         if "haproxy" in held:
             return  # HAProxy refused this commit's config: a new commit or `retry`
         if self.cfg.detect_only:
-            self._detect(desired, sha)
+            self.follow_records(desired, self._detect(desired, sha))
             return
         done = self._apply(desired, sha, f"commit {snapshot.short}", previous)
         if done is None:
@@ -298,6 +322,7 @@ class Watcher:
         observed = self.session.observe(desired)
         set_healthy(self.metrics, desired, observed)
         self._show(desired, observed)
+        self.follow_records(desired, observed)
 
     def _show(self, desired: DesiredState, observed: ObservedState) -> None:
         """Hand what this pass observed to the status page (no observation of its own)."""
@@ -305,8 +330,8 @@ class Watcher:
         held = self.session.held(desired)
         self.view = PageView(desired, observed, held, git_dir, time.time())
 
-    def _detect(self, desired: DesiredState, sha: str) -> None:
-        """Detect-only: report drift (log, metrics) and change nothing."""
+    def _detect(self, desired: DesiredState, sha: str) -> ObservedState:
+        """Detect-only: report drift (log, metrics) and change nothing; what it saw."""
         preview = self.session.preview(desired)
         found = preview.plan
         self._show(desired, preview.observed)
@@ -322,6 +347,7 @@ class Watcher:
                     "actions": [a.describe() for a in found.actions],
                 },
             )
+        return preview.observed
 
     def _apply(
         self, desired: DesiredState, sha: str, label: str, previous: str | None

@@ -136,6 +136,11 @@ def lb(r: Repo) -> dict[str, Any]:
     return r["loadbalancer"]
 
 
+def syslog(r: Repo) -> dict[str, Any]:
+    """The LB's syslog target (again, when a mutation before removed it)."""
+    return lb(r).setdefault("syslog", {"address": "10.0.0.9:514"})  # type: ignore[no-any-return]
+
+
 def fe(r: Repo, name: str) -> dict[str, Any]:
     return next(f for f in lb(r)["frontends"] if f["name"] in (name, name + "-2"))
 
@@ -353,9 +358,9 @@ MUTATIONS: list[Mutation] = [
     ("Service.max_actions", "", setter(web, "max_actions", 5)),
     ("LoadBalancer.request_records", "", lambda r: lb(r).update(request_records=False)),
     ("LoadBalancer.syslog", "removed", lambda r: lb(r).pop("syslog")),
-    ("LoadBalancer.syslog.address", "", lambda r: lb(r)["syslog"].update(address="10.1.1.1:1")),
-    ("LoadBalancer.syslog.facility", "", lambda r: lb(r)["syslog"].update(facility="local3")),
-    ("LoadBalancer.syslog.format", "", lambda r: lb(r)["syslog"].update(format="rfc5424")),
+    ("LoadBalancer.syslog.address", "", lambda r: syslog(r).update(address="10.1.1.1:1")),
+    ("LoadBalancer.syslog.facility", "", lambda r: syslog(r).update(facility="local3")),
+    ("LoadBalancer.syslog.format", "", lambda r: syslog(r).update(format="rfc5424")),
     ("LoadBalancer.name", "rename edge", rename_lb),
     ("LoadBalancer.hosts", "", lambda r: lb(r).update(hosts=[app3(r)])),
     ("LoadBalancer.frontends[].name", "rename https", rename_frontend),

@@ -33,7 +33,7 @@ MAX_FUNCTION_LINES = 60
 # Exceptions, each with its reason; the list may only shrink.
 LONG_MODULES: dict[str, str] = {}
 LONG_FUNCTIONS: dict[str, str] = {
-    "cli.watch.watch": "its 16 options are its parameters and its docstring is the --help "
+    "cli.watch.watch": "its 17 options are its parameters and its docstring is the --help "
     "text; the body is 20 lines",
 }
 

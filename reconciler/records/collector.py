@@ -1,0 +1,247 @@
+"""Request records while ``reconcile watch`` runs: a stream per LB host, aggregated and
+flushed to the records database every interval, and handed to a sink (Prometheus).
+
+``Records`` is the hub. The watch loop calls ``follow`` after every pass with the
+environment's desired and observed state and how to reach each LB host's stats socket
+(``LBTarget``); the hub keeps one ``Follower`` thread per LB host whose load balancer
+logs requests (``request_records`` true) and stops the others. A follower holds a
+``show events reqlog -wn`` connection (``reconciler.lb.haproxy.events``), parses lines
+as they come, and passes them to ``ingest``, which names each request through the
+latest mapping (``aggregate.origins``, ``ActionTable`` per service) and adds it to the
+aggregator. A flusher thread writes the aggregator's cells to the store every
+``interval_s`` (one transaction); ``stop`` flushes what is left.
+
+Reconnecting: on EOF or an error the follower waits (exponential backoff, at most
+``MAX_BACKOFF_S``) and reconnects without ``-n``, so lines the ring took meanwhile are
+read; lines already counted are skipped by their (pid, request number) (``RecentIds``,
+exact, unlike a highest-number cursor: requests finish out of order). After a reload
+the old worker writes its proxies' soft-stop notices into the ring, or the observed
+worker pid changes: the follower reads what the old worker still writes for
+``DRAIN_S`` and closes the connection (an open one would keep the old worker alive) and
+reconnects to the new worker. Requests a worker logs after that are not recorded.
+
+Nothing here raises into the caller's loop: failures are logged and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from reconciler.errors import ReconcilerError
+from reconciler.lb.haproxy.events import EventStream, stopped_notice
+from reconciler.lb.haproxy.requestlog import RING, Request, parse_events
+from reconciler.model import DesiredState, ObservedState
+from reconciler.records.actions import ActionTable
+from reconciler.records.aggregate import (
+    INTERVAL_S,
+    Aggregator,
+    Origins,
+    Record,
+    action_tables,
+    origins,
+    to_record,
+)
+from reconciler.records.store import RecordsStore
+from reconciler.transport.base import Transport
+
+log = logging.getLogger("reconciler.records")
+
+MAX_BACKOFF_S = 10.0
+DRAIN_S = 1.0
+READ_TIMEOUT_S = 0.5
+RECENT = 200_000  # ids remembered for dedupe: more than the ring (8 MiB) holds
+
+Sink = Callable[[Sequence[Record]], None]
+
+
+class RecentIds:
+    """The last ``capacity`` (pid, request number) pairs seen: ``fresh`` keeps the
+    requests not among them and remembers those."""
+
+    def __init__(self, capacity: int = RECENT) -> None:
+        self.capacity = capacity
+        self._set: set[tuple[int, int]] = set()
+        self._order: deque[tuple[int, int]] = deque()
+
+    def fresh(self, requests: Sequence[Request]) -> list[Request]:
+        out = []
+        for r in requests:
+            rid = (r.pid, r.number)
+            if rid in self._set:
+                continue
+            self._set.add(rid)
+            self._order.append(rid)
+            out.append(r)
+        while len(self._order) > self.capacity:
+            self._set.discard(self._order.popleft())
+        return out
+
+
+@dataclass(frozen=True)
+class LBTarget:
+    """How to reach one LB host's request log, as the last pass saw it."""
+
+    host: str
+    transport: Transport
+    socket: str  # the stats socket's path on that host
+    enabled: bool  # the LoadBalancer's request_records
+    worker_pid: int = 0  # the current worker (0: unknown)
+
+
+class Records:
+    """The hub (see the module doc). Thread-safe."""
+
+    def __init__(
+        self, store: RecordsStore, sink: Sink | None = None, interval_s: float = INTERVAL_S
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._agg = Aggregator()
+        self._origins = Origins()
+        self._tables: dict[str, ActionTable] = {}
+        self._followers: dict[str, Follower] = {}
+        self._stop = threading.Event()
+        self.ingested = 0  # requests recorded since start (for tests and benchmarks)
+        self._flusher = threading.Thread(target=self._flush_loop, name="records-flush", daemon=True)
+        self._flusher.start()
+
+    def follow(
+        self, desired: DesiredState, observed: ObservedState, targets: Mapping[str, LBTarget]
+    ) -> None:
+        """Take the mapping of this pass and follow exactly the enabled ``targets``."""
+        where = origins(observed, desired)
+        with self._lock:
+            self._origins = where
+            self._tables = action_tables(desired, self._tables)
+        for host in list(self._followers):
+            t = targets.get(host)
+            if t is None or not t.enabled:
+                self._followers.pop(host).stop()
+        for host, t in targets.items():
+            if not t.enabled or self._stop.is_set():
+                continue
+            follower = self._followers.get(host)
+            if follower is None:
+                follower = self._followers[host] = Follower(t, self.ingest)
+                follower.start()
+            else:
+                follower.retarget(t)
+
+    def ingest(self, requests: Sequence[Request]) -> int:
+        """Record ``requests`` (deduped by the caller); how many belonged to the
+        environment."""
+        with self._lock:
+            where, tables = self._origins, self._tables
+            records = [r for r in (to_record(q, where, tables) for q in requests) if r]
+            add = self._agg.add
+            for rec in records:
+                add(rec)
+            self.ingested += len(records)
+        if records and self.sink is not None:
+            try:
+                self.sink(records)
+            except Exception:  # the metrics must not stop the records
+                log.exception("records sink failed")
+        return len(records)
+
+    def flush(self) -> None:
+        """Write what was aggregated since the last flush (errors logged, cells kept
+        for the next flush)."""
+        with self._lock:
+            cells = self._agg.take()
+        try:
+            self.store.write(cells)
+        except ReconcilerError as exc:
+            log.warning("request records not written (kept for the next flush): %s", exc)
+            with self._lock:
+                for k, c in cells.items():
+                    mine = self._agg.cells.get(k)
+                    self._agg.cells[k] = c if mine is None else c.merge(mine)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.flush()
+
+    def hosts(self) -> list[str]:
+        """LB hosts followed now."""
+        return sorted(self._followers)
+
+    def stop(self) -> None:
+        """Stop every follower and the flusher; flush what is left. Idempotent."""
+        self._stop.set()
+        for f in self._followers.values():
+            f.stop()
+        for f in self._followers.values():
+            f.join(timeout=5)
+        self._followers.clear()
+        self._flusher.join(timeout=5)
+        self.flush()
+
+
+class Follower(threading.Thread):
+    """The stream of one LB host (see the module doc)."""
+
+    def __init__(self, target: LBTarget, ingest: Callable[[Sequence[Request]], int]) -> None:
+        super().__init__(name=f"records-{target.host}", daemon=True)
+        self.target = target
+        self._ingest = ingest
+        self._halt = threading.Event()
+        self.recent = RecentIds()
+        self.connects = 0
+
+    def retarget(self, target: LBTarget) -> None:
+        self.target = target  # one reference assignment: atomic for the reader
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        failures = 0
+        while not self._halt.is_set():
+            try:
+                self._session(new_only=self.connects == 0)
+                failures = 0
+            except (ReconcilerError, OSError) as exc:
+                failures += 1
+                log.info("request log of %s: %s", self.target.host, exc)
+            except Exception:  # never let the thread die silently
+                failures += 1
+                log.exception("request log of %s failed", self.target.host)
+            if failures:
+                self._halt.wait(min(MAX_BACKOFF_S, 0.25 * 2**failures))
+
+    def _session(self, new_only: bool) -> None:
+        """One connection, read until it ends, the worker changes or ``stop``."""
+        t = self.target
+        stream = EventStream.open(t.transport, t.socket, RING, new_only)
+        self.connects += 1
+        drain_until: float | None = None
+        pid = 0
+        try:
+            while not self._halt.is_set():
+                text = stream.read(READ_TIMEOUT_S)
+                if text is None:
+                    return
+                if text:
+                    requests = parse_events(text)
+                    if requests:
+                        pid = requests[-1].pid
+                        self._ingest(self.recent.fresh(requests))
+                    if drain_until is None and stopped_notice(text):
+                        drain_until = time.monotonic() + DRAIN_S
+                current = self.target.worker_pid
+                if drain_until is None and pid and current and current != pid:
+                    drain_until = time.monotonic() + DRAIN_S
+                if drain_until is not None and time.monotonic() >= drain_until:
+                    return
+                if self.target is not t and self.target.socket != t.socket:
+                    return  # the socket moved: connect to the new one
+        finally:
+            stream.close()

@@ -1,0 +1,155 @@
+"""A mergeable latency histogram with fixed, log-spaced bucket bounds (milliseconds).
+
+Every histogram has the same bounds: bucket 0 holds [0, 0.5 ms], bucket i (1..68) holds
+(BOUNDS[i-1], BOUNDS[i]] with BOUNDS[i] = 0.5 * 2**(i/4) (four buckets per doubling, so
+a bucket is at most 19% wider than its lower edge) up to 65.5 s, and one overflow
+bucket holds anything slower. Because the bounds are fixed, two histograms merge by
+adding their counts: ``merge(a, b)`` equals the histogram of both sets of values.
+
+``quantile`` interpolates linearly within the bucket holding the wanted rank, so its
+answer lies in the same bucket as the true value: the error is at most one bucket's
+width (an overflow answer is the last bound). Pure; no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+PER_DOUBLING = 4
+FIRST_MS = 0.5
+LAST_INDEX = 68  # FIRST_MS * 2**(68/4) = 65,536 ms
+BOUNDS: tuple[float, ...] = tuple(
+    FIRST_MS * 2 ** (i / PER_DOUBLING) for i in range(LAST_INDEX + 1)
+)
+SIZE = len(BOUNDS) + 1  # the last bucket: slower than BOUNDS[-1] (overflow)
+
+# Prometheus' buckets (seconds): one bound per doubling, a subset of BOUNDS, so a
+# quantile from PromQL's histogram_quantile and one from the store land in the same
+# Prometheus bucket (reconciler.present.metrics).
+PROMETHEUS_BUCKETS_S: tuple[float, ...] = tuple(
+    BOUNDS[i] / 1000 for i in range(0, LAST_INDEX + 1, PER_DOUBLING)
+)
+
+
+def bucket_of(ms: float) -> int:
+    """The index of the bucket holding ``ms`` (negative values count as 0)."""
+    return bisect.bisect_left(BOUNDS, ms) if ms > 0 else 0
+
+
+def bucket_range(index: int) -> tuple[float, float]:
+    """(lower, upper) edge of bucket ``index``; the overflow bucket is (last bound,
+    last bound): nothing is known of its values but that they are slower."""
+    if index <= 0:
+        return 0.0, BOUNDS[0]
+    if index >= len(BOUNDS):
+        return BOUNDS[-1], BOUNDS[-1]
+    return BOUNDS[index - 1], BOUNDS[index]
+
+
+class Histogram:
+    """Counts per bucket (see the module doc). Not thread-safe: its owner locks."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: Sequence[int] | None = None) -> None:
+        if counts is not None and len(counts) != SIZE:
+            raise ValueError(f"a histogram has {SIZE} buckets, not {len(counts)}")
+        self.counts: list[int] = list(counts) if counts is not None else [0] * SIZE
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Histogram:
+        h = cls()
+        for v in values:
+            h.add(v)
+        return h
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def add(self, ms: float, n: int = 1) -> None:
+        self.counts[bucket_of(ms)] += n
+
+    def merge(self, other: Histogram) -> Histogram:
+        """Add ``other``'s counts into this histogram; returns self."""
+        mine = self.counts
+        for i, c in enumerate(other.counts):
+            if c:
+                mine[i] += c
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Histogram) and self.counts == other.counts
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
+
+    def __repr__(self) -> str:
+        return f"Histogram({dict((i, c) for i, c in enumerate(self.counts) if c)})"
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q``-quantile (0-1) in ms, interpolated within its bucket; None when
+        empty. Lies in the bucket of the true nearest-rank quantile."""
+        total = self.total
+        if total == 0:
+            return None
+        rank = min(max(q, 0.0), 1.0) * total
+        seen = 0
+        for i, c in enumerate(self.counts):
+            if c and seen + c >= rank:
+                lo, hi = bucket_range(i)
+                inside = max(0.0, rank - seen) / c
+                return lo + (hi - lo) * inside
+            seen += c
+        return BOUNDS[-1]  # rounding: every count was below the rank
+
+    # ------------------------------------------------------------ serialisation
+
+    def to_bytes(self) -> bytes:
+        """Compact form: per non-empty bucket its index (one byte) and its count as an
+        unsigned LEB128 varint. An empty histogram is b""."""
+        out = bytearray()
+        for i, count in enumerate(self.counts):
+            if not count:
+                continue
+            out.append(i)
+            c = count
+            while c >= 0x80:
+                out.append((c & 0x7F) | 0x80)
+                c >>= 7
+            out.append(c)
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> Histogram:
+        """The inverse of ``to_bytes``; ValueError on a malformed blob."""
+        h = cls()
+        if not data:
+            return h
+        pos, n = 0, len(data)
+        while pos < n:
+            index = data[pos]
+            pos += 1
+            value = shift = 0
+            while True:
+                if pos >= n:
+                    raise ValueError("truncated histogram")
+                b = data[pos]
+                pos += 1
+                value |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            if index >= SIZE:
+                raise ValueError(f"histogram bucket {index} out of range")
+            h.counts[index] += value
+        return h
+
+
+def merge_bytes(a: bytes | None, b: bytes | None) -> bytes:
+    """Two serialised histograms merged, serialised (the store's SQL merge function)."""
+    if not a:
+        return b or b""
+    if not b:
+        return a
+    return Histogram.from_bytes(a).merge(Histogram.from_bytes(b)).to_bytes()
