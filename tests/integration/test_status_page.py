@@ -4,10 +4,9 @@
   real deployment (Docker, HAProxy): services, containers of both revisions, the
   canary's state and evidence chart, the passes from history, and the charts per
   revision are in the DOM; the browser console has no error (a CSP violation is one).
-  Once the request-record store exists (``reconciler.records.query``), the charts must
-  show data from both revisions; before, the page says why they are empty. The page is
-  saved as docs/status-page.png. `reconcile ui` serves the same services and containers.
-- Charts drawn from a small fixture of two revisions' series, through the same server.
+  The charts and the per-action table show request records of both revisions. The
+  page is saved as docs/status-page.png. `reconcile ui` serves the same services and
+  containers.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +26,7 @@ from browser_support import Browser
 from deploy_support import Deployment, free_port, wait_for
 from load_support import HeyLoad
 from repo_support import edit
-from support import converge, desired, service
 from watch_support import Watch
-
-from reconciler.present.web.data import PageData, PageView, records_module
-from reconciler.present.web.server import PageServer
 
 pytestmark = pytest.mark.integration
 
@@ -78,44 +72,6 @@ def assert_charts_show(browser: Browser, service: str, revisions: set[str]) -> N
             assert drawn.get(f"{rev}{suffix}", 0) > 0, (chart, rev, drawn)
         assert browser.js(f"document.querySelectorAll('section[data-service=\"{service}\"] "
                           f"[data-chart=\"{chart}\"] canvas').length") == 1
-
-
-# ------------------------------------------------------------------ charts from a fixture
-
-
-class FixtureRecords(PageData):
-    """Series and actions of two revisions from a fixture, the rest as served."""
-
-    def series(self, service: str, since_s: float) -> dict[str, Any]:
-        now = time.time()
-        t = [now - 600 + 10 * i for i in range(60)]
-        return {"resolution_s": 10, "revisions": {
-            rev: {"t": t, "rate": [5.0 + k] * 60, "err_4xx": [0.01] * 60,
-                  "err_5xx": [0.002 * k] * 60, "p50": [2.0 + k] * 60, "p95": [5.0 + 4 * k] * 60,
-                  "p99": [9.0 + 6 * k] * 60}
-            for k, rev in enumerate(("v1", "v2"))}}
-
-    def actions(self, service: str, since_s: float) -> list[dict[str, Any]]:
-        side = {"requests": 10, "errors": 0, "error_rate": 0.0, "p50": 2.0, "p95": 5.0, "p99": 9.0}
-        return [{"action": "GET /api/orders/{id}", "revisions": {"v1": side, "v2": side}}]
-
-    def note(self) -> str | None:
-        return None
-
-
-def test_charts_are_drawn_for_each_revision_of_the_series(tmp_path: Path) -> None:
-    d = desired(service("web", [("v1", 100)]))
-    view = PageView(d, converge(d), {}, None, time.time())
-    server = PageServer(FixtureRecords(tmp_path, lambda: view, "prod"), "127.0.0.1:0").start()
-    try:
-        with Browser() as browser:
-            browser.load(server.url)
-            assert_charts_show(browser, "web", {"v1", "v2"})
-            browser.wait_for("document.querySelectorAll('tr[data-action]').length == 1", 10,
-                             "the per-action table")
-            assert browser.console_errors() == []
-    finally:
-        server.close()
 
 
 # ------------------------------------------------------------------ a real deployment
@@ -201,17 +157,17 @@ def check_page(browser: Browser, dep: Deployment) -> None:
 
 
 def check_series(browser: Browser, port: int) -> None:
-    """Charts of every revision the records have; of both once the store exists."""
-    series = get_json(f"http://127.0.0.1:{port}/api/series?service=web&since=3600")
-    if records_module() is None:
-        assert series["revisions"] == {} and series["note"], series
-        browser.wait_for("document.querySelector('section[data-service=web] [data-chart=rate]')"
-                         ".textContent.includes('request records')", 15, "the note")
-        return
+    """Charts drawn with the request records of both revisions."""
     wait_for(lambda: {"v1", "v2"} <= set(get_json(
         f"http://127.0.0.1:{port}/api/series?service=web&since=3600")["revisions"]),
         60, "request records of both revisions")
     assert_charts_show(browser, "web", {"v1", "v2"})
+    # The per-action table: hey's "GET /" with requests on the baseline and the canary.
+    cells = browser.wait_for(
+        "(r => r && [r.children[1].textContent, r.children[6].textContent])(document."
+        "querySelector('section[data-service=web] tr[data-action=\"GET /\"]'))", 20,
+        "the per-action table")
+    assert all(int(c) > 0 for c in cells), cells
 
 
 def check_ui_command(dep: Deployment, watch_port: int) -> None:

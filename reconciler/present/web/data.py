@@ -11,7 +11,6 @@ HAProxy call. Service data comes from ``reconciler.present.status`` (one source 
 
 from __future__ import annotations
 
-import importlib
 import sqlite3
 import threading
 import time
@@ -24,10 +23,12 @@ from typing import Any
 from reconciler.canary.engine import CanaryState, effective_weights, overlay
 from reconciler.model import DesiredState, ObservedState
 from reconciler.present.status import status_data
+from reconciler.records import query
+from reconciler.records.store import FILENAME
 from reconciler.store import Run, Store
 
 HISTORY = "history.sqlite"
-RECORDS = "requests.db"
+EMPTY_SERIES: dict[str, Any] = {"resolution_s": 10, "revisions": {}}
 
 
 @dataclass(frozen=True)
@@ -101,22 +102,18 @@ class PageData:
     def series(self, service: str, since_s: float) -> dict[str, Any]:
         """GET /api/series: ``reconciler.records.query.series`` over the last ``since_s``."""
         now = time.time()
-        found = records_query("series", self.state_dir / RECORDS, service, now - since_s, now)
-        return found if found is not None else {"resolution_s": 10, "revisions": {}}
+        db = self.state_dir / FILENAME
+        return query.series(db, service, now - since_s, now) if db.exists() else EMPTY_SERIES
 
     def actions(self, service: str, since_s: float) -> list[dict[str, Any]]:
         """GET /api/actions: ``reconciler.records.query.action_table`` since ``since_s`` ago."""
-        found = records_query(
-            "action_table", self.state_dir / RECORDS, service, time.time() - since_s
-        )
-        return list(found) if found is not None else []
+        db = self.state_dir / FILENAME
+        return query.action_table(db, service, time.time() - since_s) if db.exists() else []
 
     def note(self) -> str | None:
         """Why series and actions are empty, when the records store is not there."""
-        if records_module() is None:
-            return "request records are not collected by this version"
-        if not (self.state_dir / RECORDS).exists():
-            return f"no request records yet ({self.state_dir / RECORDS} does not exist)"
+        if not (self.state_dir / FILENAME).exists():
+            return f"no request records yet ({self.state_dir / FILENAME} does not exist)"
         return None
 
     def _commit(self, view: PageView) -> dict[str, Any] | None:
@@ -125,25 +122,6 @@ class PageData:
             if sha not in self._commits:
                 self._commits[sha] = commit_info(view.git_dir, sha)
             return self._commits[sha]
-
-
-def records_module() -> Any:
-    """``reconciler.records.query`` when this version has it, else None.
-
-    The one seam to the request-record store: imported by name so the page works (empty
-    charts, a note) in a version without it."""
-    try:
-        return importlib.import_module("reconciler.records.query")
-    except ModuleNotFoundError:
-        return None
-
-
-def records_query(name: str, db: Path, *args: Any) -> Any:
-    """``reconciler.records.query.<name>(db, *args)``; None without the module or the db."""
-    module = records_module()
-    if module is None or not db.exists():
-        return None
-    return getattr(module, name)(db, *args)
 
 
 @contextmanager

@@ -101,7 +101,7 @@ function chart(holder, key, spec) {
   if (c) c.destroy();
   holder.replaceChildren();
   const grid = { stroke: "#eef0f3" };
-  const yAxis = clean({ stroke: "#6b7280", grid, size: 56, values: spec.yValues });
+  const yAxis = clean({ stroke: "#6b7280", grid, size: 64, values: spec.yValues });
   const opts = {
     title: spec.title,
     width: Math.max(260, holder.clientWidth || 320),
@@ -145,7 +145,12 @@ function resizeCharts() {
 function align(revisions, field) {
   const ts = new Set();
   for (const r of Object.values(revisions)) for (const t of r.t) ts.add(t);
-  const xs = [...ts].sort((a, b) => a - b);
+  // From the interval before the first request on: a window of an hour with a minute
+  // of traffic would otherwise be a flat line with the data squeezed at its right end.
+  const all = [...ts].sort((a, b) => a - b);
+  const busy = (t) => Object.values(revisions).some((r) => r.rate[r.t.indexOf(t)] > 0);
+  const first = all.findIndex(busy);
+  const xs = first > 0 ? all.slice(first - 1) : all;
   const cols = {};
   for (const [rev, r] of Object.entries(revisions)) {
     const at = new Map(r.t.map((t, i) => [t, i]));
@@ -177,6 +182,8 @@ function drawSeries(svc, series) {
       title: "error rate: 5xx ─  4xx ┄",
       series: revs.flatMap((r) => [line(r, `${r} 5xx`, "err_5xx"), line(r, `${r} 4xx`, "err_4xx", [4, 4])]),
       yValues: (u, v) => v.map((x) => `${(100 * x).toFixed(1)}%`),
+      // 0 to at least 5%: with no errors at all, autoscaling would label 0 as 10000%.
+      scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(0.05, (hi || 0) * 1.1)] } },
     },
     latency: {
       title: "response ms: p50 thin, p95, p99 ┄",
