@@ -35,6 +35,7 @@ class Metrics:
         self._pass_metrics(self.registry)
         self._state_metrics(self.registry)
         self._request_metrics(self.registry)
+        self._canary_metrics(self.registry)
         self.last_loop = time.monotonic()
 
     def _pass_metrics(self, r: CollectorRegistry) -> None:
@@ -137,6 +138,31 @@ class Metrics:
             child.observe(max(rec.total_ms, 0) / 1000)
         for key, n in counts.items():
             self.requests.labels(*key).inc(n)
+
+    def _canary_metrics(self, r: CollectorRegistry) -> None:
+        """Where each running canary stands (set after every pass and look)."""
+        self.canary_info = Gauge(
+            "reconcile_canary_info",
+            "A canary's analysis (value 1): its baseline and canary revisions and status.",
+            ["service", "baseline", "canary", "status"],
+            registry=r,
+        )
+        self.canary_step = Gauge(
+            "reconcile_canary_step", "The canary's current step (1-based).", ["service"],
+            registry=r,
+        )
+        self.canary_evidence = Gauge(
+            "reconcile_canary_evidence",
+            "Evidence that the canary is worse than its baseline (aborted at 1/(1-confidence)).",
+            ["service"],
+            registry=r,
+        )
+        self.canary_weight = Gauge(
+            "reconcile_canary_weight_percent",
+            "Weight of each release of a service with a canary, as the analysis set it now.",
+            ["service", "revision"],
+            registry=r,
+        )
 
     def set_applied(self, commit: str) -> None:
         self.applied.clear()

@@ -38,7 +38,7 @@ from reconciler.records.store import FILENAME, RecordsRetention, RecordsStore
 from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
 from reconciler.watch.backoff import backoff_delay
-from reconciler.watch.report import report_pass, set_healthy, set_release_weights
+from reconciler.watch.report import report_pass, set_canaries, set_healthy, set_release_weights
 from reconciler.watch.source import BranchSource
 
 log = logging.getLogger("reconciler.watch")
@@ -321,6 +321,7 @@ class Watcher:
         report_pass(self.metrics, done, sha, kind)
         observed = self.session.observe(desired)
         set_healthy(self.metrics, desired, observed)
+        set_canaries(self.metrics, desired, self.session.canaries(desired.environment))
         self._show(desired, observed)
         self.follow_records(desired, observed)
 

@@ -6,6 +6,7 @@ import logging
 
 from reconciler import identity
 from reconciler.apply.passresult import PassResult
+from reconciler.canary.engine import CanaryState, canary_pair, effective_weights
 from reconciler.model import DesiredState, ObservedState
 from reconciler.present.metrics import Metrics
 
@@ -78,3 +79,21 @@ def set_healthy(metrics: Metrics, desired: DesiredState, observed: ObservedState
             and c.health != "unhealthy"
         )
         metrics.healthy.labels(service=svc.name).set(healthy)
+
+
+def set_canaries(metrics: Metrics, desired: DesiredState, states: dict[str, CanaryState]) -> None:
+    """Each canary's status, step, evidence and weights now (a service without a canary,
+    or whose canary has not started, has none)."""
+    for gauge in (metrics.canary_info, metrics.canary_step, metrics.canary_evidence):
+        gauge.clear()
+    metrics.canary_weight.clear()
+    for svc in desired.services:
+        state = states.get(svc.name)
+        if state is None or canary_pair(svc) is None:
+            continue
+        metrics.canary_info.labels(svc.name, state.baseline, state.canary, state.status).set(1)
+        metrics.canary_step.labels(svc.name).set(int(state.progress.get("step", 0)) + 1)
+        metrics.canary_evidence.labels(svc.name).set(state.evidence)
+        weights = effective_weights(svc, state) or {r.revision: r.weight for r in svc.releases}
+        for revision, weight in weights.items():
+            metrics.canary_weight.labels(svc.name, revision).set(weight)
