@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,8 +22,29 @@ from prometheus_client import (
     generate_latest,
 )
 
-from reconciler.records.aggregate import Record, status_class
-from reconciler.records.histogram import PROMETHEUS_BUCKETS_S
+from reconciler.records.aggregate import Cell, Key
+from reconciler.records.histogram import BOUNDS, PER_DOUBLING, PROMETHEUS_BUCKETS_S, SIZE
+
+# The Prometheus bucket (index into PROMETHEUS_BUCKETS_S + [+Inf]) of each bucket of the
+# records' histograms: every PER_DOUBLING-th bound of theirs is one of Prometheus'.
+_PROMETHEUS_BUCKET = tuple(
+    -(-i // PER_DOUBLING) if i < len(BOUNDS) else len(PROMETHEUS_BUCKETS_S) for i in range(SIZE)
+)
+
+
+class CountsHistogram(Histogram):
+    """A Prometheus histogram that also takes many observations at once, as counts per
+    bucket of a records histogram (``add_counts``): the same numbers ``observe`` would
+    give for each request (``tests/unit/test_records_batch.py`` holds it to that)."""
+
+    def add_counts(self, counts: Sequence[int], sum_s: float) -> None:
+        """Add a records histogram's ``counts`` (``SIZE`` buckets) and their sum (to a
+        labelled child)."""
+        self._sum.inc(sum_s)
+        buckets = self._buckets
+        for i, c in enumerate(counts):
+            if c:
+                buckets[_PROMETHEUS_BUCKET[i]].inc(c)
 
 
 class Metrics:
@@ -112,31 +133,31 @@ class Metrics:
             ["service", "revision", "action", "code_class"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = CountsHistogram(
             "reconcile_request_duration_seconds",
             "Total time of requests (what the client waited).",
             ["service", "revision", "action"],
             registry=r,
             buckets=PROMETHEUS_BUCKETS_S,
         )
-        self._durations: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str, str], CountsHistogram] = {}
 
-    def observe_records(self, records: Sequence[Record]) -> None:
-        """Count ``records`` (the records collector's sink): one increment per label
-        set and batch, one observation per request (label children are cached)."""
-        counts: dict[tuple[str, str, str, str], int] = {}
+    def observe_cells(self, cells: Mapping[Key, Cell]) -> None:
+        """Count a batch of the records collector's cells (its sink): one increment and
+        one histogram update per label set and batch (label children are cached)."""
+        counts: dict[tuple[str, str, str, str], Cell] = {}
+        for (_t, service, revision, action, cls), cell in cells.items():
+            key = (service, revision, action, cls)
+            into = counts.get(key)
+            counts[key] = Cell().merge(cell) if into is None else into.merge(cell)
         durations = self._durations
-        for rec in records:
-            server = "<NOSRV>" if rec.container == "-" else rec.container
-            key = (rec.service, rec.revision, rec.action, status_class(rec.status, server))
-            counts[key] = counts.get(key, 0) + 1
+        for key, cell in counts.items():
+            self.requests.labels(*key).inc(cell.count)
             dkey = key[:3]
             child = durations.get(dkey)
             if child is None:
                 child = durations[dkey] = self.request_duration.labels(*dkey)
-            child.observe(max(rec.total_ms, 0) / 1000)
-        for key, n in counts.items():
-            self.requests.labels(*key).inc(n)
+            child.add_counts(cell.total.counts, cell.sum_ms / 1000)
 
     def set_applied(self, commit: str) -> None:
         self.applied.clear()
