@@ -263,3 +263,12 @@ def test_prometheus_counts_per_batch_equal_one_observe_per_request() -> None:
     sums = [float(re.search(rb"d_sum\{a=\"x\"\} (\S+)", generate_latest(r)).group(1))  # type: ignore[union-attr]
             for r in (one, many)]
     assert sums[1] == pytest.approx(sums[0])
+
+
+def test_one_read_takes_everything_buffered() -> None:
+    lines = [line(n=n) + "\n" for n in range(4)]
+    stream = EventStream(FakeStream([x.encode() for x in lines[:3]] + [None, lines[3].encode()]),
+                         "test")
+    assert stream.read(0.1) == "".join(lines[:3])  # one batch, not one recv
+    assert stream.read(0.1) == lines[3]
+    assert stream.read(0.1) is None and stream.closed
