@@ -200,11 +200,11 @@ class Aggregator:
         cell.add(rec)
 
     def merge(self, cells: Mapping[Key, Cell]) -> None:
-        """Add ``cells`` (copied: the caller keeps its own)."""
+        """Add ``cells``, taking them over: the caller must not use them afterwards."""
         mine = self.cells
         for k, c in cells.items():
             into = mine.get(k)
-            mine[k] = Cell().merge(c) if into is None else into.merge(c)
+            mine[k] = c if into is None else into.merge(c)
 
     def take(self) -> dict[Key, Cell]:
         """The cells so far; the aggregator starts empty again."""

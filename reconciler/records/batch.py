@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
+from operator import add, itemgetter
 from typing import Any
 
 from reconciler.lb.haproxy.requestlog import ID, NO_SERVER_NAME, Row
@@ -131,7 +131,7 @@ def aggregate_rows(
     """The cells of ``rows`` per interval and key (as ``aggregate.aggregate`` counts
     them), and how many rows were the environment's."""
     names, resolve = namer.names, namer.resolve
-    per_second: dict[tuple[str, Name], _Acc] = {}
+    accs: dict[tuple[str, Name], _Acc] = {}  # per second the requests arrived
     recorded = 0
     for (be, srv, st, tr, ta, ts, method, path), n in Counter(map(_COUNTED, rows)).items():
         name = names.get((be, srv, st, method, path))
@@ -140,9 +140,9 @@ def aggregate_rows(
         if name is NOT_OURS:
             continue
         recorded += n
-        acc = per_second.get((ts, name))
+        acc = accs.get((ts, name))
         if acc is None:
-            acc = per_second[(ts, name)] = [0, 0, [0] * SIZE, [0] * SIZE]
+            acc = accs[(ts, name)] = [0, 0, [0] * SIZE, [0] * SIZE]
         acc[0] += n
         total = int(ta)
         if total > 0:
@@ -153,17 +153,21 @@ def aggregate_rows(
         ttfb = int(tr)
         if ttfb >= 0:
             acc[3][_BUCKET[ttfb] if ttfb <= _LAST_MS else _OVERFLOW] += n
-    return _by_interval(per_second, interval_s), recorded
+    return _by_interval(accs, interval_s), recorded
 
 
-def _by_interval(per_second: Mapping[tuple[str, Name], _Acc], interval_s: int) -> dict[Key, Cell]:
+def _by_interval(accs: Mapping[tuple[str, Name], _Acc], interval_s: int) -> dict[Key, Cell]:
     cells: dict[Key, Cell] = {}
-    for (ts, (service, revision, action, cls)), (count, sum_ms, total, ttfb) in (
-        per_second.items()
-    ):
+    for (ts, (service, revision, action, cls)), (count, sum_ms, total, ttfb) in accs.items():
         t = int(ts)
         key = (t - t % interval_s, service, revision, action, cls)
-        cell = Cell(count, float(sum_ms), Histogram(total), Histogram(ttfb))
         into = cells.get(key)
-        cells[key] = cell if into is None else into.merge(cell)
+        if into is None:  # the lists are this function's own: no copy
+            cells[key] = Cell(count, float(sum_ms), Histogram(total, own=True),
+                              Histogram(ttfb, own=True))
+        else:
+            into.count += count
+            into.sum_ms += sum_ms
+            into.total.counts = list(map(add, into.total.counts, total))
+            into.ttfb.counts = list(map(add, into.ttfb.counts, ttfb))
     return cells

@@ -60,8 +60,8 @@ READ_TIMEOUT_S = 0.5
 # batch instead of per few lines (the per-batch work, not per-request, is what it saves).
 BATCH_S = 0.25
 
-# Receives the cells of each batch (10 s intervals), e.g. Prometheus' counters. The cells
-# are the sink's own: the aggregator keeps copies.
+# Receives the cells of each batch (10 s intervals), e.g. Prometheus' counters; called
+# under the hub's lock, and must neither keep nor change them (the aggregator takes them).
 Sink = Callable[[Mapping[Key, Cell]], None]
 
 
@@ -122,13 +122,13 @@ class Records:
         to the environment."""
         with self._lock:
             cells, n = aggregate_rows(rows, self._namer, self._agg.interval_s)
+            if cells and self.sink is not None:
+                try:  # before the aggregator takes the cells over
+                    self.sink(cells)
+                except Exception:  # the metrics must not stop the records
+                    log.exception("records sink failed")
             self._agg.merge(cells)
             self.ingested += n
-        if cells and self.sink is not None:
-            try:
-                self.sink(cells)
-            except Exception:  # the metrics must not stop the records
-                log.exception("records sink failed")
         return n
 
     def flush(self) -> None:
