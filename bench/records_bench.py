@@ -56,11 +56,11 @@ def synthetic_cells(t: int, keys: list[tuple[str, str, str, str]], rng: random.R
         n = rng.randrange(5, 200)
         scale = rng.uniform(2, 40)
         for _ in range(n):
-            ms = rng.expovariate(1 / scale)
+            ms = int(rng.expovariate(1 / scale))  # whole ms, as HAProxy logs them
             c.count += 1
             c.sum_ms += ms
             c.total.add(ms)
-            c.ttfb.add(ms * 0.8)
+            c.ttfb.add(int(ms * 0.8))
         cells[(t, service, rev, action, cls)] = c
     return cells
 
