@@ -58,7 +58,10 @@ DRAIN_S = 1.0
 READ_TIMEOUT_S = 0.5
 # How often a follower takes what its stream buffered: one parse and one aggregation per
 # batch instead of per few lines (the per-batch work, not per-request, is what it saves).
+# After a read of FULL_READ bytes or more it reads again at once: the socket's buffer
+# may be full, and while it is HAProxy cannot write and the ring overwrites lines unread.
 BATCH_S = 0.25
+FULL_READ = 128 * 1024
 
 # Receives the cells of each batch (10 s intervals), e.g. Prometheus' counters; called
 # under the hub's lock, and must neither keep nor change them (the aggregator takes them).
@@ -203,10 +206,12 @@ class Follower(threading.Thread):
         drain_until: float | None = None
         pid = 0
         try:
-            while not self._halt.wait(BATCH_S):
+            pause = BATCH_S
+            while not self._halt.wait(pause):
                 text = stream.read(READ_TIMEOUT_S)
                 if text is None:
                     return
+                pause = 0 if len(text) >= FULL_READ else BATCH_S
                 if text:
                     rows = parse_rows(text)
                     if rows:
