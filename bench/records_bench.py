@@ -16,6 +16,7 @@ Run from the repository root:  python bench/records_bench.py --retention --inges
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import shutil
@@ -164,6 +165,13 @@ class Rig:
                 raise RuntimeError("haproxy did not start")
             time.sleep(0.05)
 
+    def lb_cpu(self) -> float:
+        """CPU seconds the load balancer's worker used so far (from /proc)."""
+        master = self.procs[1].pid
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        fields = Path(f"/proc/{children[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         for p in self.procs:
             p.terminate()
@@ -220,23 +228,25 @@ def wrk_rate(port: int, seconds: int) -> tuple[float, int]:
 MODES = ("off", "ring", "ring+collector")
 
 
-def throughput_one(mode: str, seconds: int, log_format: str) -> tuple[float, int, int]:
+def throughput_one(mode: str, seconds: int, log_format: str) -> tuple[float, int, int, float]:
     """wrk's rate against a fresh rig in ``mode`` (no request log; the ring with no
-    reader; the ring and the collector reading it), how many requests wrk completed and
-    how many the collector recorded."""
+    reader; the ring and the collector reading it), how many requests wrk completed, how
+    many the collector recorded, and the LB HAProxy's CPU microseconds per request."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rig = Rig(root, records=mode != "off", log_format=log_format)
         records = collector(root)[0] if mode == "ring+collector" else None
         try:
             time.sleep(1)  # the stream connects
+            cpu0 = rig.lb_cpu()
             rate, sent = wrk_rate(rig.port, seconds)
+            cpu = rig.lb_cpu() - cpu0
             time.sleep(0.5)  # the last lines
         finally:
             if records is not None:
                 records.stop()
             rig.stop()
-        return rate, sent, records.ingested if records is not None else 0
+        return rate, sent, records.ingested if records is not None else 0, cpu / sent * 1e6
 
 
 def ingest(args: argparse.Namespace) -> None:
@@ -261,14 +271,16 @@ def ingest(args: argparse.Namespace) -> None:
 def throughput(args: argparse.Namespace) -> None:
     got: dict[str, list[float]] = {m: [] for m in MODES}
     recorded: list[float] = []
+    cost: dict[str, list[float]] = {m: [] for m in MODES}
     for i in range(args.runs):
         order = MODES[i % 3:] + MODES[:i % 3]  # interleaved, each mode in each position
         for mode in order:
-            rate, sent, n = throughput_one(mode, args.wrk_seconds, args.log_format)
+            rate, sent, n, us = throughput_one(mode, args.wrk_seconds, args.log_format)
             got[mode].append(rate)
+            cost[mode].append(us)
             if mode == "ring+collector":
                 recorded.append(n / max(sent, 1))
-            log(f"  throughput run {i + 1} {mode}: {rate:.0f} req/s"
+            log(f"  throughput run {i + 1} {mode}: {rate:.0f} req/s, HAProxy {us:.1f} us/req"
                 + (f" ({n} of {sent} recorded)" if n else ""))
     off = got["off"]
     print(f"HAProxy at its limit (wrk -t2 -c50 -d{args.wrk_seconds}s, medians of {args.runs}"
@@ -276,7 +288,8 @@ def throughput(args: argparse.Namespace) -> None:
     for mode in MODES:
         ratio = statistics.median(r / o for r, o in zip(got[mode], off, strict=True))
         print(f"  {mode:15} {statistics.median(got[mode]):8.0f} req/s  {ratio * 100:5.1f}% of"
-              f" off  (runs: {', '.join(f'{r:.0f}' for r in got[mode])})")
+              f" off  (runs: {', '.join(f'{r:.0f}' for r in got[mode])}); HAProxy "
+              f"{statistics.median(cost[mode]):.1f} us CPU per request")
     print(f"  the collector recorded {min(recorded) * 100:.1f}% of wrk's requests at least "
           "(the rest: timed out or cut when wrk stopped, or overwritten in the ring unread)")
 
