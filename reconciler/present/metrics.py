@@ -141,13 +141,18 @@ class Metrics:
             buckets=PROMETHEUS_BUCKETS_S,
         )
         self._durations: dict[tuple[str, str, str], CountsHistogram] = {}
+        self._counters: dict[tuple[str, str, str, str], Counter] = {}
 
     def observe_cells(self, cells: Mapping[Key, Cell]) -> None:
         """Count a batch of the records collector's cells (its sink; they are read, not
         kept): one increment and one histogram update per cell (label children cached)."""
-        durations = self._durations
+        durations, counters = self._durations, self._counters
         for (_t, service, revision, action, cls), cell in cells.items():
-            self.requests.labels(service, revision, action, cls).inc(cell.count)
+            key = (service, revision, action, cls)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = self.requests.labels(*key)
+            counter.inc(cell.count)
             dkey = (service, revision, action)
             child = durations.get(dkey)
             if child is None:
