@@ -92,14 +92,22 @@ def retention(args: argparse.Namespace) -> None:
         conn = store._conn
         fine = conn.execute("SELECT COUNT(*) FROM cells WHERE res=10").fetchone()[0]
         coarse = conn.execute("SELECT COUNT(*) FROM cells WHERE res=60").fetchone()[0]
+        # the 1 min rows alone: their share of the file, to extrapolate them to 14 days
+        conn.execute("DELETE FROM cells WHERE res=10")
+        conn.execute("VACUUM")
+        store.checkpoint()
+        coarse_size = db.stat().st_size
         store.close()
-    per_row = size / (fine + coarse)
-    steady = per_row * (fine + coarse * 14 * 24 / args.hours)
+    fine_size = size - coarse_size
+    steady = fine_size * 24 / args.hours + coarse_size * 14 * 24 / args.hours
     print(f"keys: {len(keys)} ({args.services} services x 2 revisions x {args.actions} "
           f"actions x 3 classes), {args.hours:g} h of 10 s intervals, every key every interval")
     print(f"rows: {fine} at 10 s, {coarse} at 1 min; file {size / 1e6:.1f} MB "
-          f"({per_row:.0f} bytes/row)")
-    print(f"steady state (24 h at 10 s + 14 days at 1 min, extrapolated): {steady / 1e6:.0f} MB")
+          f"({size / (fine + coarse):.0f} bytes/row); the 1 min rows alone (vacuumed) "
+          f"{coarse_size / 1e6:.1f} MB ({coarse_size / coarse:.0f} bytes/row), the 10 s rows "
+          f"the rest ({fine_size / fine:.0f} bytes/row)")
+    print(f"steady state (24 h at 10 s + 14 days at 1 min, extrapolated per resolution): "
+          f"{steady / 1e6:.0f} MB")
     print(f"one flush ({len(keys)} cells): median {statistics.median(times) * 1000:.1f} ms, "
           f"p99 {sorted(times)[int(len(times) * 0.99)] * 1000:.1f} ms")
 
