@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import compress
 from typing import Any
 
 from prometheus_client import (
@@ -22,8 +23,28 @@ from prometheus_client import (
     generate_latest,
 )
 
-from reconciler.records.aggregate import Record, status_class
-from reconciler.records.histogram import PROMETHEUS_BUCKETS_S
+from reconciler.records.aggregate import Cell, Key
+from reconciler.records.histogram import BOUNDS, PER_DOUBLING, PROMETHEUS_BUCKETS_S, SIZE
+
+# The Prometheus bucket (index into PROMETHEUS_BUCKETS_S + [+Inf]) of each bucket of the
+# records' histograms: every PER_DOUBLING-th bound of theirs is one of Prometheus'.
+_PROMETHEUS_BUCKET = tuple(
+    -(-i // PER_DOUBLING) if i < len(BOUNDS) else len(PROMETHEUS_BUCKETS_S) for i in range(SIZE)
+)
+
+
+class CountsHistogram(Histogram):
+    """A Prometheus histogram that also takes many observations at once, as counts per
+    bucket of a records histogram (``add_counts``): the same numbers ``observe`` would
+    give for each request (``tests/unit/test_records_batch.py`` holds it to that)."""
+
+    def add_counts(self, counts: Sequence[int], sum_s: float) -> None:
+        """Add a records histogram's ``counts`` (``SIZE`` buckets) and their sum (to a
+        labelled child)."""
+        self._sum.inc(sum_s)
+        buckets, where = self._buckets, _PROMETHEUS_BUCKET
+        for i in compress(range(len(counts)), counts):  # the non-empty ones, at C speed
+            buckets[where[i]].inc(counts[i])
 
 
 class Metrics:
@@ -113,31 +134,31 @@ class Metrics:
             ["service", "revision", "action", "code_class"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = CountsHistogram(
             "reconcile_request_duration_seconds",
             "Total time of requests (what the client waited).",
             ["service", "revision", "action"],
             registry=r,
             buckets=PROMETHEUS_BUCKETS_S,
         )
-        self._durations: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str, str], CountsHistogram] = {}
+        self._counters: dict[tuple[str, str, str, str], Counter] = {}
 
-    def observe_records(self, records: Sequence[Record]) -> None:
-        """Count ``records`` (the records collector's sink): one increment per label
-        set and batch, one observation per request (label children are cached)."""
-        counts: dict[tuple[str, str, str, str], int] = {}
-        durations = self._durations
-        for rec in records:
-            server = "<NOSRV>" if rec.container == "-" else rec.container
-            key = (rec.service, rec.revision, rec.action, status_class(rec.status, server))
-            counts[key] = counts.get(key, 0) + 1
-            dkey = key[:3]
+    def observe_cells(self, cells: Mapping[Key, Cell]) -> None:
+        """Count a batch of the records collector's cells (its sink; they are read, not
+        kept): one increment and one histogram update per cell (label children cached)."""
+        durations, counters = self._durations, self._counters
+        for (_t, service, revision, action, cls), cell in cells.items():
+            key = (service, revision, action, cls)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = self.requests.labels(*key)
+            counter.inc(cell.count)
+            dkey = (service, revision, action)
             child = durations.get(dkey)
             if child is None:
                 child = durations[dkey] = self.request_duration.labels(*dkey)
-            child.observe(max(rec.total_ms, 0) / 1000)
-        for key, n in counts.items():
-            self.requests.labels(*key).inc(n)
+            child.add_counts(cell.total.counts, cell.sum_ms / 1000)
 
     def _canary_metrics(self, r: CollectorRegistry) -> None:
         """Where each running canary stands (set after every pass and look)."""

@@ -199,6 +199,13 @@ class Aggregator:
             cell = self.cells[k] = Cell()
         cell.add(rec)
 
+    def merge(self, cells: Mapping[Key, Cell]) -> None:
+        """Add ``cells``, taking them over: the caller must not use them afterwards."""
+        mine = self.cells
+        for k, c in cells.items():
+            into = mine.get(k)
+            mine[k] = c if into is None else into.merge(c)
+
     def take(self) -> dict[Key, Cell]:
         """The cells so far; the aggregator starts empty again."""
         cells, self.cells = self.cells, {}

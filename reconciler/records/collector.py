@@ -5,15 +5,17 @@ flushed to the records database every interval, and handed to a sink (Prometheus
 environment's desired and observed state and how to reach each LB host's stats socket
 (``LBTarget``); the hub keeps one ``Follower`` thread per LB host whose load balancer
 logs requests (``request_records`` true) and stops the others. A follower holds a
-``show events reqlog -wn`` connection (``reconciler.lb.haproxy.events``), parses lines
-as they come, and passes them to ``ingest``, which names each request through the
-latest mapping (``aggregate.origins``, ``ActionTable`` per service) and adds it to the
-aggregator. A flusher thread writes the aggregator's cells to the store every
-``interval_s`` (one transaction); ``stop`` flushes what is left.
+``show events reqlog -wn`` connection (``reconciler.lb.haproxy.events``), wakes every
+``BATCH_S`` to take everything buffered, parses it in one go and passes the rows to
+``ingest``, which names them through the latest mapping (``aggregate.origins``,
+``ActionTable`` per service, behind ``batch.Namer``'s caches) and adds their cells to
+the aggregator (``reconciler.records.batch``: no object per request). A flusher thread
+writes the aggregator's cells to the store every ``interval_s`` (one transaction);
+``stop`` flushes what is left.
 
 Reconnecting: on EOF or an error the follower waits (exponential backoff, at most
 ``MAX_BACKOFF_S``) and reconnects without ``-n``, so lines the ring took meanwhile are
-read; lines already counted are skipped by their (pid, request number) (``RecentIds``,
+read; lines already counted are skipped by their (pid, request number) (``SeenIds``,
 exact, unlike a highest-number cursor: requests finish out of order). After a reload
 the old worker writes its proxies' soft-stop notices into the ring, or the observed
 worker pid changes: the follower reads what the old worker still writes for
@@ -28,24 +30,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.errors import ReconcilerError
 from reconciler.lb.haproxy.events import EventStream, stopped_notice
-from reconciler.lb.haproxy.requestlog import RING, Request, parse_events
+from reconciler.lb.haproxy.requestlog import ID, RING, Row, parse_rows
 from reconciler.model import DesiredState, ObservedState
 from reconciler.records.actions import ActionTable
 from reconciler.records.aggregate import (
     INTERVAL_S,
     Aggregator,
+    Cell,
+    Key,
     Origins,
-    Record,
     action_tables,
     origins,
-    to_record,
 )
+from reconciler.records.batch import Namer, SeenIds, aggregate_rows
 from reconciler.records.store import RecordsStore
 from reconciler.transport.base import Transport
 
@@ -54,32 +56,16 @@ log = logging.getLogger("reconciler.records")
 MAX_BACKOFF_S = 10.0
 DRAIN_S = 1.0
 READ_TIMEOUT_S = 0.5
-RECENT = 200_000  # ids remembered for dedupe: more than the ring (8 MiB) holds
+# How often a follower takes what its stream buffered: one parse and one aggregation per
+# batch instead of per few lines (the per-batch work, not per-request, is what it saves).
+# After a read of FULL_READ bytes or more it reads again at once: the socket's buffer
+# may be full, and while it is HAProxy cannot write and the ring overwrites lines unread.
+BATCH_S = 0.25
+FULL_READ = 128 * 1024
 
-Sink = Callable[[Sequence[Record]], None]
-
-
-class RecentIds:
-    """The last ``capacity`` (pid, request number) pairs seen: ``fresh`` keeps the
-    requests not among them and remembers those."""
-
-    def __init__(self, capacity: int = RECENT) -> None:
-        self.capacity = capacity
-        self._set: set[tuple[int, int]] = set()
-        self._order: deque[tuple[int, int]] = deque()
-
-    def fresh(self, requests: Sequence[Request]) -> list[Request]:
-        out = []
-        for r in requests:
-            rid = (r.pid, r.number)
-            if rid in self._set:
-                continue
-            self._set.add(rid)
-            self._order.append(rid)
-            out.append(r)
-        while len(self._order) > self.capacity:
-            self._set.discard(self._order.popleft())
-        return out
+# Receives the cells of each batch (10 s intervals), e.g. Prometheus' counters; called
+# under the hub's lock, and must neither keep nor change them (the aggregator takes them).
+Sink = Callable[[Mapping[Key, Cell]], None]
 
 
 @dataclass(frozen=True)
@@ -104,8 +90,8 @@ class Records:
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._agg = Aggregator()
-        self._origins = Origins()
         self._tables: dict[str, ActionTable] = {}
+        self._namer = Namer(Origins(), self._tables)
         self._followers: dict[str, Follower] = {}
         self._stop = threading.Event()
         self.ingested = 0  # requests recorded since start (for tests and benchmarks)
@@ -118,8 +104,8 @@ class Records:
         """Take the mapping of this pass and follow exactly the enabled ``targets``."""
         where = origins(observed, desired)
         with self._lock:
-            self._origins = where
             self._tables = action_tables(desired, self._tables)
+            self._namer = Namer(where, self._tables)
         for host in list(self._followers):
             t = targets.get(host)
             if t is None or not t.enabled:
@@ -134,22 +120,19 @@ class Records:
             else:
                 follower.retarget(t)
 
-    def ingest(self, requests: Sequence[Request]) -> int:
-        """Record ``requests`` (deduped by the caller); how many belonged to the
-        environment."""
+    def ingest(self, rows: Sequence[Row]) -> int:
+        """Record ``rows`` (``parse_rows``, deduped by the caller); how many belonged
+        to the environment."""
         with self._lock:
-            where, tables = self._origins, self._tables
-            records = [r for r in (to_record(q, where, tables) for q in requests) if r]
-            add = self._agg.add
-            for rec in records:
-                add(rec)
-            self.ingested += len(records)
-        if records and self.sink is not None:
-            try:
-                self.sink(records)
-            except Exception:  # the metrics must not stop the records
-                log.exception("records sink failed")
-        return len(records)
+            cells, n = aggregate_rows(rows, self._namer, self._agg.interval_s)
+            if cells and self.sink is not None:
+                try:  # before the aggregator takes the cells over
+                    self.sink(cells)
+                except Exception:  # the metrics must not stop the records
+                    log.exception("records sink failed")
+            self._agg.merge(cells)
+            self.ingested += n
+        return n
 
     def flush(self) -> None:
         """Write what was aggregated since the last flush (errors logged, cells kept
@@ -161,9 +144,7 @@ class Records:
         except ReconcilerError as exc:
             log.warning("request records not written (kept for the next flush): %s", exc)
             with self._lock:
-                for k, c in cells.items():
-                    mine = self._agg.cells.get(k)
-                    self._agg.cells[k] = c if mine is None else c.merge(mine)
+                self._agg.merge(cells)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -188,12 +169,12 @@ class Records:
 class Follower(threading.Thread):
     """The stream of one LB host (see the module doc)."""
 
-    def __init__(self, target: LBTarget, ingest: Callable[[Sequence[Request]], int]) -> None:
+    def __init__(self, target: LBTarget, ingest: Callable[[Sequence[Row]], int]) -> None:
         super().__init__(name=f"records-{target.host}", daemon=True)
         self.target = target
         self._ingest = ingest
         self._halt = threading.Event()
-        self.recent = RecentIds()
+        self.recent = SeenIds()
         self.connects = 0
 
     def retarget(self, target: LBTarget) -> None:
@@ -225,15 +206,17 @@ class Follower(threading.Thread):
         drain_until: float | None = None
         pid = 0
         try:
-            while not self._halt.is_set():
+            pause = BATCH_S
+            while not self._halt.wait(pause):
                 text = stream.read(READ_TIMEOUT_S)
                 if text is None:
                     return
+                pause = 0 if len(text) >= FULL_READ else BATCH_S
                 if text:
-                    requests = parse_events(text)
-                    if requests:
-                        pid = requests[-1].pid
-                        self._ingest(self.recent.fresh(requests))
+                    rows = parse_rows(text)
+                    if rows:
+                        pid = int(rows[-1][ID].partition(".")[0])
+                        self._ingest(self.recent.fresh(rows))
                     if drain_until is None and stopped_notice(text):
                         drain_until = time.monotonic() + DRAIN_S
                 current = self.target.worker_pid

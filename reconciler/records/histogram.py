@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
+from operator import add
 
 PER_DOUBLING = 4
 FIRST_MS = 0.5
@@ -52,10 +53,14 @@ class Histogram:
 
     __slots__ = ("counts",)
 
-    def __init__(self, counts: Sequence[int] | None = None) -> None:
+    def __init__(self, counts: Sequence[int] | None = None, own: bool = False) -> None:
+        """``own``: ``counts`` is a list the caller hands over (not copied)."""
         if counts is not None and len(counts) != SIZE:
             raise ValueError(f"a histogram has {SIZE} buckets, not {len(counts)}")
-        self.counts: list[int] = list(counts) if counts is not None else [0] * SIZE
+        if counts is None:
+            self.counts: list[int] = [0] * SIZE
+        else:
+            self.counts = counts if own and isinstance(counts, list) else list(counts)
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Histogram:
@@ -73,10 +78,7 @@ class Histogram:
 
     def merge(self, other: Histogram) -> Histogram:
         """Add ``other``'s counts into this histogram; returns self."""
-        mine = self.counts
-        for i, c in enumerate(other.counts):
-            if c:
-                mine[i] += c
+        self.counts = list(map(add, self.counts, other.counts))  # C speed
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -106,19 +108,24 @@ class Histogram:
     # ------------------------------------------------------------ serialisation
 
     def to_bytes(self) -> bytes:
-        """Compact form: per non-empty bucket its index (one byte) and its count as an
-        unsigned LEB128 varint. An empty histogram is b""."""
-        out = bytearray()
-        for i, count in enumerate(self.counts):
-            if not count:
-                continue
-            out.append(i)
-            c = count
-            while c >= 0x80:
-                out.append((c & 0x7F) | 0x80)
-                c >>= 7
-            out.append(c)
-        return bytes(out)
+        """Compact form, the shorter of two (b"" when empty). Sparse: per non-empty
+        bucket its index (one byte) and its count as an unsigned LEB128 varint. Dense:
+        ``DENSE`` (no bucket has that index), the first and last non-empty bucket, then
+        the count of every bucket from the one to the other (zeros too): shorter when
+        the non-empty buckets are mostly adjacent, as latencies are."""
+        counts = self.counts
+        used = [i for i, c in enumerate(counts) if c]
+        if not used:
+            return b""
+        lo, hi = used[0], used[-1]
+        sparse = bytearray()
+        dense = bytearray((DENSE, lo, hi))
+        for i in used:
+            sparse.append(i)
+            _varint(sparse, counts[i])
+        for i in range(lo, hi + 1):
+            _varint(dense, counts[i])
+        return bytes(dense if len(dense) < len(sparse) else sparse)
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> Histogram:
@@ -126,24 +133,49 @@ class Histogram:
         h = cls()
         if not data:
             return h
+        if data[0] == DENSE:
+            if len(data) < 3 or not data[1] <= data[2] < SIZE:
+                raise ValueError("malformed histogram")
+            pos, index = 3, data[1]
+            while index <= data[2]:
+                value, pos = _read_varint(data, pos)
+                h.counts[index] = value
+                index += 1
+            if pos != len(data):
+                raise ValueError("malformed histogram")
+            return h
         pos, n = 0, len(data)
         while pos < n:
             index = data[pos]
-            pos += 1
-            value = shift = 0
-            while True:
-                if pos >= n:
-                    raise ValueError("truncated histogram")
-                b = data[pos]
-                pos += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
             if index >= SIZE:
                 raise ValueError(f"histogram bucket {index} out of range")
+            value, pos = _read_varint(data, pos + 1)
             h.counts[index] += value
         return h
+
+
+DENSE = 0xFF  # the first byte of the dense form
+
+
+def _varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it); ValueError when ``data`` ends inside it."""
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated histogram")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
 
 
 def merge_bytes(a: bytes | None, b: bytes | None) -> bytes:

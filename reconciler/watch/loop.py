@@ -138,7 +138,7 @@ class Watcher:
         try:
             if self.records is None:
                 store = RecordsStore(self.cfg.state_dir / FILENAME, retention)
-                self.records = Records(store, sink=self.metrics.observe_records)
+                self.records = Records(store, sink=self.metrics.observe_cells)
             self.records.follow(desired, observed, self.session.lb_targets(desired, observed))
         except ReconcilerError as exc:
             log.warning("request records: %s", exc, extra={"event": "records-error"})

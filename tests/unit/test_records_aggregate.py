@@ -20,7 +20,6 @@ from reconciler.records.aggregate import (
     status_class,
     to_record,
 )
-from reconciler.records.collector import RecentIds
 from reconciler.records.oneshot import after_marker
 
 
@@ -121,15 +120,6 @@ def test_action_tables_are_kept_while_the_declaration_holds() -> None:
     svc = replace(d.services[0], max_actions=3)  # type: ignore[attr-defined]
     changed = action_tables(replace(d, services=(svc,)), first)  # type: ignore[type-var]
     assert changed["web"] is not first["web"]
-
-
-def test_recent_ids_skip_what_was_seen_even_out_of_order() -> None:
-    seen = RecentIds(capacity=3)
-    batch = [req("h1.a", n=5), req("h1.a", n=3)]
-    assert seen.fresh(batch) == batch
-    assert seen.fresh([req("h1.a", n=3), req("h1.a", n=4)]) == [req("h1.a", n=4)]
-    assert seen.fresh([req("h1.a", n=5), req("h1.a", n=6)]) == [req("h1.a", n=6)]
-    assert seen.fresh([req("h1.a", n=5)]) == [req("h1.a", n=5)]  # forgotten past capacity
 
 
 def test_after_marker_takes_the_lines_after_the_last_one_ingested() -> None:

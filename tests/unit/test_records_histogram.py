@@ -9,6 +9,7 @@ import pytest
 
 from reconciler.records.histogram import (
     BOUNDS,
+    DENSE,
     PROMETHEUS_BUCKETS_S,
     SIZE,
     Histogram,
@@ -80,3 +81,27 @@ def test_serialisation_round_trips_and_is_compact() -> None:
         Histogram.from_bytes(bytes([3, 0x80]))
     with pytest.raises(ValueError):
         Histogram.from_bytes(bytes([SIZE, 1]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_shorter_form_round_trips(seed: int) -> None:
+    rng = random.Random(seed)
+    h = Histogram.of(rng.expovariate(1 / rng.choice([1, 20, 500]))
+                     for _ in range(rng.randrange(1, 3000)))
+    if seed % 2:
+        h.add(100_000, n=rng.randrange(1, 5))  # far away: sparse wins
+    data = h.to_bytes()
+    assert Histogram.from_bytes(data) == h
+    used = [i for i, c in enumerate(h.counts) if c]
+    width = used[-1] - used[0] + 1
+    if width == len(used) and len(used) >= 4:  # adjacent buckets: the dense form, shorter
+        assert data[0] == DENSE and len(data) < len(used) * 2
+    assert len(data) <= sum(1 + (c.bit_length() + 6) // 7 for c in h.counts if c)
+
+
+def test_a_malformed_dense_blob_is_refused() -> None:
+    good = Histogram([0] * 3 + [5] * 6 + [0] * (SIZE - 9)).to_bytes()
+    assert good[0] == DENSE
+    for bad in (good[:-1], good + b"\x01", bytes([DENSE, 5, 2, 1]), bytes([DENSE, 1])):
+        with pytest.raises(ValueError):
+            Histogram.from_bytes(bad)

@@ -103,8 +103,11 @@ def test_the_coarse_rows_hold_the_merged_histograms(db: Path) -> None:
     base = 1_700_006_400
     recs = [rec(base + i, total=i) for i in range(60)]
     s.write(aggregate(recs), now=base)
-    (blob,) = s._conn.execute("SELECT hist FROM cells WHERE res=60").fetchone()
+    (blob, ttfb) = s._conn.execute("SELECT hist, ttfb FROM cells WHERE res=60").fetchone()
     assert Histogram.from_bytes(blob) == Histogram.of(range(60))
+    assert ttfb == b""  # no TTFB over weeks: nothing reads it
+    fine = s._conn.execute("SELECT ttfb FROM cells WHERE res=10").fetchall()
+    assert sum(Histogram.from_bytes(b).total for (b,) in fine) == 60
 
 
 def test_one_shot_ingestion_counts_each_line_once(db: Path) -> None:

@@ -16,6 +16,8 @@ from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.runtime import SocketUnavailable
 from reconciler.transport.base import Stream, StreamUnavailable, Transport, TransportError
 
+RECV_SIZE = 1 << 20
+MAX_READ = 8 << 20  # one read's bytes at most (a ring holds 8 MiB)
 _RING_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -61,13 +63,15 @@ class EventStream:
         return cls(sock, where)
 
     def read(self, timeout: float) -> str | None:
-        """The complete lines that arrived within ``timeout`` seconds ("" when none);
-        None once HAProxy closed the connection. Raises ObserveError when it fails."""
+        """The complete lines that arrived within ``timeout`` seconds ("" when none),
+        with everything else already buffered (up to ``MAX_READ`` bytes: one batch for
+        the reader); None once HAProxy closed the connection. Raises ObserveError when
+        it fails."""
         if self.closed:
             return None
         try:
             self._stream.settimeout(timeout)
-            chunk = self._stream.recv(262144)
+            chunk = self._stream.recv(RECV_SIZE)
         except TimeoutError:
             return ""
         except OSError as e:
@@ -76,10 +80,31 @@ class EventStream:
         if not chunk:
             self.close()
             return None
-        data = self._partial + chunk
+        chunks = [self._partial, chunk]
+        eof = self._drain(chunks, len(chunk))
+        data = b"".join(chunks)
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
+        if eof:
+            self.close()
         return data[:cut].decode("utf-8", errors="replace")
+
+    def _drain(self, chunks: list[bytes], size: int) -> bool:
+        """Append what is buffered without waiting; True when the peer closed."""
+        try:
+            self._stream.settimeout(0.0)
+            while size < MAX_READ:
+                chunk = self._stream.recv(RECV_SIZE)
+                if not chunk:
+                    return True
+                chunks.append(chunk)
+                size += len(chunk)
+        except (TimeoutError, BlockingIOError):  # nothing more buffered (socket, channel)
+            pass
+        except OSError as e:
+            self.close()
+            raise ObserveError(f"{self._where}: {e.strerror or e}") from None
+        return False
 
     def close(self) -> None:
         if not self.closed:
