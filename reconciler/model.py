@@ -337,6 +337,21 @@ class ServerStats:
 
 
 @dataclass(frozen=True)
+class CertState:
+    """A TLS frontend's certificate on one LB host: its file and what HAProxy serves
+    from that path. Digests, serials and fingerprints only, never key material."""
+
+    path: str
+    file_digest: str | None = None  # sha256 of the file; None: unreadable (see problem)
+    file_serial: str | None = None
+    file_fingerprint: str | None = None  # SHA-1 of the leaf's DER, upper-case hex
+    file_not_after: str | None = None
+    loaded_serial: str | None = None  # None: HAProxy serves nothing from this path
+    loaded_fingerprint: str | None = None
+    problem: str | None = None  # why the file could not be read (names no content)
+
+
+@dataclass(frozen=True)
 class ObservedLB:
     """HAProxy on one load-balancer host. ``running`` False: no socket answered."""
 
@@ -350,6 +365,11 @@ class ObservedLB:
     servers: tuple[ServerState, ...] = ()
     stats: tuple[ServerStats, ...] = ()
     worker_pid: int = 0  # the worker whose counters ``stats`` are (a new one counts from 0)
+    # the certificates of the installed config's binds, by path
+    certificates: tuple[CertState, ...] = ()
+
+    def certificate(self, path: str) -> CertState | None:
+        return next((c for c in self.certificates if c.path == path), None)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from reconciler import identity
 from reconciler.lb.haproxy.sections import section_digests
 from reconciler.model import (
+    CertState,
     ContainerSpec,
     DesiredState,
     Frontend,
@@ -35,6 +36,7 @@ from reconciler.plan.actions import (
     PullImage,
     RemoveContainer,
     RemoveServer,
+    ReplaceCertificate,
     RepointServer,
     SetWeight,
     StartContainer,
@@ -241,16 +243,43 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
             lb = lbs.get(a.host, ObservedLB(host=a.host, running=False))
             lbdef = next(x for x in d.loadbalancers if a.host in x.hosts)
             servers = lb.servers
+            certs = lb.certificates
+            if a.reload or not lb.running:  # a (re)start reads every certificate file
+                certs = loaded_certificates(lb, lbdef)
             lbs[a.host] = replace(
                 lb, running=True, servers=servers, config_sections=section_digests(d, lbdef),
                 config_servers=tuple(sorted((s.backend, s.server, s.address, s.port, s.weight)
                                             for s in servers)),
+                certificates=certs,
             )
+        elif isinstance(a, ReplaceCertificate):
+            lb = lbs[a.host]
+            lbs[a.host] = replace(lb, certificates=tuple(
+                replace(c, loaded_serial=c.file_serial, loaded_fingerprint=c.file_fingerprint)
+                if c.path == a.path else c for c in lb.certificates))
         else:  # pragma: no cover - a new action type must be simulated
             raise AssertionError(f"unknown action {a!r}")
     return ObservedState(
         hosts=tuple(hosts[k] for k in sorted(hosts)), lbs=tuple(lbs[k] for k in sorted(lbs))
     )
+
+
+def cert_file(path: str, serial: str = "1") -> CertState:
+    """A certificate file at ``path`` (facts made up from path and serial), not loaded."""
+    fp = f"FP-{serial}-{path}"
+    return CertState(path=path, file_digest=f"d{serial}{path}", file_serial=serial,
+                     file_fingerprint=fp, file_not_after="2030-01-01T00:00:00+00:00")
+
+
+def loaded_certificates(lb: ObservedLB, lbdef: LoadBalancer) -> tuple[CertState, ...]:
+    """What a started HAProxy loads: each certificate path's file as it is (a file the
+    world has no state for yet gets serial 1)."""
+    paths = sorted({fe.tls_certificate for fe in lbdef.frontends if fe.tls_certificate})
+    out = []
+    for path in paths:
+        c = lb.certificate(path) or cert_file(path)
+        out.append(replace(c, loaded_serial=c.file_serial, loaded_fingerprint=c.file_fingerprint))
+    return tuple(out)
 
 
 def converge(d: DesiredState, obs: ObservedState | None = None) -> ObservedState:

@@ -28,6 +28,7 @@ from reconciler.plan.actions import (
     DrainServer,
     RemoveContainer,
     RemoveServer,
+    ReplaceCertificate,
     RepointServer,
     SetWeight,
 )
@@ -148,6 +149,13 @@ class LBSteps:
                 self.needs_reload.add(a.host)  # the config without it is loaded instead
             return f"{exc}; HAProxy will be reloaded instead"
         return None
+
+    def replace_certificate(self, a: ReplaceCertificate) -> str:
+        """Serve the file's current content without a reload (on this step's LB host);
+        the outcome check compares what is served with the file again."""
+        serial = self.lbs[a.host].replace_certificate(a.path)
+        changed = "" if serial == a.serial else f" (the plan saw serial {a.serial})"
+        return f"now serving serial {serial}, no reload{changed}"
 
     def wait_old_sessions(self, a: RemoveContainer) -> str | None:
         """Before a container is stopped: an LB process of an earlier config (left by a

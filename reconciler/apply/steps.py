@@ -50,6 +50,7 @@ from reconciler.plan.actions import (
     DrainServer,
     RemoveContainer,
     RemoveServer,
+    ReplaceCertificate,
     RepointServer,
     SetWeight,
     StartContainer,
@@ -63,6 +64,7 @@ _PARALLEL = (
     RepointServer,
     DrainServer,
     RemoveServer,
+    ReplaceCertificate,
 )
 # LB steps whose servers are independent of each other: run side by side per server.
 _PER_SERVER = (RepointServer, DrainServer, RemoveServer)
@@ -119,6 +121,7 @@ class Executor:
                 handler(DrainServer, self.lb_steps.drain),
                 handler(RemoveServer, self.lb_steps.remove_server),
                 handler(ConfigureLB, self.lb_steps.configure),
+                handler(ReplaceCertificate, self.lb_steps.replace_certificate),
             ]
         )
 

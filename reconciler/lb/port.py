@@ -115,6 +115,11 @@ class LoadBalancerPort(Protocol):
         """Point the server at ``address:port``; its checks then probe the new place."""
         ...
 
+    def replace_certificate(self, path: str) -> str:
+        """Serve the current content of the certificate file at ``path`` (on the LB
+        host) without a reload; the serial now served. Never quotes the file."""
+        ...
+
     def drain(self, backend: str, server: str) -> None:
         """Weight 0 and drain: no new sessions, current ones finish. NoSuchServer when
         the load balancer does not have it."""

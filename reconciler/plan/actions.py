@@ -178,3 +178,23 @@ class ConfigureLB(Action):
         verb = "install config and reload HAProxy" if self.reload else "write HAProxy config"
         return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
 
+
+
+@dataclass(frozen=True)
+class ReplaceCertificate(Action):
+    """Runtime API: serve the current content of a TLS frontend's certificate file
+    (``set ssl cert`` + ``commit ssl cert``); no reload. Names serials and a digest of
+    the file, never its content."""
+
+    kind: ClassVar[str] = "replace-certificate"
+    symbol: ClassVar[str] = "~"
+    path: str = ""
+    old_serial: str = ""
+    serial: str = ""
+    digest: str = ""  # sha256 of the file the plan saw, shortened
+
+    def describe(self) -> str:
+        return (
+            f"replace certificate {self.path} at runtime, serial {self.old_serial or 'none'}"
+            f" -> {self.serial} (no reload)"
+        )
