@@ -310,6 +310,9 @@ class FakeLB:
     def replace_certificate(self, path: str) -> str:
         raise NotImplementedError("certificates are tested against a real HAProxy")
 
+    def acme(self) -> Any:
+        raise NotImplementedError("ACME is tested against a real HAProxy and pebble")
+
     def drain(self, backend: str, server: str) -> None:
         with self._lock:
             srv = self._server(backend, server, f"set weight {backend}/{server} 0")

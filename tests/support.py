@@ -268,7 +268,7 @@ def cert_file(path: str, serial: str = "1") -> CertState:
     """A certificate file at ``path`` (facts made up from path and serial), not loaded."""
     fp = f"FP-{serial}-{path}"
     return CertState(path=path, file_digest=f"d{serial}{path}", file_serial=serial,
-                     file_fingerprint=fp, file_not_after="2030-01-01T00:00:00+00:00")
+                     file_fingerprint=fp, file_validity=(0.0, 4e9))
 
 
 def loaded_certificates(lb: ObservedLB, lbdef: LoadBalancer) -> tuple[CertState, ...]:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from reconciler.apply.acme_steps import AcmeSteps
 from reconciler.apply.container_steps import ContainerSteps
 from reconciler.apply.engines import Engines
 from reconciler.apply.lb_steps import LBSteps
@@ -48,6 +49,7 @@ from reconciler.plan.actions import (
     AddServer,
     ConfigureLB,
     DrainServer,
+    ObtainCertificate,
     RemoveContainer,
     RemoveServer,
     ReplaceCertificate,
@@ -122,6 +124,7 @@ class Executor:
                 handler(RemoveServer, self.lb_steps.remove_server),
                 handler(ConfigureLB, self.lb_steps.configure),
                 handler(ReplaceCertificate, self.lb_steps.replace_certificate),
+                handler(ObtainCertificate, AcmeSteps(desired, lbs).obtain),
             ]
         )
 

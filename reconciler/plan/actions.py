@@ -198,3 +198,23 @@ class ReplaceCertificate(Action):
             f"replace certificate {self.path} at runtime, serial {self.old_serial or 'none'}"
             f" -> {self.serial} (no reload)"
         )
+
+
+@dataclass(frozen=True)
+class ObtainCertificate(Action):
+    """Give an ACME frontend a certificate on one LB host: issue one from the ACME
+    directory (HTTP-01 answered by every LB host of its load balancer) when ``source``
+    is "", else copy the current one of LB host ``source``; write it to this host's
+    state dir and serve it through the runtime API (no reload)."""
+
+    kind: ClassVar[str] = "obtain-certificate"
+    symbol: ClassVar[str] = "+"
+    frontend: str = ""
+    directory: str = ""
+    domains: tuple[str, ...] = ()
+    email: str | None = None
+    source: str = ""
+
+    def describe(self) -> str:
+        how = f"from {self.directory}" if not self.source else f"copied from {self.source}"
+        return f"certificate for {', '.join(self.domains)} ({self.frontend}) {how} (no reload)"

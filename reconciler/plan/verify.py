@@ -26,7 +26,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from reconciler import identity
-from reconciler.model import DesiredState, ObservedLB, ObservedState
+from reconciler.lb.haproxy.certs import acme_cert_path
+from reconciler.model import DesiredState, Frontend, ObservedLB, ObservedState
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def verify(
                 out.append(Mismatch(lb_host, "haproxy", "HAProxy is not running"))
                 continue
             out += _pointers(obs, published)
-            out += _certificates(obs, [fe.tls_certificate for fe in lb.frontends])
+            out += _certificates(obs, [_cert_path(fe, obs.acme_dir) for fe in lb.frontends])
             out += _promised(obs, expected, checked, set(frozen))
     return tuple(out)
 
@@ -164,6 +165,12 @@ def _promised(
         if backend in checked and key not in expected and not frozen_host:
             out.append(Mismatch(obs.host, "/".join(key), "left in HAProxy, not desired"))
     return out
+
+
+def _cert_path(fe: Frontend, acme_dir: str) -> str | None:
+    if fe.tls_acme is not None:
+        return acme_cert_path(acme_dir, fe.name) if acme_dir else None
+    return fe.tls_certificate
 
 
 def _certificates(obs: ObservedLB, paths: list[str | None]) -> list[Mismatch]:

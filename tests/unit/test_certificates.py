@@ -51,7 +51,7 @@ def test_pem_facts_are_haproxys_serial_and_sha1_fingerprint() -> None:
     cert = x509.load_pem_x509_certificate(pem.encode())
     assert facts.serial == "ABC"
     assert facts.fingerprint == cert.fingerprint(hashes.SHA1()).hex().upper()
-    assert facts.not_after == "2026-04-01T00:00:00+00:00"
+    assert facts.validity == (1767225600.0, 1767225600.0 + 90 * 86400)
     assert pem_facts(pem + "\n").digest != facts.digest  # the digest is of the bytes
 
 

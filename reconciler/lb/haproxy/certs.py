@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import itertools
 import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 _BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,40})-----")
 _END = re.compile(r"-----END ([A-Z0-9 ]{1,40})-----")
@@ -42,7 +46,8 @@ class PemFacts:
     digest: str  # sha256 of the whole file's bytes, hex
     serial: str  # upper-case hex, no leading zeros (as HAProxy prints it)
     fingerprint: str  # SHA-1 of the leaf's DER, upper-case hex (as HAProxy prints it)
-    not_after: str  # ISO 8601, UTC
+    validity: tuple[float, float]  # not before, not after (seconds since the epoch)
+    names: tuple[str, ...]  # DNS names (subject alternative names), sorted
 
 
 def _blocks(text: str) -> list[tuple[str, list[str]]]:
@@ -111,9 +116,44 @@ def pem_facts(text: str) -> PemFacts:
             digest=hashlib.sha256(text.encode()).hexdigest(),
             serial=f"{cert.serial_number:X}",
             fingerprint=hashlib.sha1(der).hexdigest().upper(),  # noqa: S324 - HAProxy's form
-            not_after=cert.not_valid_after_utc.isoformat(),
+            validity=(cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()),
+            names=_dns_names(cert),
         )
     raise PemError("no CERTIFICATE block")
+
+
+def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(sorted(n.lower() for n in san.value.get_values_for_type(x509.DNSName)))
+
+
+def renewal_due(validity: tuple[float, float], now: float) -> bool:
+    """True once two thirds of a certificate's lifetime have passed at ``now``: renewal
+    comes well before expiry (30 of 90 days left), with time to retry."""
+    not_before, not_after = validity
+    return now >= not_before + (not_after - not_before) * 2 / 3
+
+
+CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+
+def acme_files_dir(haproxy_dir: str) -> str:
+    """Where an LB host keeps its ACME files: the account key, each ACME frontend's
+    certificate and key, and the HTTP-01 challenge map (never in git)."""
+    return f"{haproxy_dir}/acme"
+
+
+def acme_cert_path(acme_dir: str, frontend: str) -> str:
+    """The PEM file (chain and key) an ACME frontend binds."""
+    return f"{acme_dir}/{frontend}.pem"
+
+
+def challenge_map(acme_dir: str) -> str:
+    """The map HAProxy answers HTTP-01 challenges from: token -> key authorization."""
+    return f"{acme_dir}/challenges.map"
 
 
 def normal_serial(serial: str) -> str:
@@ -157,3 +197,34 @@ def config_certificates(text: str) -> tuple[str, ...]:
             if word == "crt":
                 found.add(nxt)
     return tuple(sorted(found))
+
+
+def new_key_pem() -> str:
+    """A new EC P-256 private key, PKCS#8 PEM (for certificates and ACME accounts)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def placeholder_pem() -> str:
+    """A self-signed certificate and key for an ACME frontend that has none yet, so that
+    HAProxy can load its config; it expired a moment ago, so its renewal is due."""
+    key_pem = new_key_pem()
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reconciler placeholder")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now - datetime.timedelta(seconds=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode() + key_pem

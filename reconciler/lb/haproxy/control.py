@@ -20,9 +20,11 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from reconciler.errors import ObserveError
+from reconciler.lb.haproxy.acmefiles import AcmeFiles
 from reconciler.lb.haproxy.binds import (
     bind_key,
     bind_problems,
@@ -30,7 +32,7 @@ from reconciler.lb.haproxy.binds import (
     parse_addresses,
     parse_listeners,
 )
-from reconciler.lb.haproxy.certs import PemError, pem_facts, pem_payload
+from reconciler.lb.haproxy.certs import PemError, acme_files_dir, pem_facts, pem_payload
 from reconciler.lb.haproxy.observe import observe_haproxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs, detect
@@ -80,9 +82,10 @@ class HAProxy(HAProxyProcess):
         return self._run_as[0]
 
     def observe(self) -> ObservedLB:
-        return observe_haproxy(
+        obs = observe_haproxy(
             self.host, str(self.paths.stats_socket), str(self.paths.config), self.transport
         )
+        return replace(obs, acme_dir=acme_files_dir(str(self.paths.root)))
 
     def request_events(self) -> str:
         """``show events`` of the request-log ring."""
@@ -291,6 +294,9 @@ class HAProxy(HAProxyProcess):
         # HAProxy answers in words either way: "... changed from ..." or "no need to change".
         if not answer.endswith("by 'stats socket command'"):
             raise HAProxyError(f"{self._on}HAProxy refused {cmd!r}: {answer}")
+
+    def acme(self) -> AcmeFiles:
+        return AcmeFiles(self.transport, self.stats, acme_files_dir(str(self.paths.root)))
 
     def replace_certificate(self, path: str) -> str:
         """Load the PEM file at ``path`` (read on the LB host) into the running HAProxy

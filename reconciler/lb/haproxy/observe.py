@@ -69,7 +69,8 @@ def read_certificates(
                 file_digest=facts.digest,
                 file_serial=facts.serial,
                 file_fingerprint=facts.fingerprint,
-                file_not_after=facts.not_after,
+                file_validity=facts.validity,
+                file_names=facts.names,
             )
         )
     return tuple(out)
