@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support import cert_file, converge, desired, service, simulate
+from support import cert_file, converge, desired, service, simulate, with_images
 
 from reconciler.lb.haproxy.certs import (
     PemError,
@@ -19,10 +19,11 @@ from reconciler.lb.haproxy.certs import (
     parse_show_ssl_cert,
     pem_facts,
     pem_payload,
+    renewal_due,
 )
 from reconciler.lb.haproxy.runtime import RuntimeSocket
-from reconciler.model import DesiredState, Frontend, ObservedState
-from reconciler.plan.actions import ReplaceCertificate
+from reconciler.model import AcmeSpec, DesiredState, Frontend, ObservedState
+from reconciler.plan.actions import ObtainCertificate, ReplaceCertificate
 from reconciler.plan.planner import plan
 from reconciler.plan.verify import verify
 
@@ -162,3 +163,68 @@ def test_no_replacement_when_a_reload_reads_the_file_or_it_cannot_be_read() -> N
     unloaded = replace(world, lbs=(replace(lb, certificates=()),))
     assert [m.problem for m in verify(d, unloaded)] == [
         "HAProxy serves no certificate from this path"]
+
+
+# --------------------------------------------------------------------------- ACME
+
+NOW = 1_800_000_000.0
+ACME = AcmeSpec(directory="https://acme.example/dir", domains=("shop.example.com",))
+
+
+def acme_desired(lb_hosts: tuple[str, ...]) -> DesiredState:
+    shop = Frontend(name="shop", bind_address="127.0.0.1", bind_port=8444, routes=(),
+                    default_service="web", tls_acme=ACME)
+    plain = Frontend(name="http", bind_address="127.0.0.1", bind_port=8080, routes=(),
+                     default_service="web")
+    return desired(service("web"), lb_hosts=lb_hosts, frontends=(plain, shop))
+
+
+def at(world: ObservedState, now: float) -> ObservedState:
+    return replace(world, observed_at=now)
+
+
+def test_acme_issues_once_and_the_other_lb_hosts_copy_then_nothing() -> None:
+    d = acme_desired(("h1", "h2"))
+    world = at(with_images(ObservedState(), d), NOW)
+    p = plan(d, world)
+    obtains = [a for a in p.actions if isinstance(a, ObtainCertificate)]
+    assert [(a.host, a.source, a.reason) for a in obtains] == [
+        ("h1", "", "no certificate yet"), ("h2", "h1", "no certificate yet")]
+    assert p.actions[-1] is obtains[-1]  # after the config steps that load the placeholder
+    after = simulate(p, world, d)
+    assert verify(d, after) == ()
+    assert plan(d, after).empty
+
+
+def test_an_lb_host_added_later_copies_the_certificate() -> None:
+    world = at(with_images(ObservedState(), acme_desired(("h1",))), NOW)
+    world = simulate(plan(acme_desired(("h1",)), world), world, acme_desired(("h1",)))
+    d = acme_desired(("h1", "h2"))
+    p = plan(d, world)
+    assert [(a.host, a.source) for a in p.actions if isinstance(a, ObtainCertificate)] == [
+        ("h2", "h1")]
+    after = simulate(p, world, d)
+    assert plan(d, after).empty and verify(d, after) == ()
+
+
+def test_acme_renews_at_two_thirds_of_the_lifetime_and_when_domains_change() -> None:
+    d = acme_desired(("h1",))
+    world = at(with_images(ObservedState(), d), NOW)
+    world = simulate(plan(d, world), world, d)
+    due = NOW - 1 + (90 * 86400 + 1) * 2 / 3  # the simulated issue: NOW - 1 .. NOW + 90 days
+    assert plan(d, at(world, due - 60)).empty
+    p = plan(d, at(world, due))
+    assert [(a.kind, a.reason) for a in p.actions] == [
+        ("obtain-certificate", "two thirds of its lifetime have passed: renewal due")]
+    more = replace(d, loadbalancers=(replace(d.loadbalancers[0], frontends=(
+        d.loadbalancers[0].frontends[0],
+        replace(d.loadbalancers[0].frontends[1],
+                tls_acme=replace(ACME, domains=("a.example.com", "shop.example.com"))))),))
+    p = plan(more, world)
+    assert [a.kind for a in p.actions] == ["configure-haproxy", "obtain-certificate"]
+    assert p.actions[1].reason == "the certificate names shop.example.com"
+
+
+def test_renewal_due_at_two_thirds() -> None:
+    assert not renewal_due((0.0, 90.0), 59.9)
+    assert renewal_due((0.0, 90.0), 60.0)
