@@ -71,6 +71,8 @@ def obtain(
         finally:
             for token in published:
                 withdraw(token)
+    except ReconcilerError:  # the LB hosts' own errors (publishing a challenge) as they are
+        raise
     except StopIteration:
         raise AcmeError(f"ACME {directory}: the CA offers no HTTP-01 challenge") from None
     except (errors.Error, messages.Error, OSError, JoseError) as e:
