@@ -183,6 +183,14 @@ class Route:
 
 
 @dataclass(frozen=True)
+class AcmeSpec:
+    """A TLS frontend's certificates from an ACME directory (HTTP-01 answered by HAProxy)."""
+    directory: str  # https URL of the ACME directory
+    domains: tuple[str, ...]
+    email: str | None = None
+
+
+@dataclass(frozen=True)
 class Frontend:
     name: str
     bind_address: str
@@ -190,6 +198,7 @@ class Frontend:
     routes: tuple[Route, ...]
     default_service: str | None = None
     tls_certificate: str | None = None
+    tls_acme: AcmeSpec | None = None  # instead of tls_certificate
     redirect_https: bool = False
     client_timeout_ms: int = 30000
 
@@ -337,6 +346,20 @@ class ServerStats:
 
 
 @dataclass(frozen=True)
+class CertState:
+    """A certificate file on an LB host and what HAProxy serves from its path (no key)."""
+    path: str
+    file_digest: str | None = None  # sha256 of the file; None: unreadable (see problem)
+    file_serial: str | None = None
+    file_fingerprint: str | None = None  # SHA-1 of the leaf's DER, upper-case hex
+    file_validity: tuple[float, float] | None = None  # not before, not after (epoch s)
+    file_names: tuple[str, ...] = ()  # DNS names of the leaf (subject alternative names)
+    loaded_serial: str | None = None  # None: HAProxy serves nothing from this path
+    loaded_fingerprint: str | None = None
+    problem: str | None = None  # why the file could not be read (names no content)
+
+
+@dataclass(frozen=True)
 class ObservedLB:
     """HAProxy on one load-balancer host. ``running`` False: no socket answered."""
 
@@ -350,12 +373,18 @@ class ObservedLB:
     servers: tuple[ServerState, ...] = ()
     stats: tuple[ServerStats, ...] = ()
     worker_pid: int = 0  # the worker whose counters ``stats`` are (a new one counts from 0)
+    acme_dir: str = ""  # where this host keeps ACME files (account key, certificates)
+    certificates: tuple[CertState, ...] = ()  # those of the installed config's binds
+
+    def certificate(self, path: str) -> CertState | None:
+        return next((c for c in self.certificates if c.path == path), None)
 
 
 @dataclass(frozen=True)
 class ObservedState:
     hosts: tuple[ObservedHost, ...] = ()
     lbs: tuple[ObservedLB, ...] = field(default=())  # one per LB host
+    observed_at: float = 0.0  # seconds since the epoch (certificate renewal is due by it)
 
     def host(self, name: str) -> ObservedHost:
         for h in self.hosts:

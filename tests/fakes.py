@@ -307,6 +307,12 @@ class FakeLB:
             srv = self._server(backend, server, f"set server {backend}/{server} addr")
             srv.address, srv.port = address, port
 
+    def replace_certificate(self, path: str) -> str:
+        raise NotImplementedError("certificates are tested against a real HAProxy")
+
+    def acme(self) -> Any:
+        raise NotImplementedError("ACME is tested against a real HAProxy and pebble")
+
     def drain(self, backend: str, server: str) -> None:
         with self._lock:
             srv = self._server(backend, server, f"set weight {backend}/{server} 0")

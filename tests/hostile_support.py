@@ -66,6 +66,9 @@ BASE: dict[str, dict[str, Any]] = {
              "routes": [{"host": "api.example.com", "path_prefix": "/api", "service": "api"}],
              "default_service": "web"},
             {"name": "http", "bind": "127.0.0.1:8080", "redirect_https": True},
+            {"name": "shop", "bind": "127.0.0.1:8444", "default_service": "web",
+             "tls": {"acme": {"directory": "https://acme.example.com/directory",
+                              "domains": ["shop.example.com"], "email": "ops@example.com"}}},
         ],
         "request_records": True,
         "syslog": {"address": "127.0.0.1:514", "facility": "local0", "format": "rfc5424"},
@@ -129,7 +132,9 @@ BASE: dict[str, dict[str, Any]] = {
             ]}},
         "loadbalancers": {"edge": {"hosts": ["local"], "frontends": {"https": {
             "bind": "127.0.0.1:9443", "tls": {"certificate": "/etc/haproxy/prod.pem"},
-            "redirect_https": False}}}},
+            "redirect_https": False}, "shop": {"tls": {"acme": {
+                "directory": "https://acme.example.com/prod", "domains": ["shop.example.com"],
+                "email": "ops@example.com"}}}}}},
     },
 }
 

@@ -11,8 +11,10 @@ import hashlib
 from dataclasses import replace
 
 from reconciler import identity
+from reconciler.lb.haproxy.certs import acme_cert_path
 from reconciler.lb.haproxy.sections import section_digests
 from reconciler.model import (
+    CertState,
     ContainerSpec,
     DesiredState,
     Frontend,
@@ -32,9 +34,11 @@ from reconciler.plan.actions import (
     AddServer,
     ConfigureLB,
     DrainServer,
+    ObtainCertificate,
     PullImage,
     RemoveContainer,
     RemoveServer,
+    ReplaceCertificate,
     RepointServer,
     SetWeight,
     StartContainer,
@@ -241,16 +245,62 @@ def simulate(plan: Plan, obs: ObservedState, d: DesiredState) -> ObservedState:
             lb = lbs.get(a.host, ObservedLB(host=a.host, running=False))
             lbdef = next(x for x in d.loadbalancers if a.host in x.hosts)
             servers = lb.servers
+            lb = replace(lb, acme_dir=f"/state/{a.host}/acme")
+            certs = lb.certificates
+            if a.reload or not lb.running:  # a (re)start reads every certificate file
+                certs = loaded_certificates(lb, lbdef)
             lbs[a.host] = replace(
                 lb, running=True, servers=servers, config_sections=section_digests(d, lbdef),
                 config_servers=tuple(sorted((s.backend, s.server, s.address, s.port, s.weight)
                                             for s in servers)),
+                certificates=certs,
             )
+        elif isinstance(a, ObtainCertificate):  # a good certificate, served
+            lb = lbs[a.host]
+            path = acme_cert_path(lb.acme_dir, a.frontend)
+            issued = cert_file(path, f"acme-{a.source or a.host}-{plan.commit}")
+            issued = replace(issued, file_names=tuple(sorted(a.domains)),
+                             file_validity=(obs.observed_at - 1, obs.observed_at + 90 * 86400))
+            if a.source:  # the very file of the source host
+                src = lbs[a.source].certificate(acme_cert_path(lbs[a.source].acme_dir, a.frontend))
+                assert src is not None
+                issued = replace(src, path=path)
+            issued = replace(issued, loaded_serial=issued.file_serial,
+                             loaded_fingerprint=issued.file_fingerprint)
+            lbs[a.host] = replace(lb, certificates=(
+                *(c for c in lb.certificates if c.path != path), issued))
+        elif isinstance(a, ReplaceCertificate):
+            lb = lbs[a.host]
+            lbs[a.host] = replace(lb, certificates=tuple(
+                replace(c, loaded_serial=c.file_serial, loaded_fingerprint=c.file_fingerprint)
+                if c.path == a.path else c for c in lb.certificates))
         else:  # pragma: no cover - a new action type must be simulated
             raise AssertionError(f"unknown action {a!r}")
     return ObservedState(
-        hosts=tuple(hosts[k] for k in sorted(hosts)), lbs=tuple(lbs[k] for k in sorted(lbs))
+        hosts=tuple(hosts[k] for k in sorted(hosts)), lbs=tuple(lbs[k] for k in sorted(lbs)),
+        observed_at=obs.observed_at,
     )
+
+
+def cert_file(path: str, serial: str = "1") -> CertState:
+    """A certificate file at ``path`` (facts made up from path and serial), not loaded."""
+    fp = f"FP-{serial}-{path}"
+    return CertState(path=path, file_digest=f"d{serial}{path}", file_serial=serial,
+                     file_fingerprint=fp, file_validity=(0.0, 4e9))
+
+
+def loaded_certificates(lb: ObservedLB, lbdef: LoadBalancer) -> tuple[CertState, ...]:
+    """What a started HAProxy loads: each certificate path's file as it is (a file the
+    world has no state for yet gets serial 1)."""
+    paths = sorted({fe.tls_certificate for fe in lbdef.frontends if fe.tls_certificate})
+    acme = sorted(acme_cert_path(lb.acme_dir, fe.name) for fe in lbdef.frontends if fe.tls_acme)
+    out = []
+    for path in [*paths, *acme]:
+        # an ACME frontend without a certificate yet starts on an expired placeholder
+        c = lb.certificate(path) or (cert_file(path, "placeholder") if path in acme
+                                     else cert_file(path))
+        out.append(replace(c, loaded_serial=c.file_serial, loaded_fingerprint=c.file_fingerprint))
+    return tuple(out)
 
 
 def converge(d: DesiredState, obs: ObservedState | None = None) -> ObservedState:

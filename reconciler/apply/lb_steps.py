@@ -28,6 +28,7 @@ from reconciler.plan.actions import (
     DrainServer,
     RemoveContainer,
     RemoveServer,
+    ReplaceCertificate,
     RepointServer,
     SetWeight,
 )
@@ -149,6 +150,13 @@ class LBSteps:
             return f"{exc}; HAProxy will be reloaded instead"
         return None
 
+    def replace_certificate(self, a: ReplaceCertificate) -> str:
+        """Serve the file's current content without a reload (on this step's LB host);
+        the outcome check compares what is served with the file again."""
+        serial = self.lbs[a.host].replace_certificate(a.path)
+        changed = "" if serial == a.serial else f" (the plan saw serial {a.serial})"
+        return f"now serving serial {serial}, no reload{changed}"
+
     def wait_old_sessions(self, a: RemoveContainer) -> str | None:
         """Before a container is stopped: an LB process of an earlier config (left by a
         reload) may still be finishing requests on it; the drain saw only the current
@@ -192,11 +200,19 @@ class LBSteps:
                 "installed: " + "; ".join(problems)
             )
 
+    def _prepare_acme(self, lb_host: str) -> None:
+        """The files a config with ACME frontends loads (challenge map, placeholder
+        certificates) exist on the LB host before it is checked."""
+        acme = [fe.name for fe in self._lbdef(lb_host).frontends if fe.tls_acme]
+        if acme:
+            self.lbs[lb_host].acme().prepare(acme)
+
     def verify(self, lb_host: str) -> None:
         """Render and check the next config of ``lb_host`` now, for its config step to
         install (raises, installing nothing, when it cannot be)."""
         text = self._render(lb_host)  # PrivilegeError: the host lacks a user
         self._check_binds(lb_host)
+        self._prepare_acme(lb_host)
         self.checked[lb_host] = (text, self.lbs[lb_host].check(text))
 
     def discard_checked(self) -> None:
@@ -245,6 +261,7 @@ class LBSteps:
             path = None
         if path is None:
             self._check_binds(lb_host)
+            self._prepare_acme(lb_host)
         return lb.install(text, path)
 
     def _up_timeout(self, backends: Iterable[str]) -> float:

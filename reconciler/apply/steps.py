@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from reconciler.apply.acme_steps import AcmeSteps
 from reconciler.apply.container_steps import ContainerSteps
 from reconciler.apply.engines import Engines
 from reconciler.apply.lb_steps import LBSteps
@@ -48,8 +49,10 @@ from reconciler.plan.actions import (
     AddServer,
     ConfigureLB,
     DrainServer,
+    ObtainCertificate,
     RemoveContainer,
     RemoveServer,
+    ReplaceCertificate,
     RepointServer,
     SetWeight,
     StartContainer,
@@ -63,6 +66,7 @@ _PARALLEL = (
     RepointServer,
     DrainServer,
     RemoveServer,
+    ReplaceCertificate,
 )
 # LB steps whose servers are independent of each other: run side by side per server.
 _PER_SERVER = (RepointServer, DrainServer, RemoveServer)
@@ -119,6 +123,8 @@ class Executor:
                 handler(DrainServer, self.lb_steps.drain),
                 handler(RemoveServer, self.lb_steps.remove_server),
                 handler(ConfigureLB, self.lb_steps.configure),
+                handler(ReplaceCertificate, self.lb_steps.replace_certificate),
+                handler(ObtainCertificate, AcmeSteps(desired, lbs).obtain),
             ]
         )
 

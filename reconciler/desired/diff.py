@@ -86,6 +86,7 @@ _NONE: Final = {
     "canary": "none",
     "default_service": "none",
     "tls_certificate": "none",
+    "tls_acme": "none",
     "host": "any",
     "path_prefix": "any",
 }

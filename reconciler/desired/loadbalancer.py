@@ -18,7 +18,7 @@ from reconciler.desired.loader import At, Document, Path
 from reconciler.desired.service import HostCheck
 from reconciler.desired.units import duration_ms
 from reconciler.errors import Problem
-from reconciler.model import Frontend, LoadBalancer, Route, Service, SyslogTarget
+from reconciler.model import AcmeSpec, Frontend, LoadBalancer, Route, Service, SyslogTarget
 
 if TYPE_CHECKING:
     from reconciler.desired.manifests import Manifests
@@ -146,8 +146,18 @@ def _frontend(fe: dict[str, Any], where: _Where, ctx: _Context) -> Frontend:
         ),
         default_service=fe.get("default_service"),
         tls_certificate=cert,
+        tls_acme=_acme(fe.get("tls", {}).get("acme")),
         redirect_https=fe.get("redirect_https", False),
         client_timeout_ms=duration_ms(fe.get("client_timeout", "30s")),
+    )
+
+
+def _acme(acme: dict[str, Any] | None) -> AcmeSpec | None:
+    """The ``tls.acme`` of a frontend (the schema checked its values)."""
+    if acme is None:
+        return None
+    return AcmeSpec(
+        directory=acme["directory"], domains=tuple(acme["domains"]), email=acme.get("email")
     )
 
 

@@ -40,6 +40,18 @@ class ServerEntry:
     weight: int
 
 
+class AcmeHost(Protocol):
+    """An LB host's ACME files and HTTP-01 answers (``lb.haproxy.acmefiles.AcmeFiles``).
+    Every method raises LBError naming the file or command, never quoting a file."""
+
+    def cert_path(self, frontend: str) -> str: ...
+    def read(self, name: str) -> str | None: ...
+    def write(self, name: str, text: str) -> None: ...
+    def prepare(self, frontends: list[str]) -> None: ...
+    def set_challenge(self, token: str, key_authorization: str) -> None: ...
+    def clear_challenge(self, token: str) -> None: ...
+
+
 class LoadBalancerPort(Protocol):
     """The load balancer of one LB host (its config file, its process, its runtime API)."""
 
@@ -113,6 +125,15 @@ class LoadBalancerPort(Protocol):
 
     def set_address(self, backend: str, server: str, address: str, port: int) -> None:
         """Point the server at ``address:port``; its checks then probe the new place."""
+        ...
+
+    def acme(self) -> AcmeHost:
+        """The ACME files and challenge answers of this LB host."""
+        ...
+
+    def replace_certificate(self, path: str) -> str:
+        """Serve the current content of the certificate file at ``path`` (on the LB
+        host) without a reload; the serial now served. Never quotes the file."""
         ...
 
     def drain(self, backend: str, server: str) -> None:

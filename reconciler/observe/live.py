@@ -6,6 +6,7 @@ be read fails the observation with an ObserveError naming it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -66,7 +67,7 @@ def observe(
     finally:
         if own:
             conns.close()
-    return ObservedState(hosts=tuple(hosts), lbs=tuple(lbs))
+    return ObservedState(hosts=tuple(hosts), lbs=tuple(lbs), observed_at=time.time())
 
 
 def _read_app(

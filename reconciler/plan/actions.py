@@ -178,3 +178,43 @@ class ConfigureLB(Action):
         verb = "install config and reload HAProxy" if self.reload else "write HAProxy config"
         return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
 
+
+
+@dataclass(frozen=True)
+class ReplaceCertificate(Action):
+    """Runtime API: serve the current content of a TLS frontend's certificate file
+    (``set ssl cert`` + ``commit ssl cert``); no reload. Names serials and a digest of
+    the file, never its content."""
+
+    kind: ClassVar[str] = "replace-certificate"
+    symbol: ClassVar[str] = "~"
+    path: str = ""
+    old_serial: str = ""
+    serial: str = ""
+    digest: str = ""  # sha256 of the file the plan saw, shortened
+
+    def describe(self) -> str:
+        return (
+            f"replace certificate {self.path} at runtime, serial {self.old_serial or 'none'}"
+            f" -> {self.serial} (no reload)"
+        )
+
+
+@dataclass(frozen=True)
+class ObtainCertificate(Action):
+    """Give an ACME frontend a certificate on one LB host: issue one from the ACME
+    directory (HTTP-01 answered by every LB host of its load balancer) when ``source``
+    is "", else copy the current one of LB host ``source``; write it to this host's
+    state dir and serve it through the runtime API (no reload)."""
+
+    kind: ClassVar[str] = "obtain-certificate"
+    symbol: ClassVar[str] = "+"
+    frontend: str = ""
+    directory: str = ""
+    domains: tuple[str, ...] = ()
+    email: str | None = None
+    source: str = ""
+
+    def describe(self) -> str:
+        how = f"from {self.directory}" if not self.source else f"copied from {self.source}"
+        return f"certificate for {', '.join(self.domains)} ({self.frontend}) {how} (no reload)"

@@ -20,6 +20,7 @@ from reconciler.plan.actions import (
     ConfigureLB,
     DrainServer,
     RemoveServer,
+    ReplaceCertificate,
     RepointServer,
     SetWeight,
 )
@@ -71,6 +72,8 @@ def plan_lb(
                 reason="servers changed at runtime",
             )
         )
+    if not structure:  # a reload reads every certificate file anyway
+        _plan_certificates(ph, lb, obs)
     removed = [key for key in sorted(live) if key not in wanted]
     if obs.running and not structure and not removed and not runtime_changes:
         _check_file(ph, obs, wanted.values(), held, frozen)
@@ -150,6 +153,34 @@ def _plan_server(ph: Phases, lb_host: str, srv: WantedServer, have: ServerState 
                 old_weight=have.weight,
                 weight=srv.weight,
                 reason=f"weight of its release is {srv.weight}{state}",
+            )
+        )
+
+
+def _plan_certificates(ph: Phases, lb: LoadBalancer, obs: ObservedLB) -> None:
+    """Replace at runtime each TLS certificate whose file (read on the LB host) holds
+    another leaf certificate than HAProxy serves from that path: noticed by content,
+    not by path. A file that cannot be read is left to the outcome check."""
+    for path in sorted({fe.tls_certificate for fe in lb.frontends if fe.tls_certificate}):
+        cert = obs.certificate(path)
+        if cert is None or cert.file_fingerprint is None or cert.file_serial is None:
+            continue
+        if cert.file_fingerprint == cert.loaded_fingerprint:
+            continue
+        old = cert.loaded_serial or ""
+        ph.certificates.append(
+            ReplaceCertificate(
+                host=obs.host,
+                service=None,
+                path=path,
+                old_serial=old,
+                serial=cert.file_serial,
+                digest=(cert.file_digest or "")[:16],
+                reason=(
+                    f"the file holds certificate serial {cert.file_serial}; HAProxy serves "
+                    + (f"serial {old}" if old else "nothing")
+                    + " from that path"
+                ),
             )
         )
 

@@ -38,6 +38,7 @@ class Phases:
     lb_adds: list[Action] = field(default_factory=list)
     repoints: list[Action] = field(default_factory=list)
     lb_configs: list[Action] = field(default_factory=list)
+    certificates: list[Action] = field(default_factory=list)
     weights: list[Action] = field(default_factory=list)
     drains: list[Action] = field(default_factory=list)
     lb_removals: list[Action] = field(default_factory=list)
@@ -55,6 +56,7 @@ class Phases:
             + self.lb_adds
             + self.repoints
             + self.lb_configs
+            + self.certificates
             + self.weights
             + self.drains
             + self.lb_removals

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from reconciler import identity
 from reconciler.model import DesiredState, ObservedState
+from reconciler.plan.acme import plan_acme
 from reconciler.plan.actions import Action
 from reconciler.plan.containers import plan_containers
 from reconciler.plan.lb import plan_lb
@@ -72,6 +73,7 @@ def plan(
     for lb in desired.loadbalancers:
         for lb_host in lb.hosts:
             plan_lb(ph, desired, lb, observed.lb(lb_host), held_backends, set(frozen))
+    plan_acme(ph, desired, observed)
     notes = tuple(f"service {name} held: {why}" for name, why in sorted(held.items()))
     return Plan(
         environment=desired.environment, commit=desired.commit, actions=ph.ordered(), notes=notes

@@ -15,7 +15,9 @@ What it checks (invariant 6 of the design):
   ``frozen`` excepted: a pass leaves them as they run) runs, and its server is in HAProxy
   at the release's weight, ready (not drained or in maintenance) and UP; a server that is
   not UP is reported with its health check status;
-- no other server of a checked service is left in HAProxy.
+- no other server of a checked service is left in HAProxy;
+- HAProxy serves, from the path of each TLS frontend's certificate, the certificate its
+  file on that LB host holds now (same leaf fingerprint): a renewed file is served.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from reconciler import identity
-from reconciler.model import DesiredState, ObservedLB, ObservedState
+from reconciler.lb.haproxy.certs import acme_cert_path
+from reconciler.model import DesiredState, Frontend, ObservedLB, ObservedState
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def verify(
                 out.append(Mismatch(lb_host, "haproxy", "HAProxy is not running"))
                 continue
             out += _pointers(obs, published)
+            out += _certificates(obs, [_cert_path(fe, obs.acme_dir) for fe in lb.frontends])
             out += _promised(obs, expected, checked, set(frozen))
     return tuple(out)
 
@@ -160,4 +164,31 @@ def _promised(
         frozen_host = identity.server_host(server) in frozen
         if backend in checked and key not in expected and not frozen_host:
             out.append(Mismatch(obs.host, "/".join(key), "left in HAProxy, not desired"))
+    return out
+
+
+def _cert_path(fe: Frontend, acme_dir: str) -> str | None:
+    if fe.tls_acme is not None:
+        return acme_cert_path(acme_dir, fe.name) if acme_dir else None
+    return fe.tls_certificate
+
+
+def _certificates(obs: ObservedLB, paths: list[str | None]) -> list[Mismatch]:
+    """HAProxy serves, from each certificate path, what the file there holds."""
+    out: list[Mismatch] = []
+    for path in sorted({p for p in paths if p}):
+        cert = obs.certificate(path)
+        if cert is None or cert.loaded_fingerprint is None:
+            out.append(Mismatch(obs.host, path, "HAProxy serves no certificate from this path"))
+        elif cert.problem is not None or cert.file_fingerprint is None:
+            out.append(Mismatch(obs.host, path, cert.problem or "certificate file unreadable"))
+        elif cert.file_fingerprint != cert.loaded_fingerprint:
+            out.append(
+                Mismatch(
+                    obs.host,
+                    path,
+                    f"HAProxy serves serial {cert.loaded_serial}; the file holds serial "
+                    f"{cert.file_serial}",
+                )
+            )
     return out

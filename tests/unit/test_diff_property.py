@@ -99,6 +99,8 @@ def base_repo() -> Repo:
              "routes": [{"service": "api", "host": "api.example.com", "path_prefix": "/api"}]},
             {"name": "https", "bind": "127.0.0.1:8443",
              "tls": {"certificate": "/etc/ssl/edge.pem"}, "default_service": "web"},
+            {"name": "shop", "bind": "127.0.0.1:8444", "default_service": "web", "tls": {
+                "acme": {"directory": "https://acme.example/dir", "domains": ["s.example"]}}},
         ]},
         "environments/production": {
             **meta, "kind": "Environment", "name": "production",
@@ -112,7 +114,9 @@ def base_repo() -> Repo:
             },
             "loadbalancers": {"edge": {"hosts": ["local"], "frontends": {
                 "http": {"bind": "127.0.0.1:8090", "redirect_https": False},
-                "https": {"tls": {"certificate": "/etc/ssl/prod.pem"}}}}},
+                "https": {"tls": {"certificate": "/etc/ssl/prod.pem"}},
+                "shop": {"tls": {"acme": {"directory": "https://acme.example/p",
+                                          "domains": ["p.example"]}}}}}},
         },
         "environments/staging": {
             **meta, "kind": "Environment", "name": "staging",
@@ -139,6 +143,10 @@ def lb(r: Repo) -> dict[str, Any]:
 def syslog(r: Repo) -> dict[str, Any]:
     """The LB's syslog target (again, when a mutation before removed it)."""
     return lb(r).setdefault("syslog", {"address": "10.0.0.9:514"})  # type: ignore[no-any-return]
+
+
+ACME_CHANGES: dict[str, Any] = {
+    "directory": "https://acme2.example/dir", "domains": ["t.example"], "email": "o@t.example"}
 
 
 def fe(r: Repo, name: str) -> dict[str, Any]:
@@ -367,6 +375,10 @@ MUTATIONS: list[Mutation] = [
     ("LoadBalancer.frontends[].bind", "", lambda r: fe(r, "http").update(bind="127.0.0.1:9090")),
     ("LoadBalancer.frontends[].tls.certificate", "",
      lambda r: fe(r, "https").update(tls={"certificate": "/etc/ssl/other.pem"})),
+    ("LoadBalancer.frontends[].tls.acme", "", lambda r: fe(r, "https").update(tls={"acme": {
+        "directory": "https://acme.example/dir", "domains": ["a.example"], "email": "o@x.example"}})),
+    *[(f"LoadBalancer.frontends[].tls.acme.{k}", "", lambda r, k=k, v=v: fe(r, "shop")["tls"][
+        "acme"].update({k: v})) for k, v in ACME_CHANGES.items()],
     ("LoadBalancer.frontends[].redirect_https", "",
      lambda r: fe(r, "http").update(redirect_https=True)),
     ("LoadBalancer.frontends[].client_timeout", "",
@@ -404,6 +416,13 @@ MUTATIONS: list[Mutation] = [
     ("Environment.loadbalancers.*.frontends.*.tls.certificate", "",
      lambda r: next(v for k, v in prod_edge(r)["frontends"].items() if k != "http").update(
          tls={"certificate": "/etc/ssl/prod2.pem"})),
+    ("Environment.loadbalancers.*.frontends.*.tls.acme", "",
+     lambda r: next(v for k, v in prod_edge(r)["frontends"].items() if k != "http").update(
+         tls={"acme": {"directory": "https://acme.example/d", "domains": ["b.example"],
+                       "email": "o@b.example"}})),
+    *[(f"Environment.loadbalancers.*.frontends.*.tls.acme.{k}", "",
+       lambda r, k=k, v=v: prod_edge(r)["frontends"]["shop"]["tls"]["acme"].update({k: v}))
+      for k, v in ACME_CHANGES.items()],
     ("Environment.loadbalancers.*.frontends.*.redirect_https", "",
      lambda r: prod_edge(r)["frontends"]["http"].update(redirect_https=True)),
 ]

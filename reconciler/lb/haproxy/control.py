@@ -20,9 +20,11 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from reconciler.errors import ObserveError
+from reconciler.lb.haproxy.acmefiles import AcmeFiles
 from reconciler.lb.haproxy.binds import (
     bind_key,
     bind_problems,
@@ -30,6 +32,7 @@ from reconciler.lb.haproxy.binds import (
     parse_addresses,
     parse_listeners,
 )
+from reconciler.lb.haproxy.certs import PemError, acme_files_dir, pem_facts, pem_payload
 from reconciler.lb.haproxy.observe import observe_haproxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs, detect
@@ -79,9 +82,10 @@ class HAProxy(HAProxyProcess):
         return self._run_as[0]
 
     def observe(self) -> ObservedLB:
-        return observe_haproxy(
+        obs = observe_haproxy(
             self.host, str(self.paths.stats_socket), str(self.paths.config), self.transport
         )
+        return replace(obs, acme_dir=acme_files_dir(str(self.paths.root)))
 
     def request_events(self) -> str:
         """``show events`` of the request-log ring."""
@@ -290,6 +294,33 @@ class HAProxy(HAProxyProcess):
         # HAProxy answers in words either way: "... changed from ..." or "no need to change".
         if not answer.endswith("by 'stats socket command'"):
             raise HAProxyError(f"{self._on}HAProxy refused {cmd!r}: {answer}")
+
+    def acme(self) -> AcmeFiles:
+        return AcmeFiles(self.transport, self.stats, acme_files_dir(str(self.paths.root)))
+
+    def replace_certificate(self, path: str) -> str:
+        """Load the PEM file at ``path`` (read on the LB host) into the running HAProxy
+        through the runtime API: ``set ssl cert`` with its content, then ``commit ssl
+        cert``; no reload. Every frontend that binds ``path`` serves it at once. Returns
+        the serial now served. HAProxyError (naming the path and HAProxy's answer,
+        quoting nothing of the file) when the file is unreadable, not a certificate and
+        key, or refused; a refused transaction is aborted."""
+        try:
+            text = self.transport.read_text(path)
+            if text is None:
+                raise PemError("no such file")
+            payload, facts = pem_payload(text), pem_facts(text)
+        except (TransportError, PemError) as e:
+            raise HAProxyError(f"{self._on}certificate file {path}: {e}") from None
+        answer = self.stats.set_ssl_cert(path, payload).strip()
+        if not answer.startswith("Transaction "):  # "... created" or "... updated"
+            self.stats.command(f"abort ssl cert {path}")
+            raise HAProxyError(f"{self._on}HAProxy refused the certificate {path}: {answer}")
+        answer = self.stats.command(f"commit ssl cert {path}").strip()
+        if not answer.endswith("Success!"):
+            self.stats.command(f"abort ssl cert {path}")
+            raise HAProxyError(f"{self._on}HAProxy did not commit the certificate {path}: {answer}")
+        return facts.serial
 
     def delete_server(self, backend: str, server: str, timeout: float) -> None:
         """Put the server in maintenance and delete it; HAProxy refuses while it still has

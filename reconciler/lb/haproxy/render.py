@@ -13,6 +13,12 @@ from collections.abc import Iterable
 
 from reconciler.health import LBCheck, kind_of
 from reconciler.identity import backend_name, frontend_name, section_marker
+from reconciler.lb.haproxy.certs import (
+    CHALLENGE_PREFIX,
+    acme_cert_path,
+    acme_files_dir,
+    challenge_map,
+)
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs
 from reconciler.lb.haproxy.requestlog import LOG_FORMAT, RING
@@ -71,8 +77,10 @@ def render(
         *_log_lines(lb),
         "",
     ]
+    acme_dir = acme_files_dir(str(paths.root))
+    challenges = any(fe.tls_acme for fe in lb.frontends)
     for fe in lb.frontends:
-        out += _frontend(fe)
+        out += _frontend(fe, acme_dir, challenges)
     for name in sorted(set(services) | set(by_backend)):
         out += _backend(
             name, services.get(name), sorted(by_backend.get(name, []), key=lambda s: s.name)
@@ -98,16 +106,27 @@ def _log_lines(lb: LoadBalancer) -> list[str]:
     return [*lines, f'    log-format "{LOG_FORMAT}"'] if lines else []
 
 
-def _frontend(fe: Frontend) -> list[str]:
+def _frontend(fe: Frontend, acme_dir: str, challenges: bool) -> list[str]:
+    """A frontend. ``challenges``: a frontend of the load balancer gets its certificates
+    from ACME, so every plain HTTP frontend answers HTTP-01 challenges first, from the
+    map the reconciler fills at runtime (``add map``; no reload)."""
     bind = f"{'' if fe.bind_address == '*' else fe.bind_address}:{fe.bind_port}"
     if fe.tls_certificate:
         bind += f" ssl crt {fe.tls_certificate}"
+    elif fe.tls_acme:
+        bind += f" ssl crt {acme_cert_path(acme_dir, fe.name)}"
     lines = [
         f"frontend {frontend_name(fe.name)}",
         f"    bind {bind}",
         f"    timeout client {_ms(fe.client_timeout_ms)}",
         "    option forwardfor",
     ]
+    if challenges and not (fe.tls_certificate or fe.tls_acme):
+        token = f"path,field(4,/),map({challenge_map(acme_dir)})"
+        lines.append(
+            f'    http-request return status 200 content-type text/plain lf-string "%[{token}]"'
+            f" if {{ path_beg {CHALLENGE_PREFIX} }} {{ {token} -m found }}"
+        )
     if fe.redirect_https:
         lines.append("    http-request redirect scheme https code 301 if !{ ssl_fc }")
     for i, route in enumerate(fe.routes):

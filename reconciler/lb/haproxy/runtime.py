@@ -11,6 +11,7 @@ import socket
 import time
 
 from reconciler.errors import ObserveError
+from reconciler.lb.haproxy.certs import pem_payload
 from reconciler.transport.base import StreamUnavailable, Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
@@ -48,9 +49,23 @@ class RuntimeSocket:
         concatenates their answers): one round trip, which counts over SSH. Each
         command is checked like ``command``'s."""
         for cmd in cmds:
-            if not cmd.strip() or any(c in cmd for c in "\n\r\0;"):
-                raise ValueError(f"refusing runtime API command {cmd!r}")
-        cmd = "; ".join(cmds)
+            _check_command(cmd)
+        return self._exchange("; ".join(cmds) + "\n")
+
+    def set_ssl_cert(self, path: str, pem: str) -> str:
+        """``set ssl cert PATH <<`` with ``pem`` as its payload: the one command sent
+        with a multi-line payload. ``pem`` must already be ``certs.pem_payload``'s form
+        (PEM armour and base64 lines only, no blank line); it is checked again here, so
+        nothing else can ride on it. ``ValueError`` (quoting nothing of ``pem``) when
+        either is refused; otherwise as ``command``."""
+        _check_command(path)
+        if " " in path or not path.startswith("/"):
+            raise ValueError(f"refusing certificate path {path!r}")
+        if pem_payload(pem) != pem:
+            raise ValueError("refusing a certificate payload that is not in PEM payload form")
+        return self._exchange(f"set ssl cert {path} <<\n{pem}\n\n")
+
+    def _exchange(self, cmd: str) -> str:
         deadline = time.monotonic() + self.timeout
         chunks: list[bytes] = []
         where = f"HAProxy socket {self.path}"
@@ -63,7 +78,7 @@ class RuntimeSocket:
         except TransportError as e:
             raise ObserveError(f"{where}: {e}") from None
         try:
-            sock.sendall(cmd.encode() + b"\n")
+            sock.sendall(cmd.encode())
             sock.shutdown(socket.SHUT_WR)
             while True:
                 remaining = deadline - time.monotonic()
@@ -81,3 +96,10 @@ class RuntimeSocket:
         finally:
             sock.close()
         return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _check_command(cmd: str) -> None:
+    """One command, nothing chained or smuggled: ``ValueError`` when empty or when it
+    contains a newline, carriage return, NUL or ``;``."""
+    if not cmd.strip() or any(c in cmd for c in "\n\r\0;"):
+        raise ValueError(f"refusing runtime API command {cmd!r}")

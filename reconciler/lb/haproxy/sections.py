@@ -33,8 +33,14 @@ def section_settings(desired: DesiredState, lb: LoadBalancer) -> dict[str, dict[
             "syslog": plain(lb.syslog) if lb.syslog else None,
         }
     }
+    challenges = any(fe.tls_acme for fe in lb.frontends)
     for fe in lb.frontends:
-        out[f"frontend {frontend_name(fe.name)}"] = plain(fe)
+        settings = plain(fe)
+        if settings.pop("tls_acme") is not None:  # absent when unused: digests as before
+            settings["tls_acme"] = plain(fe.tls_acme)
+        if challenges and not (fe.tls_certificate or fe.tls_acme):
+            settings["acme_challenges"] = True  # answers HTTP-01 (``render``)
+        out[f"frontend {frontend_name(fe.name)}"] = settings
     for svc in desired.services:
         out[f"backend {backend_name(svc.name)}"] = {
             "balance": svc.balance,

@@ -1,0 +1,100 @@
+"""ACME against Debian's pebble: a frontend with ``tls.acme`` gets a certificate issued
+over HTTP-01 answered by HAProxy itself (runtime map, no reload), kept in the LB host's
+state dir, and renewed once two thirds of its lifetime have passed, served through the
+runtime API with 0 reloads; the real CLI, a real HAProxy."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+
+import docker
+import pytest
+from acme_support import Pebble, have_pebble
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from deploy_support import Deployment, free_port
+
+pytestmark = pytest.mark.skipif(not have_pebble(), reason="Debian's pebble is not installed")
+
+DOMAIN = "shop.acme.test"
+
+
+def served(port: int) -> x509.Certificate:
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                        "-servername", DOMAIN], check=False, input=b"", capture_output=True,
+                       timeout=20)
+    return x509.load_pem_x509_certificate(r.stdout)
+
+
+def aged_certificate(days_used: int, days_left: int) -> str:
+    """A certificate and key for DOMAIN that has used ``days_used`` of its lifetime."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=days_used))
+            .not_valid_after(now + datetime.timedelta(days=days_left))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode() + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory,
+        docker_client: docker.DockerClient) -> Iterator[Deployment]:
+    os.environ["STAGING_DB_PASSWORD"] = "not-a-real-password"
+    d = Deployment(tmp_path_factory.mktemp("acme"), docker_client)
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pebble(dep: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    p = Pebble(tmp_path_factory.mktemp("pebble"), http_port=dep.port)
+    yield p
+    p.stop()
+
+
+def test_acme_issuance_then_renewal_without_reload(
+        dep: Deployment, pebble: Pebble, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pebble.ca_bundle))
+    code, out = dep.apply()
+    assert code == 0, out
+    https_port = free_port()
+    dep.edit("loadbalancer.yaml", "frontends:\n",
+             f"frontends:\n  - name: shop\n    bind: \"127.0.0.1:{https_port}\"\n"
+             f"    tls:\n      acme:\n        directory: {pebble.directory}\n"
+             f"        domains: [{DOMAIN}]\n        email: ops@acme.test\n"
+             "    default_service: web\n", "ACME frontend")
+    first = dep.four_runs()
+    assert [a["kind"] for a in first["actions"]] == ["configure-haproxy", "obtain-certificate"]
+    cert = served(https_port)
+    assert "Pebble Intermediate" in cert.issuer.rfc4514_string(), cert.issuer
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [DOMAIN]
+    acme_dir = dep.haproxy.paths.root / "acme"
+    for name in ("account.key", "shop.pem"):
+        assert stat.S_IMODE((acme_dir / name).stat().st_mode) == 0o600, name
+    assert not (dep.repo / "acme").exists()
+    # The challenges were taken out of HAProxy's map again.
+    assert dep.haproxy.stats.command(f"show map {acme_dir}/challenges.map").strip() == ""
+
+    # Two thirds of the lifetime used: renewed within one pass, served with 0 reloads.
+    (acme_dir / "shop.pem").write_text(aged_certificate(days_used=61, days_left=29))
+    reloads = dep.reloads()
+    first = dep.four_runs()
+    assert [a["kind"] for a in first["actions"]] == ["obtain-certificate"], first
+    assert "renewal due" in first["actions"][0]["reason"]
+    renewed = served(https_port)
+    assert "Pebble Intermediate" in renewed.issuer.rfc4514_string()
+    assert renewed.serial_number != cert.serial_number
+    assert dep.reloads() == reloads
