@@ -6,8 +6,10 @@ Runtime changes go through the load balancer's runtime API at once; every change
 made to ``next_servers``, the server table the next config step renders, so that a later
 reload keeps it. A config that the load balancer rejects installs nothing (the loop then
 stops the run); a reload that does not take restores the last good config (the port's
-contract). A server added for a reload that is not UP after it is drained and fails its
-service; its container is left running.
+contract). A server added at runtime enters at weight 0 and gets its weight once
+HAProxy's own check says UP; one that does not come UP is deleted and fails its service.
+A server added for a reload that is not UP after it is drained and fails its service;
+its container is left running.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class LBSteps:
         self.health_min_s = health_min_s
         self.drain_s = {s.name: s.drain_timeout_s for s in desired.services}
         self.health = {s.name: s.health for s in desired.services if s.releases}
+        self.services = {s.name: s for s in desired.services}
         # LB host -> the servers its next config states, from live state + this run's steps
         self.next_servers: dict[str, Servers] = {
             lb.host: {
@@ -87,13 +90,30 @@ class LBSteps:
 
     # ------------------------------------------------------------------ server steps
 
-    def add_server(self, a: AddServer) -> None:
+    def add_server(self, a: AddServer) -> str | None:
+        """A server of the next config; with ``a.runtime``, also added to HAProxy now:
+        at weight 0 until HAProxy's own check says UP, then at its weight. One that does
+        not come UP is deleted again and fails its service."""
         address, port = self.gated_address(a)
-        with self.ledger.lock:
-            self.next_servers.setdefault(a.host, {})[(a.backend, a.server)] = ServerEntry(
-                a.backend, a.server, address, port, a.weight
+        entry = ServerEntry(a.backend, a.server, address, port, a.weight)
+        if not a.runtime:
+            with self.ledger.lock:
+                self.next_servers.setdefault(a.host, {})[(a.backend, a.server)] = entry
+                self.added.setdefault(a.host, []).append((a.backend, a.server))
+            return None
+        lb = self.lbs[a.host]
+        lb.add_server(self.services.get(a.service or ""), entry)
+        timeout = self._up_timeout([a.backend])
+        if lb.wait_up([(a.backend, a.server)], timeout=timeout):
+            lb.delete_server(a.backend, a.server, timeout=5)
+            raise LBError(
+                f"server {a.backend}/{a.server} did not come UP at {address}:{port} "
+                f"within {timeout:.0f}s; deleted again"
             )
-            self.added.setdefault(a.host, []).append((a.backend, a.server))
+        lb.set_weight(a.backend, a.server, a.weight)
+        with self.ledger.lock:
+            self.next_servers.setdefault(a.host, {})[(a.backend, a.server)] = entry
+        return f"added at runtime, UP, weight {a.weight}; no reload"
 
     def repoint(self, a: RepointServer) -> str:
         """Point the server at its container; done when the LB reports it UP there."""

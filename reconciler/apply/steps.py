@@ -60,12 +60,13 @@ from reconciler.plan.planner import Plan
 _PARALLEL = (
     StartContainer,
     RemoveContainer,
+    AddServer,
     RepointServer,
     DrainServer,
     RemoveServer,
 )
 # LB steps whose servers are independent of each other: run side by side per server.
-_PER_SERVER = (RepointServer, DrainServer, RemoveServer)
+_PER_SERVER = (AddServer, RepointServer, DrainServer, RemoveServer)
 
 A = TypeVar("A", bound=Action)
 Handler = Callable[[Action], str | None]
@@ -147,7 +148,7 @@ class Executor:
                     self._parallel(actions[i:j])
                     i = j
                     continue
-                if isinstance(action, ConfigureLB) and action.reload:
+                if isinstance(action, ConfigureLB):
                     self._verify_all(actions[i:j])
                 self._emit(self._step(step, action))
                 i += 1
