@@ -198,4 +198,3 @@ class ConfigureLB(Action):
             else "write HAProxy config, no reload"
         )
         return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
-

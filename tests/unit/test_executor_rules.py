@@ -47,9 +47,7 @@ def fleet(web: str = "v1", lb_hosts: tuple[str, ...] = ("lb1",)) -> DesiredState
 
 def restructured(d: DesiredState) -> DesiredState:
     """``d`` with web's backend settings changed (balance leastconn): a reload."""
-    services = tuple(
-        replace(s, balance="leastconn") if s.name == "web" else s for s in d.services
-    )
+    services = tuple(replace(s, balance="leastconn") if s.name == "web" else s for s in d.services)
     return replace(d, services=services)
 
 
