@@ -72,6 +72,9 @@ class LBSteps:
         }
         self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers to see UP
         self.needs_reload: set[str] = set()  # LB hosts where a runtime change was refused
+        self.undrained: set[tuple[str, str, str]] = set()  # (LB host, backend, server)
+        # server -> its (LB host, backend, server)s to delete once its container stopped
+        self.deferred: dict[str, list[tuple[str, str, str]]] = {}
         self.checked: dict[str, tuple[str, Path]] = {}  # LB host -> (text, checked copy)
         self.statuses: dict[str, Counter[Status]] = {}  # LB host -> its steps' since config
 
@@ -154,20 +157,52 @@ class LBSteps:
             return "not in HAProxy any more"
         self._set_next_weight(a.host, a.backend, a.server, 0)
         if not lb.wait_drained(a.backend, a.server, a.timeout_s):
+            with self.ledger.lock:
+                self.undrained.add((a.host, a.backend, a.server))
             return f"sessions still open after {a.timeout_s}s; removed anyway"
         return None
 
     def remove_server(self, a: RemoveServer) -> str | None:
+        """Delete the server at runtime. One whose drain timed out (long-lived
+        connections: SSE, WebSockets) is tried once; HAProxy refuses while they last, so
+        it stays in maintenance (no new requests) and is deleted once its container is
+        stopped (``delete_deferred``): its app ends those connections itself on SIGTERM,
+        cleanly, and no reload cuts them. Any other refusal: HAProxy is reloaded on a
+        config without it instead."""
+        key = (a.host, a.backend, a.server)
         with self.ledger.lock:
             self.next_servers.get(a.host, {}).pop((a.backend, a.server), None)
+            undrained = key in self.undrained
         lb = self.lbs[a.host]
+        timeout = 0.0 if undrained else self.drain_s.get(a.service or "", 30)
         try:
-            lb.delete_server(a.backend, a.server, timeout=self.drain_s.get(a.service or "", 30))
+            lb.delete_server(a.backend, a.server, timeout=timeout)
         except LBError as exc:
             with self.ledger.lock:
+                if undrained:
+                    self.deferred.setdefault(a.server, []).append(key)
+                    return "long-lived sessions still open: deleted once its container stops"
                 self.needs_reload.add(a.host)  # the config without it is loaded instead
             return f"{exc}; HAProxy will be reloaded instead"
         return None
+
+    def delete_deferred(self, a: RemoveContainer) -> str | None:
+        """After the container of ``a`` stopped: delete its servers that still had
+        sessions (``remove_server``); one HAProxy still refuses is dropped by a reload
+        of the installed config (which no longer has it)."""
+        with self.ledger.lock:
+            keys = self.deferred.pop(identity.server_name(a.host, a.name), [])
+        notes = []
+        for lb_host, backend, server in keys:
+            lb = self.lbs[lb_host]
+            try:
+                lb.delete_server(backend, server, timeout=self.drain_s.get(a.service or "", 30))
+            except LBError as exc:
+                lb.reload()
+                with self.ledger.lock:
+                    self.ledger.result.reloads += 1
+                notes.append(f"{exc}; reloaded HAProxy on {lb_host} instead")
+        return "; ".join(notes) or None
 
     def wait_old_sessions(self, a: RemoveContainer) -> str | None:
         """Before a container is stopped: an LB process of an earlier config (left by a

@@ -126,7 +126,8 @@ class Executor:
     def _remove_container(self, a: RemoveContainer) -> str | None:
         waited = self.lb_steps.wait_old_sessions(a)  # sessions of an earlier config's processes
         removed = self.container_steps.remove(a)
-        return waited or removed
+        deleted = self.lb_steps.delete_deferred(a)  # servers its long-lived sessions held
+        return waited or removed or deleted
 
     # ------------------------------------------------------------------ driver
 
