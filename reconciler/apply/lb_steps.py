@@ -110,8 +110,8 @@ class LBSteps:
         if lb.wait_up([(a.backend, a.server)], timeout=timeout):
             lb.delete_server(a.backend, a.server, timeout=5)
             raise LBError(
-                f"server {a.backend}/{a.server} did not come UP at {address}:{port} "
-                f"within {timeout:.0f}s; deleted again"
+                f"server {a.backend}/{a.server} did not come UP in HAProxy at "
+                f"{address}:{port} within {timeout:.0f}s; deleted again (it got no request)"
             )
         lb.set_weight(a.backend, a.server, a.weight)
         with self.ledger.lock:

@@ -11,11 +11,13 @@ seen as such, not hidden by a library.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import docker
 import pytest
@@ -53,7 +55,7 @@ class SSEClient:
             self.error = f"{type(exc).__name__}: {exc}"
         self.ended_at = time.monotonic()
 
-    def _read(self, f: socket.SocketIO) -> None:  # type: ignore[name-defined]
+    def _read(self, f: BinaryIO) -> None:
         status = f.readline()
         if b" 200 " not in status:
             raise ValueError(f"status {status!r}")
@@ -79,7 +81,7 @@ class SSEClient:
 
     def max_gap(self) -> float:
         times = [t for t, _ in self.events]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 @pytest.fixture
