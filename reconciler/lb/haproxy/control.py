@@ -168,6 +168,12 @@ class HAProxy(HAProxyProcess):
             if installed is not None:
                 t.copy(current, str(self.paths.last_good))
             t.replace(str(checked), current)
+            # The state file matches the file just written, whoever reloads next (servers
+            # added or repointed at runtime must not come back from an older one).
+            self.save_server_state()
+        except ObserveError:
+            pass  # not running (it starts on the file alone) or not answering: a reload
+            # of ours saves it first anyway
         except TransportError as exc:
             raise HAProxyError(f"{self._on}cannot install the new config: {exc}") from None
         return True
