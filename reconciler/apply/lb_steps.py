@@ -73,6 +73,8 @@ class LBSteps:
         self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers to see UP
         self.needs_reload: set[str] = set()  # LB hosts where a runtime change was refused
         self.undrained: set[tuple[str, str, str]] = set()  # (LB host, backend, server)
+        # service -> (LB host, backend, server)s this run added at runtime
+        self.runtime_added: dict[str, list[tuple[str, str, str]]] = {}
         # server -> its (LB host, backend, server)s to delete once its container stopped
         self.deferred: dict[str, list[tuple[str, str, str]]] = {}
         self.checked: dict[str, tuple[str, Path]] = {}  # LB host -> (text, checked copy)
@@ -113,10 +115,32 @@ class LBSteps:
                 f"server {a.backend}/{a.server} did not come UP in HAProxy at "
                 f"{address}:{port} within {timeout:.0f}s; deleted again (it got no request)"
             )
+        with self.ledger.lock:
+            failed = (a.service or "") in self.ledger.result.failures
+            if not failed:  # else ``withdraw`` ran already: this one is not on its list
+                self.runtime_added.setdefault(a.service or "", []).append(
+                    (a.host, a.backend, a.server)
+                )
+        if failed:
+            lb.delete_server(a.backend, a.server, timeout=5)  # still at weight 0
+            raise StepSkipped(f"{a.service} failed meanwhile; deleted again (it got no request)")
         lb.set_weight(a.backend, a.server, a.weight)
         with self.ledger.lock:
             self.next_servers.setdefault(a.host, {})[(a.backend, a.server)] = entry
         return f"added at runtime, UP, weight {a.weight}; no reload"
+
+    def withdraw(self, service: str) -> None:
+        """``service`` failed and its new containers go: delete the servers this run added
+        for it at runtime first (one HAProxy refuses to delete goes with the reload of
+        the next config step instead)."""
+        with self.ledger.lock:
+            keys = self.runtime_added.pop(service, [])
+        for lb_host, backend, server in keys:
+            try:
+                self.lbs[lb_host].delete_server(backend, server, timeout=5)
+            except LBError:
+                with self.ledger.lock:
+                    self.needs_reload.add(lb_host)
 
     def repoint(self, a: RepointServer) -> str:
         """Point the server at its container; done when the LB reports it UP there."""

@@ -249,7 +249,8 @@ class Executor:
 
     def _undo(self, service: str) -> None:
         """Remove the containers this run started for ``service``, on every host; their
-        servers leave the next configs."""
+        servers leave the next configs (and HAProxy, those added at runtime)."""
+        self.lb_steps.withdraw(service)
         self.lb_steps.forget_containers(self.container_steps.undo_starts(service))
 
 

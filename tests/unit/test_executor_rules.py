@@ -257,6 +257,26 @@ def test_a_failed_reload_stops_the_pass_on_the_last_good_config() -> None:
     assert not any(isinstance(st.action, DrainServer) for st in result.steps)
 
 
+def test_a_server_added_at_runtime_not_up_fails_its_service_and_withdraws_its_servers() -> None:
+    lbs = ("lb1", "lb2")
+    w = World.of(fleet("v2", lb_hosts=lbs), before=fleet("v1", lb_hosts=lbs))
+    before = {h: (lb.config, lb.serving()) for h, lb in w.lbs.items()}
+    stuck = w.servers(AddServer, "web", "h2")[-1]
+    w.lbs["lb2"].never_up = {stuck}
+
+    result = w.run()
+
+    assert set(result.failures) == {"web"}
+    assert result.failures["web"].startswith(f"server be_web/{stuck} did not come UP in HAProxy")
+    assert result.failures["web"].endswith("deleted again (it got no request)")
+    # every web server this run added, on both LB hosts, is gone again; the old serve on,
+    # the files and HAProxy unchanged, no reload; the new containers are removed
+    assert {h: (lb.config, lb.serving()) for h, lb in w.lbs.items()} == before
+    assert [lb.reloads for lb in w.lbs.values()] == [0, 0]
+    assert all("-v1-" in n for _, n in w.engines.names("web"))
+    assert not result.aborted
+
+
 def test_a_release_switch_reloads_nothing_a_backend_change_reloads_each_lb_host() -> None:
     lbs = ("lb1", "lb2")
     w = World.of(fleet("v2", lb_hosts=lbs), before=fleet("v1", lb_hosts=lbs))
