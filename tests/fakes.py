@@ -33,6 +33,7 @@ from reconciler.model import (
     ObservedLB,
     ObservedState,
     ServerState,
+    Service,
 )
 from reconciler.transport.base import Completed, StreamUnavailable
 
@@ -179,6 +180,7 @@ class FakeLB:
         self.is_running = config is not None
         self.checked: dict[Path, str] = {}  # checked copies not installed (nor discarded)
         self.reloads = 0  # confirmed
+        self.runtime_adds = 0
         self.starts = 0
         self.reject: str | None = None
         self.reload_fails = False
@@ -296,6 +298,13 @@ class FakeLB:
             raise LBError(f"LB host {self.host}: HAProxy reload failed (failed reloads 1)")
         self.reloads += 1
         self._load()
+
+    def add_server(self, service: Service | None, entry: ServerEntry) -> None:
+        with self._lock:
+            if not self.is_running or (entry.backend, entry.name) in self.servers:
+                raise LBError(f"HAProxy refused add server {entry.backend}/{entry.name}")
+            self.servers[(entry.backend, entry.name)] = FakeServer(entry.address, entry.port, 0)
+            self.runtime_adds += 1
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         with self._lock:

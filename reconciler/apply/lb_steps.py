@@ -6,8 +6,10 @@ Runtime changes go through the load balancer's runtime API at once; every change
 made to ``next_servers``, the server table the next config step renders, so that a later
 reload keeps it. A config that the load balancer rejects installs nothing (the loop then
 stops the run); a reload that does not take restores the last good config (the port's
-contract). A server added for a reload that is not UP after it is drained and fails its
-service; its container is left running.
+contract). A server added at runtime enters at weight 0 and gets its weight once
+HAProxy's own check says UP; one that does not come UP is deleted and fails its service.
+A server added for a reload that is not UP after it is drained and fails its service;
+its container is left running.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class LBSteps:
         self.health_min_s = health_min_s
         self.drain_s = {s.name: s.drain_timeout_s for s in desired.services}
         self.health = {s.name: s.health for s in desired.services if s.releases}
+        self.services = {s.name: s for s in desired.services}
         # LB host -> the servers its next config states, from live state + this run's steps
         self.next_servers: dict[str, Servers] = {
             lb.host: {
@@ -70,6 +73,11 @@ class LBSteps:
         }
         self.added: dict[str, list[tuple[str, str]]] = {}  # LB host -> servers to see UP
         self.needs_reload: set[str] = set()  # LB hosts where a runtime change was refused
+        self.undrained: set[tuple[str, str, str]] = set()  # (LB host, backend, server)
+        # service -> (LB host, backend, server)s this run added at runtime
+        self.runtime_added: dict[str, list[tuple[str, str, str]]] = {}
+        # server -> its (LB host, backend, server)s to delete once its container stopped
+        self.deferred: dict[str, list[tuple[str, str, str]]] = {}
         self.checked: dict[str, tuple[str, Path]] = {}  # LB host -> (text, checked copy)
         self.statuses: dict[str, Counter[Status]] = {}  # LB host -> its steps' since config
 
@@ -88,13 +96,52 @@ class LBSteps:
 
     # ------------------------------------------------------------------ server steps
 
-    def add_server(self, a: AddServer) -> None:
+    def add_server(self, a: AddServer) -> str | None:
+        """A server of the next config; with ``a.runtime``, also added to HAProxy now:
+        at weight 0 until HAProxy's own check says UP, then at its weight. One that does
+        not come UP is deleted again and fails its service."""
         address, port = self.gated_address(a)
-        with self.ledger.lock:
-            self.next_servers.setdefault(a.host, {})[(a.backend, a.server)] = ServerEntry(
-                a.backend, a.server, address, port, a.weight
+        entry = ServerEntry(a.backend, a.server, address, port, a.weight)
+        if not a.runtime:
+            with self.ledger.lock:
+                self.next_servers.setdefault(a.host, {})[(a.backend, a.server)] = entry
+                self.added.setdefault(a.host, []).append((a.backend, a.server))
+            return None
+        lb = self.lbs[a.host]
+        lb.add_server(self.services.get(a.service or ""), entry)
+        timeout = self._up_timeout([a.backend])
+        if lb.wait_up([(a.backend, a.server)], timeout=timeout):
+            lb.delete_server(a.backend, a.server, timeout=5)
+            raise LBError(
+                f"server {a.backend}/{a.server} did not come UP in HAProxy at "
+                f"{address}:{port} within {timeout:.0f}s; deleted again (it got no request)"
             )
-            self.added.setdefault(a.host, []).append((a.backend, a.server))
+        with self.ledger.lock:
+            failed = (a.service or "") in self.ledger.result.failures
+            if not failed:  # else ``withdraw`` ran already: this one is not on its list
+                self.runtime_added.setdefault(a.service or "", []).append(
+                    (a.host, a.backend, a.server)
+                )
+        if failed:
+            lb.delete_server(a.backend, a.server, timeout=5)  # still at weight 0
+            raise StepSkipped(f"{a.service} failed meanwhile; deleted again (it got no request)")
+        lb.set_weight(a.backend, a.server, a.weight)
+        with self.ledger.lock:
+            self.next_servers.setdefault(a.host, {})[(a.backend, a.server)] = entry
+        return f"added at runtime, UP, weight {a.weight}; no reload"
+
+    def withdraw(self, service: str) -> None:
+        """``service`` failed and its new containers go: delete the servers this run added
+        for it at runtime first (one HAProxy refuses to delete goes with the reload of
+        the next config step instead)."""
+        with self.ledger.lock:
+            keys = self.runtime_added.pop(service, [])
+        for lb_host, backend, server in keys:
+            try:
+                self.lbs[lb_host].delete_server(backend, server, timeout=5)
+            except LBError:
+                with self.ledger.lock:
+                    self.needs_reload.add(lb_host)
 
     def repoint(self, a: RepointServer) -> str:
         """Point the server at its container; done when the LB reports it UP there."""
@@ -135,17 +182,31 @@ class LBSteps:
             return "not in HAProxy any more"
         self._set_next_weight(a.host, a.backend, a.server, 0)
         if not lb.wait_drained(a.backend, a.server, a.timeout_s):
+            with self.ledger.lock:
+                self.undrained.add((a.host, a.backend, a.server))
             return f"sessions still open after {a.timeout_s}s; removed anyway"
         return None
 
     def remove_server(self, a: RemoveServer) -> str | None:
+        """Delete the server at runtime. One whose drain timed out (long-lived
+        connections: SSE, WebSockets) is tried once; HAProxy refuses while they last, so
+        it stays in maintenance (no new requests) and is deleted once its container is
+        stopped (``delete_deferred``): its app ends those connections itself on SIGTERM,
+        cleanly, and no reload cuts them. Any other refusal: HAProxy is reloaded on a
+        config without it instead."""
+        key = (a.host, a.backend, a.server)
         with self.ledger.lock:
             self.next_servers.get(a.host, {}).pop((a.backend, a.server), None)
+            undrained = key in self.undrained
         lb = self.lbs[a.host]
+        timeout = 0.0 if undrained else self.drain_s.get(a.service or "", 30)
         try:
-            lb.delete_server(a.backend, a.server, timeout=self.drain_s.get(a.service or "", 30))
+            lb.delete_server(a.backend, a.server, timeout=timeout)
         except LBError as exc:
             with self.ledger.lock:
+                if undrained:
+                    self.deferred.setdefault(a.server, []).append(key)
+                    return "long-lived sessions still open: deleted once its container stops"
                 self.needs_reload.add(a.host)  # the config without it is loaded instead
             return f"{exc}; HAProxy will be reloaded instead"
         return None
@@ -156,6 +217,24 @@ class LBSteps:
         serial = self.lbs[a.host].replace_certificate(a.path)
         changed = "" if serial == a.serial else f" (the plan saw serial {a.serial})"
         return f"now serving serial {serial}, no reload{changed}"
+
+    def delete_deferred(self, a: RemoveContainer) -> str | None:
+        """After the container of ``a`` stopped: delete its servers that still had
+        sessions (``remove_server``); one HAProxy still refuses is dropped by a reload
+        of the installed config (which no longer has it)."""
+        with self.ledger.lock:
+            keys = self.deferred.pop(identity.server_name(a.host, a.name), [])
+        notes = []
+        for lb_host, backend, server in keys:
+            lb = self.lbs[lb_host]
+            try:
+                lb.delete_server(backend, server, timeout=self.drain_s.get(a.service or "", 30))
+            except LBError as exc:
+                lb.reload()
+                with self.ledger.lock:
+                    self.ledger.result.reloads += 1
+                notes.append(f"{exc}; reloaded HAProxy on {lb_host} instead")
+        return "; ".join(notes) or None
 
     def wait_old_sessions(self, a: RemoveContainer) -> str | None:
         """Before a container is stopped: an LB process of an earlier config (left by a

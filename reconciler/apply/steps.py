@@ -63,13 +63,14 @@ from reconciler.plan.planner import Plan
 _PARALLEL = (
     StartContainer,
     RemoveContainer,
+    AddServer,
     RepointServer,
     DrainServer,
     RemoveServer,
     ReplaceCertificate,
 )
 # LB steps whose servers are independent of each other: run side by side per server.
-_PER_SERVER = (RepointServer, DrainServer, RemoveServer)
+_PER_SERVER = (AddServer, RepointServer, DrainServer, RemoveServer)
 
 A = TypeVar("A", bound=Action)
 Handler = Callable[[Action], str | None]
@@ -131,7 +132,8 @@ class Executor:
     def _remove_container(self, a: RemoveContainer) -> str | None:
         waited = self.lb_steps.wait_old_sessions(a)  # sessions of an earlier config's processes
         removed = self.container_steps.remove(a)
-        return waited or removed
+        deleted = self.lb_steps.delete_deferred(a)  # servers its long-lived sessions held
+        return waited or removed or deleted
 
     # ------------------------------------------------------------------ driver
 
@@ -153,7 +155,7 @@ class Executor:
                     self._parallel(actions[i:j])
                     i = j
                     continue
-                if isinstance(action, ConfigureLB) and action.reload:
+                if isinstance(action, ConfigureLB):
                     self._verify_all(actions[i:j])
                 self._emit(self._step(step, action))
                 i += 1
@@ -253,7 +255,8 @@ class Executor:
 
     def _undo(self, service: str) -> None:
         """Remove the containers this run started for ``service``, on every host; their
-        servers leave the next configs."""
+        servers leave the next configs (and HAProxy, those added at runtime)."""
+        self.lb_steps.withdraw(service)
         self.lb_steps.forget_containers(self.container_steps.undo_starts(service))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.errors import ReconcilerError
-from reconciler.model import DesiredState, LoadBalancer, ObservedLB
+from reconciler.model import DesiredState, LoadBalancer, ObservedLB, Service
 
 
 class LBError(ReconcilerError):
@@ -118,6 +118,13 @@ class LoadBalancerPort(Protocol):
         ...
 
     # ---------------------------------------------------------------- runtime (no reload)
+
+    def add_server(self, service: Service | None, entry: ServerEntry) -> None:
+        """Add ``entry`` at runtime (no reload) with the checks ``service`` gives its
+        servers in the config, at weight 0 whatever ``entry.weight`` says, its checks
+        enabled: it gets no request until ``set_weight`` (after ``wait_up``). LBError
+        when refused (e.g. the name exists already)."""
+        ...
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         """Give the server ``weight`` and make it ready (out of drain)."""

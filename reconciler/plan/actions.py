@@ -26,6 +26,11 @@ class Action:
         """One line for plans and history; every concrete action says more."""
         return f"{self.kind} on {self.host}"
 
+    @property
+    def reloads(self) -> bool:
+        """Whether this step reloads the load balancer (only a config step may)."""
+        return False
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
@@ -34,6 +39,7 @@ class Action:
                 value = spec_summary(value)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out["description"] = self.describe()
+        out["reloads"] = self.reloads
         return out
 
 
@@ -93,6 +99,11 @@ class RemoveContainer(Action):
 
 @dataclass(frozen=True)
 class AddServer(Action):
+    """``runtime``: add it through the runtime API at weight 0, wait until HAProxy's own
+    check says UP, then give it ``weight`` (no reload; the config step after it only
+    writes the file). Otherwise it comes with the config of the reload (or start) that
+    follows: its backend is new, or HAProxy does not run."""
+
     kind: ClassVar[str] = "add-server"
     symbol: ClassVar[str] = "+"
     backend: str = ""
@@ -100,9 +111,11 @@ class AddServer(Action):
     app_host: str = ""
     container: str = ""
     weight: int = 0
+    runtime: bool = False
 
     def describe(self) -> str:
-        return f"add server {self.server} to {self.backend} at weight {self.weight}"
+        how = "at runtime, UP first" if self.runtime else "with the config"
+        return f"add server {self.server} to {self.backend} at weight {self.weight} ({how})"
 
 
 @dataclass(frozen=True)
@@ -174,10 +187,17 @@ class ConfigureLB(Action):
     reload: bool = True
     reasons: tuple[str, ...] = ()
 
-    def describe(self) -> str:
-        verb = "install config and reload HAProxy" if self.reload else "write HAProxy config"
-        return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
+    @property
+    def reloads(self) -> bool:
+        return self.reload
 
+    def describe(self) -> str:
+        verb = (
+            "install config and reload HAProxy"
+            if self.reload
+            else "write HAProxy config, no reload"
+        )
+        return f"{verb} ({'; '.join(self.reasons)})" if self.reasons else verb
 
 
 @dataclass(frozen=True)
@@ -218,3 +238,4 @@ class ObtainCertificate(Action):
     def describe(self) -> str:
         how = f"from {self.directory}" if not self.source else f"copied from {self.source}"
         return f"certificate for {', '.join(self.domains)} ({self.frontend}) {how} (no reload)"
+

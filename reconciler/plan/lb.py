@@ -1,11 +1,14 @@
 """LB planning: the HAProxy actions that make each LB host serve ``Phases.servers``.
 
-Pure, like the rest of the planner. Runs after container planning (``plan.containers``),
-whose wanted servers and retirement reasons it reads. Per LB host: add missing servers
-and reload when the config's structure changed; repoint and reweight servers through the
-runtime API and write them into the config (no reload); drain and remove servers no
-container backs any more (no reload). Held backends and servers of frozen app hosts are
-left exactly as they are.
+Pure, like the rest of the planner, and the one place that decides whether an LB host
+reloads. Runs after container planning (``plan.containers``), whose wanted servers and
+retirement reasons it reads. Per LB host: reload only when the config's structure
+changed (a frontend, route, backend or TLS binding appeared, disappeared or changed:
+the section digests) or HAProxy does not run; add missing servers through the runtime
+API when their backend runs already (else they come with that reload), repoint and
+reweight servers through it, drain and remove servers no container backs any more, and
+write all of that into the config file (no reload). Held backends and servers of frozen
+app hosts are left exactly as they are.
 """
 
 from __future__ import annotations
@@ -47,10 +50,13 @@ def plan_lb(
         if s.backend not in held and not _frozen_server(s.server, frozen)
     }
     wanted = {(s.backend, s.name): s for s in ph.servers}
+    running = _running_backends(obs)
     for key in sorted(wanted):
-        _plan_server(ph, lb_host, wanted[key], live.get(key))
-    if ph_adds := [a for a in ph.lb_adds if a.host == lb_host]:
-        structure.append(f"{len(ph_adds)} server(s) added")
+        _plan_server(ph, lb_host, wanted[key], live.get(key), running)
+    adds = [a for a in ph.lb_adds if isinstance(a, AddServer) and a.host == lb_host]
+    if with_config := [a for a in adds if not a.runtime]:
+        # Only a new backend or a stopped HAProxy: either is a structure change already.
+        structure.append(f"{len(with_config)} server(s) added with it")
     if structure:
         ph.lb_configs.append(
             ConfigureLB(
@@ -62,20 +68,24 @@ def plan_lb(
             )
         )
     runtime_changes = [a for a in (*ph.repoints, *ph.weights) if a.host == lb_host]
-    if runtime_changes:
+    runtime_adds = [a for a in adds if a.runtime]
+    if runtime_changes or runtime_adds:
+        reasons = [f"{len(runtime_adds)} server(s) added at runtime"] if runtime_adds else []
+        if runtime_changes:
+            reasons.append("keep the new addresses and weights across reloads")
         ph.weights.append(
             ConfigureLB(
                 host=lb_host,
                 service=None,
                 reload=False,
-                reasons=("keep the new addresses and weights across reloads",),
+                reasons=tuple(reasons),
                 reason="servers changed at runtime",
             )
         )
     if not structure:  # a reload reads every certificate file anyway
         _plan_certificates(ph, lb, obs)
     removed = [key for key in sorted(live) if key not in wanted]
-    if obs.running and not structure and not removed and not runtime_changes:
+    if obs.running and not (structure or removed or runtime_changes or runtime_adds):
         _check_file(ph, obs, wanted.values(), held, frozen)
     drain_timeout = {identity.backend_name(s.name): s.drain_timeout_s for s in desired.services}
     _remove_servers(ph, lb_host, removed, drain_timeout)
@@ -102,15 +112,26 @@ def _section_changes(have: dict[str, str], want: dict[str, str]) -> list[str]:
     return out
 
 
+def _running_backends(obs: ObservedLB) -> set[str]:
+    """Backends the running HAProxy has (from its config's header): a server can be added
+    to them at runtime. None when it does not run."""
+    if not obs.running:
+        return set()
+    return {name.split(" ", 1)[1] for name, _ in obs.config_sections if name.startswith("backend ")}
+
+
 def _frozen_server(server: str, frozen: set[str]) -> bool:
     # Server names are "<app host>.<container>"; host names have no dots.
     return identity.server_host(server) in frozen
 
 
-def _plan_server(ph: Phases, lb_host: str, srv: WantedServer, have: ServerState | None) -> None:
-    """Add ``srv`` when HAProxy lacks it (``have`` is None); otherwise repoint it when its
-    container is new or publishes elsewhere, and set its weight when that differs or an
-    admin state (maint, drain) holds it."""
+def _plan_server(
+    ph: Phases, lb_host: str, srv: WantedServer, have: ServerState | None, running: set[str]
+) -> None:
+    """Add ``srv`` when HAProxy lacks it (``have`` is None): at runtime when its backend
+    is in ``running``; otherwise repoint it when its container is new or publishes
+    elsewhere, and set its weight when that differs or an admin state (maint, drain)
+    holds it."""
     if have is None:
         ph.lb_adds.append(
             AddServer(
@@ -121,6 +142,7 @@ def _plan_server(ph: Phases, lb_host: str, srv: WantedServer, have: ServerState 
                 app_host=srv.app_host,
                 container=srv.container,
                 weight=srv.weight,
+                runtime=srv.backend in running,
                 reason=srv.reason,
             )
         )

@@ -35,7 +35,16 @@ def plan_text(plan: Plan, source: str) -> str:
         lines.append("")
     summary = ", ".join(f"{n} {kind}" for kind, n in count_by_kind(plan.actions).items())
     lines.append(f"{len(plan.actions)} action(s): {summary}.")
+    lines.append(_reloads_line(plan))
     return "\n".join(lines) + "\n"
+
+
+def _reloads_line(plan: Plan) -> str:
+    """Which steps reload HAProxy (the planner decided; each config step says it too)."""
+    steps = [(i + 1, a) for i, a in enumerate(plan.actions) if a.reloads]
+    if not steps:
+        return "HAProxy reloads: none (runtime API and config files only)."
+    return "HAProxy reloads: " + ", ".join(f"step {i} on {a.host}" for i, a in steps) + "."
 
 
 def plan_json(plan: Plan, source: str) -> str:
@@ -45,6 +54,7 @@ def plan_json(plan: Plan, source: str) -> str:
         "source": source,
         "changes_pending": not plan.empty,
         "summary": count_by_kind(plan.actions),
+        "reloads": [i + 1 for i, a in enumerate(plan.actions) if a.reloads],
         "notes": list(plan.notes),
         "actions": [{"step": i + 1, **a.to_json()} for i, a in enumerate(plan.actions)],
     }

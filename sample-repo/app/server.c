@@ -19,8 +19,13 @@
  *                "/api/orders=20,/slow=5": a path starting with PREFIX waits MS more
  *                (the longest matching prefix counts), on top of DELAY_MS
  *
- * Every path other than /healthz answers like "/" and its body names the path, so
- * routing tests can tell backends and path prefixes apart.
+ * Every path other than /healthz and /events answers like "/" and its body names the
+ * path, so routing tests can tell backends and path prefixes apart.
+ *
+ * /events is a server-sent event stream (text/event-stream, chunked): an event
+ * "id: N / data: revision=.. host=.. n=N" every 200 ms until the client leaves or the
+ * app gets SIGTERM; then a last "event: bye" and the terminating chunk, so a client
+ * can tell an end by the server (clean) from a cut connection.
  *
  * Design: one detached thread per connection with HTTP/1.1 keep-alive and
  * pipelining. The accept loop polls the listening socket together with a signalfd;
@@ -56,6 +61,8 @@
 #define IDLE_TIMEOUT_S 30       /* keep-alive idle / slow client timeout */
 #define SHUTDOWN_GRACE_MS 700   /* how long SIGTERM waits for requests in progress */
 #define THREAD_STACK (256 * 1024)
+#define EVENT_EVERY_MS 200      /* /events: one event per interval */
+#define STREAMS_GRACE_MS 3000   /* how long SIGTERM waits for /events streams to end */
 
 static char g_revision[MAX_FIELD];
 static char g_greeting[MAX_FIELD];
@@ -75,6 +82,7 @@ static int g_port = 8080;
 static atomic_int g_connections;
 static atomic_int g_busy;       /* requests being processed right now */
 static atomic_int g_stopping;
+static atomic_int g_streams;    /* /events streams open right now */
 static atomic_uint_fast64_t g_seed_counter;
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -263,6 +271,60 @@ static int respond(int fd, int status, const char *reason, const char *body, int
     return head_only ? 0 : send_all(fd, body, blen);
 }
 
+/* Sends one chunk of chunked transfer encoding; 0 on success, -1 when broken. */
+static int send_chunk(int fd, const char *data, size_t len) {
+    char head[32];
+    int n = snprintf(head, sizeof head, "%zx\r\n", len);
+    if (send_all(fd, head, (size_t)n) != 0 || send_all(fd, data, len) != 0) return -1;
+    return send_all(fd, "\r\n", 2);
+}
+
+/* True when the client closed its side (or reset): nothing more to send to. */
+static int client_left(int fd) {
+    char b[256];
+    ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT | MSG_PEEK);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/*
+ * /events: an SSE stream until the client leaves or SIGTERM; then "event: bye" and
+ * the last chunk (a clean end). Always closes the connection afterwards (returns 0).
+ */
+static int stream_events(int fd, int head_only) {
+    char hdr[256];
+    int n = snprintf(hdr, sizeof hdr,
+                     "HTTP/1.1 200 OK\r\n"
+                     "Content-Type: text/event-stream\r\n"
+                     "Cache-Control: no-cache\r\n"
+                     "X-Revision: %.64s\r\n"
+                     "Transfer-Encoding: chunked\r\n"
+                     "Connection: close\r\n"
+                     "\r\n",
+                     g_revision);
+    if (send_all(fd, hdr, (size_t)n) != 0 || head_only) return 0;
+    atomic_fetch_add(&g_streams, 1);
+    char ev[MAX_FIELD + 256];
+    for (unsigned long i = 1;; i++) {
+        if (atomic_load(&g_stopping)) {
+            int m = snprintf(ev, sizeof ev, "event: bye\ndata: revision=%s stopping\n\n",
+                             g_revision);
+            if (send_chunk(fd, ev, (size_t)m) == 0) send_all(fd, "0\r\n\r\n", 5);
+            break;
+        }
+        int m = snprintf(ev, sizeof ev, "id: %lu\ndata: revision=%s host=%s n=%lu\n\n", i,
+                         g_revision, g_hostname, i);
+        if (send_chunk(fd, ev, (size_t)m) != 0) break;
+        /* wait one interval, waking early on SIGTERM or when the client leaves */
+        for (int waited = 0; waited < EVENT_EVERY_MS && !atomic_load(&g_stopping);
+             waited += 20) {
+            sleep_ms(20);
+        }
+        if (client_left(fd)) break;
+    }
+    atomic_fetch_sub(&g_streams, 1);
+    return 0;
+}
+
 /*
  * Handles one complete request head in req[0..head_len). Returns 1 to keep the
  * connection open, 0 to close it.
@@ -334,6 +396,8 @@ static int handle_request(int fd, const char *req, size_t head_len, int *discard
         }
         return respond(fd, 200, "OK", "ok\n", head_only, keep_alive) == 0 && keep_alive;
     }
+
+    if (strcmp(path, "/events") == 0) return stream_events(fd, head_only);
 
     sleep_ms(path_delay_ms(path));
     if (g_error_rate > 0.0 && rng_percent() < g_error_rate) {
@@ -460,8 +524,13 @@ static void shutdown_and_exit(int lfd, int signo) {
     atomic_store(&g_stopping, 1);
     close(lfd);
     /* Let requests already being processed finish (bounded), then leave. Idle
-     * keep-alive connections are simply dropped by the exit. */
+     * keep-alive connections are simply dropped by the exit. /events streams see
+     * g_stopping within 20 ms and end with "event: bye": wait for them (bounded) too. */
     for (int waited = 0; waited < SHUTDOWN_GRACE_MS && atomic_load(&g_busy) > 0; waited += 10) {
+        sleep_ms(10);
+    }
+    for (int waited = 0; waited < STREAMS_GRACE_MS && atomic_load(&g_streams) > 0;
+         waited += 10) {
         sleep_ms(10);
     }
     printf("sample-app: signal %d, stopping (revision=%s)\n", signo, g_revision);

@@ -275,8 +275,8 @@ def _file_weight(dep: Deployment) -> Callable[[], bool]:
 
     def change(lines: list[str]) -> list[str]:
         hit = [i for i, x in enumerate(lines) if x.split()[:2] == ["server", server]]
-        assert len(hit) == 1 and lines[hit[0]].rstrip().endswith(" weight 100"), lines
-        lines[hit[0]] = lines[hit[0]].replace(" weight 100", " weight 7")
+        assert len(hit) == 1 and " weight 100 " in lines[hit[0]], lines
+        lines[hit[0]] = lines[hit[0]].replace(" weight 100 ", " weight 7 ")
         return lines
 
     return _file(dep, change)

@@ -1,4 +1,5 @@
-"""Zero downtime: ten consecutive switches of `web` under steady load through HAProxy.
+"""Zero downtime: ten consecutive switches of `web` under steady load through HAProxy,
+then a change of the frontend's routes.
 
 One `hey` process loads `/` of the deployment's frontend (127.0.0.1 only) at a steady
 ~800 requests/s from before the first switch until after the last one is verified. The
@@ -8,6 +9,10 @@ by weight 100 on the other, and a step back to the previous revision. Each switc
 the change, runs `reconcile apply` (exit 0, not "No changes") and then polls HAProxy, with
 a deadline, until what serves is exactly the new state. Afterwards every request hey sent
 must have been answered, with a 2xx: 0 failed requests, 0 non-2xx responses.
+
+Reloads are read from the master CLI (`show proc`: the master's reload counter and its
+workers): none of the ten switches reloads (new servers are added at runtime) and none
+leaves an old worker; only the route change (structure) reloads.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from reconciler import identity
 
 WEB = "services/web.yaml"
 ENV = "environments/staging.yaml"
+LB = "loadbalancer.yaml"
 HELLO = "hello from web"
 
 CONCURRENCY = 10  # hey workers, keep-alive connections
@@ -44,9 +50,9 @@ class Switch:
     revisions: tuple[str, ...]  # web containers afterwards, sorted
     weights: tuple[int, ...]  # be_web server weights afterwards, sorted
     bodies: frozenset[str]  # "revision=.. greeting=.." that serve afterwards
-    # HAProxy reloads the switch makes: 1 when servers are added (a new config with
-    # them), 0 for weights only and for removals (runtime API, config written, no reload)
-    reloads: int = 1
+    # HAProxy reloads the switch makes: 0 for every server change (added, weighed,
+    # drained, removed at runtime, config written), 1 for a frontend/route/TLS change
+    reloads: int = 0
 
 
 def _bodies(*pairs: tuple[str, str]) -> frozenset[str]:
@@ -74,11 +80,11 @@ SWITCHES = (
            ((WEB, "weight: 90\n  - revision: v3\n    weight: 10",
              "weight: 50\n  - revision: v3\n    weight: 50"),),
            ("v2", "v2", "v3", "v3"), (50, 50, 50, 50),
-           _bodies(("v2", "bonjour"), ("v3", "bonjour")), reloads=0),
+           _bodies(("v2", "bonjour"), ("v3", "bonjour"))),
     Switch("v3 100, v2 removed",
            ((WEB, "  - revision: v2\n    weight: 50\n  - revision: v3\n    weight: 50",
              "  - revision: v3\n    weight: 100"),),
-           ("v3", "v3"), (100, 100), _bodies(("v3", "bonjour")), reloads=0),
+           ("v3", "v3"), (100, 100), _bodies(("v3", "bonjour"))),
     Switch("back to previous revision v3 -> v2",
            ((WEB, "revision: v3", "revision: v2"),),
            ("v2", "v2"), (100, 100), _bodies(("v2", "bonjour"))),
@@ -90,7 +96,11 @@ SWITCHES = (
            ("v2", "v2", "v2"), (100, 100, 100), _bodies(("v2", "hallo"))),
     Switch("replicas 3 -> 1",
            ((ENV, "replicas: 3", "replicas: 1"),),
-           ("v2",), (100,), _bodies(("v2", "hallo")), reloads=0),
+           ("v2",), (100,), _bodies(("v2", "hallo"))),
+    # structure: a new route in the frontend (the one switch that reloads)
+    Switch("route /web added",
+           ((LB, "    routes:\n", "    routes:\n      - path_prefix: /web\n        service: web\n"),),
+           ("v2",), (100,), _bodies(("v2", "hallo")), reloads=1),
 )
 
 
@@ -100,7 +110,8 @@ class Timing:
     at_s: float  # when the switch began, seconds after the load started
     apply_s: float  # reconcile apply, commit to exit
     verified_s: float  # until the new state was seen serving through HAProxy
-    reloads: int  # HAProxy reloads the switch made
+    reloads: int  # HAProxy reloads the switch made (the master's reload counter)
+    workers: tuple[int, int]  # HAProxy's current and old workers afterwards (show proc)
     hidden: dict[str, dict[str, int]]  # be_web's retries, redispatches, econ, eresp
 
 
@@ -176,6 +187,7 @@ def _wait_load_flowing(dep: Deployment, load: HeyLoad, requests: int = 400) -> N
 
 def _switch(dep: Deployment, sw: Switch, load_t0: float, counters: HAProxyCounters) -> Timing:
     reloads = dep.reloads()
+    workers = dep.haproxy.procs().current_pids
     before = counters.totals("be_web")
     t0 = time.monotonic()
     for rel, old, new in sw.edits:
@@ -187,8 +199,12 @@ def _switch(dep: Deployment, sw: Switch, load_t0: float, counters: HAProxyCounte
     _verify(dep, sw)
     counters.poll()  # the state the switch left, counted now
     hidden = HAProxyCounters.nonzero(HAProxyCounters.minus(counters.totals("be_web"), before))
+    procs = dep.haproxy.procs()
+    if not sw.reloads:  # the same worker serves on; no old one lingers (there was none)
+        assert (procs.current_pids, procs.old_pids) == (workers, ()), (sw.name, procs)
     return Timing(sw.name, t0 - load_t0, applied - t0, time.monotonic() - t0,
-                  dep.reloads() - reloads, hidden)
+                  procs.reloads - reloads, (len(procs.current_pids), len(procs.old_pids)),
+                  hidden)
 
 
 def _print_report(report: HeyReport, load: HeyLoad, timings: list[Timing]) -> None:
@@ -197,7 +213,8 @@ def _print_report(report: HeyReport, load: HeyLoad, timings: list[Timing]) -> No
           f"(target {load.target_rate}/s, {CONCURRENCY} keep-alive workers)")
     for i, t in enumerate(timings, 1):
         print(f"  {i:2d}. at +{t.at_s:5.1f}s {t.name:38s} apply {t.apply_s:5.2f}s  "
-              f"serving {t.verified_s:5.2f}s  reloads {t.reloads}  hidden {t.hidden or 0}")
+              f"serving {t.verified_s:5.2f}s  reloads {t.reloads} workers {t.workers}  "
+              f"hidden {t.hidden or 0}")
     print(f"  {report.summary()}")
 
 
@@ -268,8 +285,8 @@ def test_ten_switches_under_load_lose_no_request(dep: Deployment) -> None:
     assert not hidden, f"HAProxy hid failures from the clients: {hidden}"
     assert counters.polls > 20, counters.polls
     assert not HAProxyCounters.nonzero(counters.totals("be_web")), counters.totals("be_web")
-    # reloads: only a change of structure reloads; a weight change goes through the
-    # runtime API (reload counts confirmed through the master CLI)
+    # reloads: only a change of structure (the route) reloads; new servers, weights,
+    # drains and removals go through the runtime API (counts from the master CLI)
     reloads = {t.name: t.reloads for t in timings}
     assert reloads == {sw.name: sw.reloads for sw in SWITCHES}, reloads
 

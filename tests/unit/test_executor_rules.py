@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ def fleet(web: str = "v1", lb_hosts: tuple[str, ...] = ("lb1",)) -> DesiredState
         hosts=HOSTS,
         lb_hosts=lb_hosts,
     )
+
+
+def restructured(d: DesiredState) -> DesiredState:
+    """``d`` with web's backend settings changed (balance leastconn): a reload."""
+    services = tuple(replace(s, balance="leastconn") if s.name == "web" else s for s in d.services)
+    return replace(d, services=services)
 
 
 @dataclass
@@ -203,8 +209,10 @@ def test_a_rejected_config_installs_nothing_on_any_lb_host_and_stops_the_pass() 
     assert isinstance(last.action, ConfigureLB) and last.action.host == "lb2"
     assert last.status == "failed"
     assert last.detail.endswith("parsing error (no LB host was switched)")
-    # neither LB host took a config or reloaded; no checked copy is left behind
-    assert {h: (lb.config, lb.serving()) for h, lb in w.lbs.items()} == before
+    # neither LB host took a config or reloaded; no checked copy is left behind; both
+    # serve the new servers added at runtime beside the old ones (none drained)
+    assert {h: lb.config for h, lb in w.lbs.items()} == {h: c for h, (c, _) in before.items()}
+    assert all(before[h][1] < lb.serving() for h, lb in w.lbs.items())
     assert [lb.reloads for lb in w.lbs.values()] == [0, 0]
     assert [lb.checked for lb in w.lbs.values()] == [{}, {}]
     # the later steps did not run: the old release serves; the new containers stay
@@ -225,13 +233,16 @@ def test_a_rejected_config_stops_the_pass_before_any_later_step() -> None:
     assert set(result.failures) == {"haproxy"}
     assert "haproxy -c rejected the new config; nothing installed" in result.failures["haproxy"]
     assert isinstance(result.steps[-1].action, ConfigureLB)
-    assert (lb.config, lb.serving(), lb.reloads) == (config, serving, 0)
+    # the new servers were added at runtime (UP first); no file installed, no reload
+    added = {(b, s) for b, s, *_ in lb.serving()} - {(b, s) for b, s, *_ in serving}
+    assert added == {("be_web", s) for s in w.servers(AddServer, "web")}
+    assert serving <= lb.serving() and (lb.config, lb.reloads) == (config, 0)
     old = {(h, n) for h, n in w.engines.names("web") if "-v1-" in n}
     assert len(old) == 4  # the old release was not drained nor removed
 
 
 def test_a_failed_reload_stops_the_pass_on_the_last_good_config() -> None:
-    w = World.of(fleet("v2"), before=fleet("v1"))
+    w = World.of(restructured(fleet("v2")), before=fleet("v1"))
     lb = w.lbs["lb1"]
     config, serving = lb.config, lb.serving()
     lb.reload_fails = True
@@ -240,13 +251,39 @@ def test_a_failed_reload_stops_the_pass_on_the_last_good_config() -> None:
 
     assert result.aborted and result.reloads == 0
     assert result.failures["haproxy"].endswith("the last good config was restored")
-    assert (lb.config, lb.serving()) == (config, serving)
+    # the old servers serve as before, beside the new ones added at runtime before it
+    assert lb.config == config and serving <= lb.serving()
     assert len([n for _, n in w.engines.names("web") if "-v1-" in n]) == 4
     assert not any(isinstance(st.action, DrainServer) for st in result.steps)
 
 
-def test_confirmed_reloads_are_counted() -> None:
-    w = World.of(fleet("v2", lb_hosts=("lb1", "lb2")), before=fleet("v1", lb_hosts=("lb1", "lb2")))
+def test_a_server_added_at_runtime_not_up_fails_its_service_and_withdraws_its_servers() -> None:
+    lbs = ("lb1", "lb2")
+    w = World.of(fleet("v2", lb_hosts=lbs), before=fleet("v1", lb_hosts=lbs))
+    before = {h: (lb.config, lb.serving()) for h, lb in w.lbs.items()}
+    stuck = w.servers(AddServer, "web", "h2")[-1]
+    w.lbs["lb2"].never_up = {stuck}
+
+    result = w.run()
+
+    assert set(result.failures) == {"web"}
+    assert result.failures["web"].startswith(f"server be_web/{stuck} did not come UP in HAProxy")
+    assert result.failures["web"].endswith("deleted again (it got no request)")
+    # every web server this run added, on both LB hosts, is gone again; the old serve on,
+    # the files and HAProxy unchanged, no reload; the new containers are removed
+    assert {h: (lb.config, lb.serving()) for h, lb in w.lbs.items()} == before
+    assert [lb.reloads for lb in w.lbs.values()] == [0, 0]
+    assert all("-v1-" in n for _, n in w.engines.names("web"))
+    assert not result.aborted
+
+
+def test_a_release_switch_reloads_nothing_a_backend_change_reloads_each_lb_host() -> None:
+    lbs = ("lb1", "lb2")
+    w = World.of(fleet("v2", lb_hosts=lbs), before=fleet("v1", lb_hosts=lbs))
+    result = w.run()
+    assert result.ok and result.reloads == 0 == sum(lb.reloads for lb in w.lbs.values())
+    assert sum(lb.runtime_adds for lb in w.lbs.values()) == 8  # 4 web servers per LB host
+    w = World.of(restructured(fleet("v2", lb_hosts=lbs)), before=fleet("v1", lb_hosts=lbs))
     result = w.run()
     assert result.ok and result.reloads == 2 == sum(lb.reloads for lb in w.lbs.values())
 
@@ -364,5 +401,5 @@ def test_a_server_the_lb_refuses_to_delete_leaves_with_a_reload_instead() -> Non
     )
     write = [st for st in result.steps if isinstance(st.action, ConfigureLB)][-1]
     assert (write.status, write.detail) == ("ok", "reloaded HAProxy (confirmed)")
-    assert result.ok and result.reloads == 2 == w.lbs["lb1"].reloads
+    assert result.ok and result.reloads == 1 == w.lbs["lb1"].reloads
     assert old.isdisjoint(s for _, s in w.lbs["lb1"].servers)

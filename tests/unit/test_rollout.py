@@ -42,9 +42,12 @@ def test_frozen_hosts_are_left_exactly_as_they_run() -> None:
 def test_every_lb_config_comes_after_every_lb_add() -> None:
     p = plan(fleet("v2"), converge(fleet("v1")))
     kinds = [a.kind for a in p.actions]
-    reloads = [i for i, a in enumerate(p.actions) if isinstance(a, ConfigureLB) and a.reload]
-    assert len(reloads) == 2 and reloads[1] == reloads[0] + 1, kinds
-    assert max(i for i, k in enumerate(kinds) if k == "add-server") < reloads[0]
+    configs = [i for i, a in enumerate(p.actions) if isinstance(a, ConfigureLB)]
+    # a release switch: servers added at runtime, every LB host's file written, no reload
+    assert not any(a.reloads for a in p.actions), kinds
+    # the files written after the adds (then again after the removals), side by side
+    assert len(configs) == 4 and configs[1] == configs[0] + 1, kinds
+    assert max(i for i, k in enumerate(kinds) if k == "add-server") < configs[0]
 
 
 def test_retired_host_has_its_containers_drained_then_removed() -> None:

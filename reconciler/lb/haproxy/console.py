@@ -55,6 +55,9 @@ def ask(haproxy: HAProxy, words: Sequence[str], master: bool | None = None) -> s
     use_master = for_master(line.split()) if master is None else master
     sock = haproxy.master if use_master else haproxy.stats
     try:
+        if line == "reload":
+            # the runtime state (servers added, weights, drains) survives this reload too
+            haproxy.save_server_state()
         return sock.command(line)
     except SocketUnavailable as exc:
         which = "master socket" if use_master else "stats socket"

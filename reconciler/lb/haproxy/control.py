@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path, PurePosixPath
 
 from reconciler.errors import ObserveError
@@ -37,10 +38,10 @@ from reconciler.lb.haproxy.observe import observe_haproxy
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.privileges import RunAs, detect
 from reconciler.lb.haproxy.process import HAProxyProcess
-from reconciler.lb.haproxy.render import render
+from reconciler.lb.haproxy.render import lb_check, render, server_args
 from reconciler.lb.haproxy.requestlog import RING
 from reconciler.lb.port import LBError, NoSuchServer, ServerEntry
-from reconciler.model import DesiredState, LoadBalancer, ObservedLB
+from reconciler.model import DesiredState, LoadBalancer, ObservedLB, Service
 from reconciler.transport.base import Transport, TransportError
 from reconciler.transport.local import LocalTransport
 
@@ -171,6 +172,12 @@ class HAProxy(HAProxyProcess):
             if installed is not None:
                 t.copy(current, str(self.paths.last_good))
             t.replace(str(checked), current)
+            # The state file matches the file just written, whoever reloads next (servers
+            # added or repointed at runtime must not come back from an older one).
+            self.save_server_state()
+        except ObserveError:
+            pass  # not running (it starts on the file alone) or not answering: a reload
+            # of ours saves it first anyway
         except TransportError as exc:
             raise HAProxyError(f"{self._on}cannot install the new config: {exc}") from None
         return True
@@ -280,6 +287,27 @@ class HAProxy(HAProxyProcess):
         if answer:
             error = HAProxyNoSuchServer if "No such" in answer else HAProxyError
             raise error(f"{self._on}HAProxy refused {'; '.join(commands)!r}: {answer}")
+
+    def add_server(self, service: Service | None, entry: ServerEntry) -> None:
+        """``add server`` with the config line's options (``render.server_args``) at
+        weight 0, then ``enable health`` and ``enable server`` (HAProxy 2.6 creates a
+        dynamic server in maintenance, its checks off)."""
+        try:
+            ip_address(entry.address)
+        except ValueError:
+            raise HAProxyError(f"refusing server address {entry.address!r}") from None
+        if not 0 < entry.port < 65536:
+            raise HAProxyError(f"refusing server port {entry.port!r}")
+        name = f"{entry.backend}/{entry.name}"
+        cmds = [
+            f"add server {name} {server_args(entry.address, entry.port, 0, lb_check(service))}",
+            f"enable health {name}",
+            f"enable server {name}",
+        ]
+        answer = self.stats.commands(cmds).strip()
+        if answer != "New server registered.":
+            error = HAProxyNoSuchServer if "No such" in answer else HAProxyError
+            raise error(f"{self._on}HAProxy refused {'; '.join(cmds)!r}: {answer}")
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         self.runtime(

@@ -39,8 +39,8 @@ def parse_config_header(text: str) -> tuple[tuple[str, str], ...]:
 
 def parse_config_servers(text: str) -> tuple[ConfigServer, ...]:
     """(backend, server, address, port, weight) of each ``server`` line of the reconciler's
-    rendered config (``server NAME ADDR:PORT weight W``), sorted. Lines of another form
-    are skipped: this reads only what the renderer writes."""
+    rendered config (``server NAME ADDR:PORT weight W [check options]``), sorted. Lines of
+    another form are skipped: this reads only what the renderer writes."""
     found: list[ConfigServer] = []
     backend = None
     for line in text.splitlines():
@@ -50,7 +50,7 @@ def parse_config_servers(text: str) -> tuple[ConfigServer, ...]:
         if not line[0].isspace():
             backend = tokens[1] if tokens[0] == "backend" and len(tokens) > 1 else None
             continue
-        if backend and tokens[0] == "server" and len(tokens) == 5 and tokens[3] == "weight":
+        if backend and tokens[0] == "server" and len(tokens) >= 5 and tokens[3] == "weight":
             address, _, port = tokens[2].rpartition(":")
             if port.isdigit() and tokens[4].isdigit():
                 found.append((backend, tokens[1], address, int(port), int(tokens[4])))

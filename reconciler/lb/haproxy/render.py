@@ -4,6 +4,10 @@ Every value written here was validated by the manifests' safety rules (names, pa
 host names), so nothing needs quoting. The header lines carry the section digests the
 planner compares; servers are written with their current weights so that a reload keeps
 them (the server-state file keeps admin states such as drain).
+
+Each server line carries its own check options (``server_args``), no ``default-server``:
+a server added at runtime (``add server``) takes nothing from ``default-server``, so the
+same function writes both, and the runtime and the file cannot disagree.
 """
 
 from __future__ import annotations
@@ -148,23 +152,34 @@ def _frontend(fe: Frontend, acme_dir: str, challenges: bool) -> list[str]:
 
 
 def _health_lines(check: LBCheck | None) -> list[str]:
-    """HAProxy's lines of the LB-neutral ``check`` (None: HAProxy's default TCP check)."""
+    """HAProxy's backend lines of the LB-neutral ``check`` (None: HAProxy's default TCP
+    check); the per-server options are ``server_args``'s."""
     if check is None:
-        return ["    default-server check inter 2s fall 3 rise 2"]
+        return []
     lines = []
     if check.kind == "http":
         lines.append(f"    option httpchk GET {check.path}")
-    lines.append(
-        f"    default-server check inter {_ms(check.interval_ms)} fall {check.retries} rise 2"
-    )
     lines.append(f"    timeout check {_ms(check.timeout_ms)}")
     return lines
+
+
+def lb_check(svc: Service | None) -> LBCheck | None:
+    """The check HAProxy runs on the servers of ``svc`` (None: a removed service's
+    backend, or a kind without its own LB check: HAProxy's TCP check, 2 s)."""
+    return None if svc is None else kind_of(svc.health).lb_check(svc.health)
+
+
+def server_args(address: str, port: int, weight: int, check: LBCheck | None) -> str:
+    """What follows the server name, in the config's ``server`` line and in the runtime
+    API's ``add server``: address, weight and check options (``check``: ``lb_check``)."""
+    inter, fall = ("2s", 3) if check is None else (_ms(check.interval_ms), check.retries)
+    return f"{address}:{port} weight {weight} check inter {inter} fall {fall} rise 2"
 
 
 def _backend(name: str, svc: Service | None, servers: list[ServerEntry]) -> list[str]:
     lines = [f"backend {name}"]
     if svc is None:
-        lines += ["    balance roundrobin", "    default-server check inter 2s fall 3 rise 2"]
+        lines += ["    balance roundrobin"]
     else:
         t = svc.timeouts
         lines += [
@@ -173,6 +188,9 @@ def _backend(name: str, svc: Service | None, servers: list[ServerEntry]) -> list
             f"    timeout server {_ms(t.server_ms)}",
             f"    timeout queue {_ms(t.queue_ms)}",
         ]
-        lines += _health_lines(kind_of(svc.health).lb_check(svc.health))
-    lines += [f"    server {s.name} {s.address}:{s.port} weight {s.weight}" for s in servers]
+        lines += _health_lines(lb_check(svc))
+    check = lb_check(svc)
+    lines += [
+        f"    server {s.name} {server_args(s.address, s.port, s.weight, check)}" for s in servers
+    ]
     return [*lines, ""]

@@ -15,7 +15,7 @@ from reconciler.identity import backend_name, canonical_json, frontend_name, pla
 from reconciler.model import DesiredState, LoadBalancer, Pairs
 
 # Bump when the renderer's output changes, so installed configs are re-rendered.
-RENDER_VERSION = 4  # 4: every request logged with method and path (request records)
+RENDER_VERSION = 5  # 5: check options on each server line (as `add server` takes them)
 
 
 def request_log(lb: LoadBalancer) -> bool:
