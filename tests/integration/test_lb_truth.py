@@ -123,10 +123,12 @@ def test_a_skipped_batch_reloads_nothing_and_says_so(fleet: Fleet, sim: SimHosts
     for n, status, _, text in configs:
         assert status == "skipped", f"step {n} of h2's failed batch: {status} {text}"
     assert all("web failed" in text for _, _, _, text in configs), configs
-    # one reload per batch that switched (h1's, h3's), confirmed by the master itself
-    done = [x for x in lines if x[1] == "ok" and "reloaded HAProxy" in x[3]]
-    assert len(done) == 2, out
-    assert fleet.haproxy().procs().reloads - reloads == 2, out
+    # the batches that switched (h1's, h3's) added their servers at runtime and wrote the
+    # config without a reload: none at all, confirmed by the master itself
+    written = [x for x in lines if x[1] == "ok" and "HAProxy config" in x[3]]
+    assert len(written) >= 2, out
+    assert not [x for x in lines if "reload" in x[3] and "no reload" not in x[3]], out
+    assert fleet.haproxy().procs().reloads == reloads, out
     assert re.search(r"^run \d+: FAILED \(web failed", out, re.M), out
     assert report.failed == 0 and report.non_2xx == 0, report.summary()
 
