@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -90,7 +89,3 @@ class Pebble:
             p.terminate()
         for p in self.procs:
             p.wait(timeout=10)
-
-
-def have_pebble() -> bool:
-    return bool(shutil.which("pebble") and shutil.which("pebble-challtestsrv"))

@@ -317,10 +317,10 @@ class FakeLB:
             srv.address, srv.port = address, port
 
     def replace_certificate(self, path: str) -> str:
-        raise NotImplementedError("certificates are tested against a real HAProxy")
+        raise AssertionError("the fake LB does not serve certificates: tests/integration/test_tls_renewal.py uses a real HAProxy")
 
     def acme(self) -> Any:
-        raise NotImplementedError("ACME is tested against a real HAProxy and pebble")
+        raise AssertionError("the fake LB has no ACME: tests/integration/test_acme.py uses a real HAProxy and pebble")
 
     def drain(self, backend: str, server: str) -> None:
         with self._lock:

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 
 import docker
 import pytest
-from acme_support import Pebble, have_pebble
+from acme_support import Pebble
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from deploy_support import Deployment, free_port
 
-pytestmark = pytest.mark.skipif(not have_pebble(), reason="Debian's pebble is not installed")
+pytestmark = pytest.mark.integration  # pebble and openssl: .ci/setup installs them
 
 DOMAIN = "shop.acme.test"
 

@@ -5,7 +5,6 @@ and the real CLI. The served certificate is read with ``openssl s_client``."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +13,7 @@ import docker
 import pytest
 from deploy_support import Deployment, free_port
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("openssl") is None,
-    reason="openssl is needed to make and read certificates",
-)
+pytestmark = pytest.mark.integration  # openssl: .ci/setup installs it
 
 
 def make_cert(path: Path, cn: str) -> str:
