@@ -203,6 +203,7 @@ class RunResult:
     statuses: dict[int, int] = field(default_factory=dict)
     run_id: int | None = None  # reconciler: its history run
     load1: float = 0.0  # 1-minute load average when the run started (2 cores: noisy > 2)
+    started: float = 0.0  # time.time() when the command started (to split the breakdown)
 
 
 def reconcile_cmd(given: str | None) -> list[str]:
@@ -216,6 +217,20 @@ def reconcile_cmd(given: str | None) -> list[str]:
         return [str(beside)]
     exe = shutil.which("reconcile")
     return [exe] if exe else [sys.executable, "-m", "reconciler"]
+
+
+def compile_package() -> str:
+    """Compile the ``reconciler`` package this interpreter imports (with this
+    environment: PYTHONPATH picks a work tree) to bytecode, as ``pip install`` does, so
+    no timed run pays for compiling it (PYTHONDONTWRITEBYTECODE would make every run
+    pay). Returns the package folder, for the log."""
+    code = "import os, reconciler; print(os.path.dirname(reconciler.__file__))"
+    # Run from an empty folder, as the reconcile script imports (its own folder first,
+    # then PYTHONPATH): with -c, the current folder would come first.
+    with tempfile.TemporaryDirectory() as empty:
+        where = run_cmd([sys.executable, "-c", code], cwd=Path(empty), timeout=60).stdout.strip()
+    run_cmd([sys.executable, "-m", "compileall", "-q", where], timeout=300)
+    return where
 
 
 def service_yaml(name: str, greet: str, grace_s: int) -> str:
@@ -452,6 +467,7 @@ def measure(
     hey = Hey(side.url, args.concurrency, args.qps, cap)
     try:
         time.sleep(args.before)
+        started = time.time()
         t0 = time.perf_counter()
         rc, run_id, _ = side.execute()
         wall = time.perf_counter() - t0
@@ -472,6 +488,7 @@ def measure(
         report.statuses,
         run_id,
         load1,
+        started,
     )
 
 
@@ -549,8 +566,9 @@ def print_breakdown(side: ReconcilerSide, results: list[RunResult]) -> None:
         return
     print("\nReconciler: where the wall time goes (from `reconcile history`):")
     print(
-        "  before run = process start, git, validation, lock, observe, plan;"
-        " gate = health gates, not part of any step"
+        "  before run = process start, imports, git, validation, lock, observe, plan;"
+        " after run = history, printing, exit;\n"
+        "  gate+rest = in run but in no step (health gates, the outcome check)"
     )
     kinds: dict[str, list[float]] = {}
     rows = []
@@ -561,17 +579,19 @@ def print_breakdown(side: ReconcilerSide, results: list[RunResult]) -> None:
             continue
         inside = float(run["finished_at"] or 0) - float(run["started_at"])  # type: ignore[arg-type]
         step_sum = sum(float(s["duration_s"]) for s in steps)  # type: ignore[arg-type]
-        rows.append((r, inside, step_sum, steps))
+        before = float(run["started_at"]) - r.started  # type: ignore[arg-type]
+        rows.append((r, inside, step_sum, steps, before))
         for s in steps:
             kinds.setdefault(str(s["kind"]), []).append(float(s["duration_s"]))  # type: ignore[arg-type]
     print(
         f"  {'run':>4} {'history run':>11} {'wall':>6} {'before run':>10} {'in run':>7} "
-        f"{'steps':>6} {'gate+rest':>9}"
+        f"{'steps':>6} {'gate+rest':>9} {'after run':>9}"
     )
-    for r, inside, step_sum, _ in rows:
+    for r, inside, step_sum, _, before in rows:
         print(
-            f"  {r.run:>4} {r.run_id:>11} {r.wall_s:6.2f} {r.wall_s - inside:10.2f} "
-            f"{inside:7.2f} {step_sum:6.2f} {inside - step_sum:9.2f}"
+            f"  {r.run:>4} {r.run_id:>11} {r.wall_s:6.2f} {before:10.2f} "
+            f"{inside:7.2f} {step_sum:6.2f} {inside - step_sum:9.2f} "
+            f"{r.wall_s - inside - before:9.2f}"
         )
     mid = sorted(rows, key=lambda x: x[0].wall_s)[len(rows) // 2]
     print(f"\n  steps of the median run (history run {mid[0].run_id}):")
@@ -647,7 +667,7 @@ def main() -> None:
     results: list[RunResult] = []
     noop: dict[str, list[tuple[float, bool]]] = {"reconciler": [], "compose": []}
     log(f"work dir {root}; reconciler via HAProxy {rec.url}; compose direct {comp.url}")
-    log(f"reconcile command: {' '.join(rec.cmd)}")
+    log(f"reconcile command: {' '.join(rec.cmd)}; package {compile_package()} (compiled)")
     log(
         f"load: hey -c {args.concurrency} -q {args.qps} "
         f"(~{args.concurrency * args.qps} req/s), {args.before}s before / {args.after}s after"

@@ -2,9 +2,11 @@
 
 Seven simulated hosts (tests/hosts_support.py: a network namespace each, with its own
 dockerd and sshd), six app hosts and one LB host, reached only through SSH. For each
-fleet size N in 1, 3, 6 a fresh environment runs `web` (1 replica per host) on the first
-N hosts; after a first deploy and one warm-up switch (so every host has both images),
-each measured run switches the release (v1 <-> v2, alternating) with `reconcile apply`
+fleet size N in 1, 3, 6 an environment of its own runs `web` (1 replica per host) on the
+first N hosts, all three side by side; after a first deploy and one warm-up switch (so
+every host has both images), the sizes take turns (1, 3, 6, then 6, 3, 1, ...: the
+machine's load drifts, and each size sees the same drift), each measured run switching
+the release (v1 <-> v2, alternating) with `reconcile apply`
 in this process (the CLI through click's runner: the same code path without the
 interpreter start-up, which is the same for every N and would flatter the ratio), with
 the default rollout (all hosts in one batch, 8 at a time).
@@ -94,33 +96,42 @@ def main() -> int:
     sim = start_hosts(max(sizes) + 1, prefix="rb")
     medians: dict[int, float] = {}
     baseline: dict[int, float] = {}
+    times: dict[int, list[float]] = defaultdict(list)
     steps: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    fleets: dict[int, Fleet] = {}
     try:
         lb = sim.hosts[-1]
         with tempfile.TemporaryDirectory() as tmp:
-            for n in sizes:
-                fleet = Fleet(Path(tmp) / f"n{n}", sim, apps=sim.hosts[:n], lb=lb)
-                try:
-                    code, out = fleet.apply()
+            try:
+                # One environment per fleet size, side by side on the same hosts (own
+                # containers, own HAProxy on its own port), so that the sizes can take
+                # turns: the machine is shared, and its load drifts over minutes.
+                for k, n in enumerate(sizes):
+                    fleets[n] = Fleet(
+                        Path(tmp) / f"n{n}", sim, apps=sim.hosts[:n], lb=lb, port=8080 + k
+                    )
+                    code, out = fleets[n].apply()
                     if code != 0:
                         raise RuntimeError(f"first deploy failed:\n{out}")
-                    switch(fleet, "v2")  # warm-up: v2 copied to every host
-                    times = []
-                    for i in range(args.runs):
-                        revision = "v1" if i % 2 == 0 else "v2"
-                        elapsed, run_id = switch(fleet, revision)
-                        times.append(elapsed)
+                    switch(fleets[n], "v2")  # warm-up: v2 copied to every host
+                for i in range(args.runs):
+                    revision = "v1" if i % 2 == 0 else "v2"
+                    for n in sizes if i % 2 == 0 else sizes[::-1]:
+                        elapsed, run_id = switch(fleets[n], revision)
+                        times[n].append(elapsed)
                         log(f"N={n} run {i + 1}: -> {revision} {elapsed:.2f} s")
-                        store = Store(fleet.state / "history.sqlite")
+                        store = Store(fleets[n].state / "history.sqlite")
                         for step in store.steps(run_id):
                             steps[n][step["kind"]].append(step["duration_s"])
                         store.close()
-                    medians[n] = statistics.median(times)
+                for n in sizes:
+                    medians[n] = statistics.median(times[n])
                     baseline[n] = engine_start(sim.hosts[:n], "sample-app:v1")
                     log(
                         f"N={n} engines alone, one container each side by side: {baseline[n]:.2f} s"
                     )
-                finally:
+            finally:
+                for fleet in fleets.values():
                     fleet.cleanup()
     finally:
         sim.close()

@@ -81,3 +81,19 @@ class SourceError(ReconcilerError):
 
 class ObserveError(ReconcilerError):
     """Live state of a host (Docker engine, HAProxy) cannot be read."""
+
+
+class ClusterError(ReconcilerError):
+    """etcd mode: the cluster refused or failed a request (the message names the
+    endpoint and the key, never a value)."""
+
+
+class EtcdUnavailable(ClusterError):
+    """No endpoint of the etcd cluster answered (each one tried is named with why):
+    down, unreachable, TLS refused, or no quorum. Transient: retry later."""
+
+
+class FencedOut(ClusterError):
+    """This replica is no longer the confirmed leader of its environment (its lease
+    expired or could not be renewed in time, or the leader key is no longer its own):
+    it must not take another step. The pass ends; the replica stands by."""

@@ -2,13 +2,14 @@
 
 Everything the planner reads is here: plain, immutable, comparable values with no I/O.
 Mappings are stored as sorted tuples of pairs so that equal states compare and hash
-equal and serialise to the same bytes.
-"""
+equal and serialise to the same bytes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from reconciler.coordination import Coordination
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -63,8 +64,7 @@ class SecretRef:
     """A secret by name. Its value is read on the target host at apply time, never from git.
 
     ``source`` is 'file' or 'env'; ``location`` the path or variable name there; ``version``
-    is bumped in git to roll containers after the value was rotated.
-    """
+    is bumped in git to roll containers after the value was rotated."""
 
     name: str
     source: Literal["file", "env"]
@@ -259,6 +259,7 @@ class DesiredState:
     loadbalancers: tuple[LoadBalancer, ...]
     rollout: Rollout = Rollout()
     instance: Instance = Instance()
+    coordination: Coordination = field(default_factory=Coordination)
 
     @property
     def app_host_names(self) -> frozenset[str]:

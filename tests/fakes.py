@@ -179,6 +179,7 @@ class FakeLB:
         self.last_good: str | None = None
         self.is_running = config is not None
         self.checked: dict[Path, str] = {}  # checked copies not installed (nor discarded)
+        self.check_count = 0
         self.reloads = 0  # confirmed
         self.runtime_adds = 0
         self.starts = 0
@@ -244,6 +245,9 @@ class FakeLB:
     def request_events(self) -> str:
         return ""
 
+    def prepare(self) -> None:
+        pass
+
     def config_text(
         self, desired: DesiredState, lb: LoadBalancer, servers: Iterable[ServerEntry]
     ) -> str:
@@ -259,7 +263,8 @@ class FakeLB:
                 + self.reject
             )
         with self._lock:
-            path = Path(f"/fake/{self.host}/checked-{len(self.checked)}-{hash(text)}")
+            self.check_count += 1  # a unique name each time, as HAProxy.check's temp files
+            path = Path(f"/fake/{self.host}/checked-{self.check_count}-{hash(text)}")
             self.checked[path] = text
         return path
 

@@ -62,6 +62,9 @@ class Fleet:
     frontends_extra: list[dict[str, Any]] = field(default_factory=list)
     extra_lbs: list[SimHost] = field(default_factory=list)
     bind: str = ""
+    # the Inventory's settings of this environment, e.g. {"mode": "etcd", "etcd": {...}}
+    coordination: dict[str, Any] = field(default_factory=dict)
+    canary: dict[str, Any] = field(default_factory=dict)  # of the last release, if any
 
     @property
     def lbs(self) -> list[SimHost]:
@@ -125,7 +128,11 @@ class Fleet:
             for lb in self.lbs
         ]
         files = {
-            "inventory.yaml": {"kind": "Inventory", "hosts": inventory},
+            "inventory.yaml": {
+                "kind": "Inventory",
+                "hosts": inventory,
+                **({"environments": {self.env: self.coordination}} if self.coordination else {}),
+            },
             "loadbalancer.yaml": {
                 "kind": "LoadBalancer",
                 "name": "edge",
@@ -143,7 +150,15 @@ class Fleet:
                 "kind": "Service",
                 "name": "web",
                 "image": self.image,
-                "releases": [{"revision": r, "weight": w} for r, w in self.revisions],
+                "releases": [
+                    {
+                        "revision": r,
+                        "weight": w,
+                        **({"canary": self.canary} if self.canary and i == len(self.revisions) - 1
+                           else {}),
+                    }
+                    for i, (r, w) in enumerate(self.revisions)
+                ],
                 "replicas": 1,
                 "hosts": [h.name for h in self.apps],
                 "port": 8080,

@@ -54,6 +54,10 @@ BASE: dict[str, dict[str, Any]] = {
                  "known_hosts": "/home/ops/.ssh/known_hosts", "host_key_checking": "strict",
                  "docker_socket": "/run/docker.sock", "state_dir": "/srv/reconciler"}}},
         ],
+        "environments": {"production": {"mode": "etcd", "etcd": {
+            "endpoints": ["https://10.0.0.1:2379", "https://etcd2.example:2379"],
+            "ca": "/etc/reconciler/etcd/ca.crt", "cert": "/etc/reconciler/etcd/client.crt",
+            "key": "~/etcd/client.key", "lease_ttl": 5}}},
     },
     "loadbalancer.yaml": {
         "apiVersion": "reconciler/v1",

@@ -1,12 +1,15 @@
 """Simulated hosts on this machine: a network namespace, a dockerd and an sshd each.
 
 ``start_hosts(n)`` gives ``n`` hosts ``h1..hn`` that look like separate machines on one
-LAN: each has its own network namespace with its own IPv4 address (10.213.0.11,
-10.213.0.12, ...), its own Docker engine (data root, exec root, unix socket) and its
+LAN: each has its own network namespace with its own IPv4 address (10.213.K.11,
+10.213.K.12, ...), its own Docker engine (data root, exec root, unix socket) and its
 own sshd on port 22 that lets root in with one client key. The namespaces hang off a
-bridge in the root namespace (10.213.0.1, ``SimHosts.gateway``), so they reach the root
-namespace and each other; ``start_registry`` adds a Docker registry on the gateway that
-every simulated engine trusts (``--insecure-registry``).
+bridge in the root namespace (10.213.K.1, ``SimHosts.gateway``), so they reach the root
+namespace and each other. Each run claims a /24 of its own (K: 0 for the default prefix
+"rt", another stable one per prefix, the next free one when taken), so runs with
+different prefixes (several test sessions) work side by side. ``start_registry`` adds a
+Docker registry on the gateway that every simulated engine trusts
+(``--insecure-registry``).
 
 Only the network differs: every host shares this machine's filesystem and binaries
 (haproxy, docker CLI, busybox...). Everything a run creates lives under
@@ -30,6 +33,7 @@ engine starts its own containerd under its exec root.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shlex
@@ -40,6 +44,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,18 +53,20 @@ from typing import Any
 import docker
 
 BASE = Path("/run/rt-sim")
-NETWORK = "10.213.0"          # one /24 for every run; hosts are .11, .12, ...; gateway .1
-GATEWAY = f"{NETWORK}.1"
+NETWORK = "10.213.{k}"        # a /24 per run (see _claim_network); hosts .11, .12...; gateway .1
+# The prefix start_hosts uses when none is given: RT_SIM_PREFIX lets two test sessions on
+# one machine use different ones and run side by side (one prefix: the later one waits).
+DEFAULT_PREFIX = os.environ.get("RT_SIM_PREFIX", "rt")
 BIP = "172.29.{n}.1/24"      # docker0 of host N inside its namespace (main docker0: 172.17/16)
 REGISTRY_PORT = 5000
 START_TIMEOUT = 60.0
 # How long start_hosts waits for a run of another live process to close the same prefix
-# (several test sessions on one machine share the one network of simulated hosts).
+# (two test sessions with one prefix: the later one waits; see DEFAULT_PREFIX).
 OWNER_WAIT = float(os.environ.get("RT_SIM_OWNER_WAIT", "900"))
 SSHD = "/usr/sbin/sshd"
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,5}")
-# Proxy settings would send the engines' and registry's requests to 10.213.0.1 elsewhere.
+# Proxy settings would send the engines' and registry's requests to the gateway elsewhere.
 _DROP_ENV = {"DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
              "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
              "no_proxy", "NO_PROXY"}
@@ -185,7 +192,7 @@ class SimHost:
     """One simulated machine: a network namespace with its own dockerd and sshd."""
 
     name: str            # "h1", "h2", ...
-    address: str         # 10.213.0.(10+N)
+    address: str         # 10.213.K.(10+N)
     netns: str           # "<prefix>-hN" (/run/netns/<netns>)
     docker_socket: str   # /run/rt-sim/<prefix>/hN/docker.sock
     data_root: str       # /run/rt-sim/<prefix>/hN/data
@@ -400,7 +407,7 @@ class SimHosts:
     prefix: str = "rt"
     base: Path = Path()  # /run/rt-sim/<prefix>
     bridge: str = ""
-    registry: str | None = None   # "10.213.0.1:5000" once start_registry ran
+    registry: str | None = None   # "10.213.K.1:5000" once start_registry ran
     run_id: str = ""     # also in <base>/run-id while this run owns the prefix
     _registry_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -659,20 +666,35 @@ Subsystem sftp internal-sftp
     )
 
 
-def _setup_network(prefix: str, bridge: str, comment: str, hosts: list[SimHost]) -> None:
-    holder = _sh("ip", "-o", "-4", "addr", "show", "to", f"{GATEWAY}/32", check=False).stdout
-    if holder.strip():
-        raise RuntimeError(
-            f"{GATEWAY} is already on an interface ({holder.split()[1]}): another run of "
-            "simulated hosts with a different prefix? Only one can use the network at a time"
-        )
-    _sh("ip", "link", "add", bridge, "type", "bridge")
-    _sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", bridge)
+def _claim_network(prefix: str, bridge: str) -> str:
+    """Create ``bridge`` with the gateway address of a /24 no interface has yet and
+    return that network ("10.213.K"). Under a lock: two runs starting at once must not
+    take the same one. K starts at 0 for "rt" (the first harness's only network), at a
+    value stable per other prefix, and moves to the next free one when taken."""
+    BASE.mkdir(parents=True, exist_ok=True)
+    with open(BASE / ".network.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        taken = _sh("ip", "-o", "-4", "addr", "show", check=False).stdout
+        first = 0 if prefix == "rt" else 1 + zlib.crc32(prefix.encode()) % 254
+        for k in (first + i for i in range(256)):
+            network = NETWORK.format(k=k % 256)
+            if f" {network}.1/" not in taken:
+                break
+        else:
+            raise RuntimeError("no free 10.213.K.0/24 for simulated hosts")
+        _sh("ip", "link", "add", bridge, "type", "bridge")
+        _sh("ip", "addr", "add", f"{network}.1/24", "dev", bridge)
+    return network
+
+
+def _setup_network(prefix: str, bridge: str, gateway: str, comment: str,
+                   hosts: list[SimHost]) -> None:
     _sh("ip", "link", "set", bridge, "up")
     # Namespace-to-namespace traffic is bridged; with br_netfilter it passes the root
     # namespace's FORWARD chain, whose policy the main dockerd sets to DROP.
     chain, *rule = _forward_rule(bridge, comment)
     _sh("iptables", "-I", chain, "1", *rule)
+
     def batch(lines: list[str], *opts: str) -> None:
         cp = subprocess.run(["ip", *opts, "-batch", "-"], input="\n".join(lines) + "\n",
                             text=True, capture_output=True, check=False, timeout=60)
@@ -696,11 +718,11 @@ def _setup_network(prefix: str, bridge: str, comment: str, hosts: list[SimHost])
             f"addr add {h.address}/24 dev eth0",
             "link set eth0 up",
             "link set lo up",
-            f"route add default via {GATEWAY}",
+            f"route add default via {gateway}",
         ], "-n", h.netns)
 
 
-def start_hosts(count: int, *, prefix: str = "rt") -> SimHosts:
+def start_hosts(count: int, *, prefix: str = DEFAULT_PREFIX) -> SimHosts:
     """Create ``count`` simulated hosts h1..h<count> and wait until each one's dockerd
     and sshd answer. First removes what an earlier run with ``prefix`` left behind.
 
@@ -725,19 +747,25 @@ def start_hosts(count: int, *, prefix: str = "rt") -> SimHosts:
     (base / "owner").write_text(_owner_id(os.getpid()) + "\n")
     base.chmod(0o700)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    try:
+        network = _claim_network(prefix, bridge)
+    except BaseException:
+        _cleanup(prefix, bridge)
+        raise
+    gateway = f"{network}.1"
 
-    registry = f"{GATEWAY}:{REGISTRY_PORT}"
+    registry = f"{gateway}:{REGISTRY_PORT}"
     hosts: list[SimHost] = []
     for n in range(1, count + 1):
         d = base / f"h{n}"
         hosts.append(SimHost(
-            name=f"h{n}", address=f"{NETWORK}.{10 + n}", netns=f"{prefix}-h{n}",
+            name=f"h{n}", address=f"{network}.{10 + n}", netns=f"{prefix}-h{n}",
             docker_socket=str(d / "docker.sock"), data_root=str(d / "data"), index=n,
             dir=d, exec_root=str(d / "x"), cgroup_parent=f"/{stem}{n}",
             bip=BIP.format(n=n), registry=registry,
         ))
     sim = SimHosts(hosts=hosts, key=base / "id_ed25519", known_hosts=base / "known_hosts",
-                   gateway=GATEWAY, prefix=prefix, base=base, bridge=bridge,
+                   gateway=gateway, prefix=prefix, base=base, bridge=bridge,
                    run_id=uuid.uuid4().hex)
     (base / "run-id").write_text(sim.run_id + "\n")
     try:
@@ -765,7 +793,7 @@ def start_hosts(count: int, *, prefix: str = "rt") -> SimHosts:
             (h.dir / "daemon.json").write_text("{}\n")  # not /etc/docker/daemon.json
             _write_sshd_config(h, authorized)
 
-        _setup_network(prefix, bridge, comment, hosts)
+        _setup_network(prefix, bridge, gateway, comment, hosts)
 
         for h in hosts:
             h.spawn_docker()
@@ -784,7 +812,7 @@ def start_hosts(count: int, *, prefix: str = "rt") -> SimHosts:
 def start_registry(hosts: SimHosts, timeout: float = 30.0) -> str:
     """Start Debian's docker-registry on ``<gateway>:5000`` (storage under the run's
     directory; no auth, plain HTTP: every simulated dockerd has it as an insecure
-    registry) and wait until it answers. Returns ``"10.213.0.1:5000"``; close() stops it."""
+    registry) and wait until it answers. Returns ``"<gateway>:5000"``; close() stops it."""
     if hosts.registry is not None:
         return hosts.registry
     exe = shutil.which("docker-registry")

@@ -123,8 +123,8 @@ class HeyLoad:
         host = urllib.parse.urlsplit(url).hostname or ""
         # Load only ever goes to an HAProxy under test: on loopback, or on a simulated
         # host of hosts_support (a network namespace the tests made themselves).
-        if host != "127.0.0.1" and not host.startswith("10.213.0."):
-            raise ValueError(f"refusing to load {url}: only 127.0.0.1 and 10.213.0.x")
+        if host != "127.0.0.1" and not host.startswith("10.213."):
+            raise ValueError(f"refusing to load {url}: only 127.0.0.1 and 10.213.x.x")
         binary = shutil.which("hey")
         if binary is None:
             raise RuntimeError("hey is not installed (Debian package 'hey')")

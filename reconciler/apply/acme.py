@@ -49,6 +49,7 @@ def obtain(
     timeout: float = 90.0,
 ) -> Issued:
     """A certificate for ``domains`` (see the module's contract)."""
+    answers: list[str] = []  # key authorizations: a CA's error may quote them
     try:
         acme = _client(directory, email, account_key_pem)
         key_pem = new_key_pem()
@@ -63,6 +64,7 @@ def obtain(
                 )
                 response, validation = chall.response_and_validation(acme.net.key)
                 token = chall.chall.encode("token")
+                answers.append(validation)
                 publish(token, validation)
                 published.append(token)
                 acme.answer_challenge(chall, response)
@@ -76,9 +78,9 @@ def obtain(
     except StopIteration:
         raise AcmeError(f"ACME {directory}: the CA offers no HTTP-01 challenge") from None
     except (errors.Error, messages.Error, OSError, JoseError) as e:
-        raise AcmeError(f"ACME {directory}: {_describe(e)}") from None
+        raise AcmeError(_hide(f"ACME {directory}: {_describe(e)}", answers)) from None
     except Exception as e:  # requests' exceptions and others: a message, no traceback
-        raise AcmeError(f"ACME {directory}: {type(e).__name__}: {e}") from None
+        raise AcmeError(_hide(f"ACME {directory}: {type(e).__name__}: {e}", answers)) from None
     return Issued(chain_pem=order.fullchain_pem, key_pem=key_pem)
 
 
@@ -97,6 +99,14 @@ def _client(directory: str, email: str | None, account_key_pem: str) -> client.C
     except errors.ConflictError as e:  # the key has an account already: use it
         net.account = messages.RegistrationResource(uri=e.location, body=messages.Registration())
     return acme
+
+
+def _hide(message: str, answers: list[str]) -> str:
+    """``message`` without the key authorizations of ``answers`` (a CA quotes the one it
+    expected when the answer it fetched differs: "... did not match this challenge")."""
+    for answer in answers:
+        message = message.replace(answer, "<key authorization>")
+    return message
 
 
 def _describe(e: Exception) -> str:

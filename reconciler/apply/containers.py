@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from reconciler import polling
 from reconciler.desired.policy import SecretRules
 from reconciler.errors import ReconcilerError
 from reconciler.health import Gate, kind_of
@@ -255,6 +256,7 @@ def wait_healthy(
     last = "no health result yet"
     gate = kind_of(health).gate(health)
     container = _state(name, lambda: client.containers.get(name))
+    sleeps = polling.intervals()  # a container that is up at once passes at once
     while True:
         _state(name, container.reload)
         state = container.attrs["State"]
@@ -277,7 +279,7 @@ def wait_healthy(
         if time.monotonic() > deadline:
             last += f" (no success within {deadline_s:.0f}s)"
             break
-        time.sleep(0.1)
+        time.sleep(next(sleeps))
     hide = redactor or Redactor()
     hide.add_env(env_of(container.attrs.get("Config", {}).get("Env")), secret_names)
     raise ContainerError(
@@ -351,21 +353,16 @@ def health_deadline(health: HealthCheck, minimum: float) -> float:
 
 def stop_and_remove(client: docker.DockerClient, name: str, grace_s: int) -> bool:
     """Stop with the grace period and remove; volumes are kept. False if already gone.
-    Any other failure of the engine (refused, unreachable) raises ContainerError."""
+    Any other failure of the engine (refused, unreachable) raises ContainerError.
+
+    Two calls, no inspect first: stopping a container that is not running is a no-op
+    for the engine (and a crash-looping, "restarting" one must be stopped too, or
+    Docker refuses to remove it)."""
     import docker.errors
 
     try:
-        container = client.containers.get(name)
-    except docker.errors.NotFound:
-        return False
-    except (docker.errors.DockerException, OSError) as exc:
-        raise ContainerError(f"container {name}: {_docker_why(exc)}") from None
-    try:
-        # A crash-looping container ("restarting") must be stopped too: Docker refuses
-        # to remove it otherwise.
-        if container.status in ("running", "restarting"):
-            container.stop(timeout=grace_s)
-        container.remove(v=False)
+        client.api.stop(name, timeout=grace_s)
+        client.api.remove_container(name, v=False)
     except docker.errors.NotFound:
         return False
     except (docker.errors.DockerException, OSError) as exc:

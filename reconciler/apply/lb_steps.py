@@ -21,6 +21,7 @@ from pathlib import Path
 
 from reconciler import identity
 from reconciler.apply.results import Ledger, Status, StepSkipped
+from reconciler.errors import ReconcilerError
 from reconciler.lb.port import LBError, LoadBalancerPort, NoSuchServer, ServerEntry
 from reconciler.model import DesiredState, LoadBalancer, ObservedState
 from reconciler.plan.actions import (
@@ -79,6 +80,7 @@ class LBSteps:
         # server -> its (LB host, backend, server)s to delete once its container stopped
         self.deferred: dict[str, list[tuple[str, str, str]]] = {}
         self.checked: dict[str, tuple[str, Path]] = {}  # LB host -> (text, checked copy)
+        self.prechecking: set[str] = set()  # LB hosts whose next config is being checked
         self.statuses: dict[str, Counter[Status]] = {}  # LB host -> its steps' since config
 
     def count(self, action: Action, status: Status) -> None:
@@ -109,6 +111,7 @@ class LBSteps:
             return None
         lb = self.lbs[a.host]
         lb.add_server(self.services.get(a.service or ""), entry)
+        self._precheck(a.host, entry)  # while HAProxy runs its first check of it
         timeout = self._up_timeout([a.backend])
         if lb.wait_up([(a.backend, a.server)], timeout=timeout):
             lb.delete_server(a.backend, a.server, timeout=5)
@@ -292,7 +295,37 @@ class LBSteps:
         text = self._render(lb_host)  # PrivilegeError: the host lacks a user
         self._check_binds(lb_host)
         self._prepare_acme(lb_host)
-        self.checked[lb_host] = (text, self.lbs[lb_host].check(text))
+        with self.ledger.lock:  # replaces one checked before (``_precheck``)
+            _, earlier = self.checked.pop(lb_host, (None, None))
+            self.checked[lb_host] = (text, self.lbs[lb_host].check(text))
+        if earlier is not None:
+            self.lbs[lb_host].discard(earlier)
+
+    def _precheck(self, lb_host: str, entry: ServerEntry) -> None:
+        """Check, while HAProxy runs its first check of ``entry``, the config the next
+        config step of ``lb_host`` most likely installs (with ``entry``): that step then
+        needs no ``haproxy -c`` of its own (``_install`` checks a different text)."""
+        with self.ledger.lock:
+            if lb_host in self.checked or lb_host in self.prechecking:
+                return
+            self.prechecking.add(lb_host)
+            servers = dict(self.next_servers.get(lb_host, {}))
+        servers[(entry.backend, entry.name)] = entry
+        lb = self.lbs[lb_host]
+        try:
+            text = lb.config_text(self.desired, self._lbdef(lb_host), servers.values())
+            self._check_binds(lb_host)
+            self._prepare_acme(lb_host)
+            path = lb.check(text)
+            with self.ledger.lock:
+                keep = self.checked.setdefault(lb_host, (text, path))[1] == path
+            if not keep:  # verified meanwhile: that one counts
+                lb.discard(path)
+        except ReconcilerError:
+            return  # the config step checks again and says why
+        finally:
+            with self.ledger.lock:
+                self.prechecking.discard(lb_host)
 
     def discard_checked(self) -> None:
         """Forget the configs verified and never installed (the run stopped first)."""

@@ -30,6 +30,7 @@ class ApplyResult:
     failures: dict[str, str] = field(default_factory=dict)  # service (or "haproxy") -> why
     aborted: bool = False
     stopped: bool = False  # asked to stop (SIGTERM): the steps so far are a safe prefix
+    fenced: str | None = None  # why the guard stopped the run (no longer the leader); stopped too
     notes: list[str] = field(default_factory=list)  # e.g. why a rollout stopped early
     # what the world shows that the plan did not promise (reconciler.plan.verify), after the pass
     mismatches: list[str] = field(default_factory=list)

@@ -17,13 +17,21 @@ the health gate and failure isolation:
   (nothing installed, or the last good config restored); the next pass repairs the rest.
 - Asked to stop (``should_stop``), the run ends between two steps: every prefix of a plan
   leaves the load balancers on healthy containers only.
+- Before every step (and after every wait for health, which may be long, before what
+  follows it) the run calls ``guard``; when it raises ``FencedOut`` (etcd mode: this
+  replica is no longer the confirmed leader) the run ends there as stopped, with
+  ``fenced`` saying why, and takes no further step on any host: steps already running
+  on other hosts finish, none starts, and a step whose health wait outlived the
+  leadership is not recorded and changes nothing.
 
 Every step is safe to re-run after a crash at any point: names are deterministic and
 each action is checked against what exists.
 
-Container steps run in parallel across hosts (at most ``concurrency`` hosts at a time,
-in plan order within a host), and so do the drains and removals of servers; everything
-else runs in plan order. Before the first of a run of config steps, the config of every
+Container starts and removals run side by side, each container on its own (at most
+``concurrency`` at a time over all hosts: a service's replicas start together, not one
+after the other), and so do the drains and removals of servers; other container steps
+run in parallel across hosts, in plan order within a host; everything else runs in plan
+order. Before the first of a run of config steps, the config of every
 LB host in that run is checked on its host: either every LB can take its new config, or
 none is touched.
 """
@@ -41,7 +49,7 @@ from reconciler.apply.container_steps import ContainerSteps
 from reconciler.apply.engines import Engines
 from reconciler.apply.lb_steps import LBSteps
 from reconciler.apply.results import ApplyResult, Ledger, Status, StepResult, StepSkipped
-from reconciler.errors import ReconcilerError
+from reconciler.errors import FencedOut, ReconcilerError
 from reconciler.lb.port import LoadBalancerPort
 from reconciler.model import DesiredState, ObservedState
 from reconciler.plan.actions import (
@@ -71,6 +79,8 @@ _PARALLEL = (
 )
 # LB steps whose servers are independent of each other: run side by side per server.
 _PER_SERVER = (AddServer, RepointServer, DrainServer, RemoveServer)
+# Container steps whose containers are independent of each other: side by side too.
+_PER_CONTAINER = (StartContainer, RemoveContainer)
 
 A = TypeVar("A", bound=Action)
 Handler = Callable[[Action], str | None]
@@ -104,16 +114,16 @@ class Executor:
         health_min_s: float = 30.0,
         should_stop: Callable[[], bool] = lambda: False,
         concurrency: int = 8,
+        guard: Callable[[], None] = lambda: None,
     ) -> None:
         self.on_step = on_step or (lambda _: None)
         self.should_stop = should_stop
+        self.guard = guard
         self.concurrency = max(1, concurrency)
         self.ledger = Ledger()
         self.result = self.ledger.result
         self.container_steps = ContainerSteps(desired, observed, engines, self.ledger, health_min_s)
-        self.lb_steps = LBSteps(
-            desired, observed, lbs, self.ledger, self.container_steps.gated_address, health_min_s
-        )
+        self.lb_steps = LBSteps(desired, observed, lbs, self.ledger, self._gated, health_min_s)
         self.registry: dict[type[Action], Handler] = dict(
             [
                 handler(StartContainer, self.container_steps.start),
@@ -129,6 +139,13 @@ class Executor:
             ]
         )
 
+    def _gated(self, a: AddServer | RepointServer) -> tuple[str, int]:
+        """Where the server's container answers once healthy; the wait for its health
+        can be long, so the guard is asked again before the server is touched."""
+        where = self.container_steps.gated_address(a)
+        self.guard()
+        return where
+
     def _remove_container(self, a: RemoveContainer) -> str | None:
         waited = self.lb_steps.wait_old_sessions(a)  # sessions of an earlier config's processes
         removed = self.container_steps.remove(a)
@@ -139,11 +156,14 @@ class Executor:
 
     def run(self, plan: Plan) -> ApplyResult:
         actions = list(enumerate(plan.actions, 1))
+        for host in dict.fromkeys(a.host for a in plan.actions if isinstance(a, ConfigureLB)):
+            self.lb_steps.lbs[host].prepare()  # what its config needs, found meanwhile
         i = 0
         try:
             while i < len(actions):
                 step, action = actions[i]
                 if not isinstance(action, StartContainer):
+                    self.guard()
                     self._gate()
                 if self.should_stop():
                     # Every prefix of a plan leaves HAProxy on healthy containers only
@@ -159,9 +179,14 @@ class Executor:
                     self._verify_all(actions[i:j])
                 self._emit(self._step(step, action))
                 i += 1
+            self.guard()
             self._gate()
         except _Abort:
             self.result.aborted = True
+        except FencedOut as exc:
+            self.result.stopped = True
+            self.result.fenced = str(exc)
+            self.result.notes.append(f"fenced out: {exc}")
         finally:
             self.lb_steps.discard_checked()
         return self.result
@@ -183,10 +208,21 @@ class Executor:
             key = action.host
             if isinstance(action, _PER_SERVER):
                 key += "/" + action.server
+            elif isinstance(action, _PER_CONTAINER):
+                key += "/" + action.name
             by_host[key].append((step, action))
 
+        fenced: list[FencedOut] = []
+
         def run_host(items: list[tuple[int, Action]]) -> list[StepResult]:
-            return [self._step(step, action) for step, action in items]
+            done = []
+            for step, action in items:
+                try:
+                    done.append(self._step(step, action))
+                except FencedOut as exc:
+                    fenced.append(exc)
+                    break
+            return done
 
         if len(by_host) == 1:
             results = run_host(batch)
@@ -195,8 +231,11 @@ class Executor:
                 results = [r for rs in pool.map(run_host, by_host.values()) for r in rs]
         for res in sorted(results, key=lambda r: r.step):
             self._emit(res)
+        if fenced:
+            raise fenced[0]
 
     def _step(self, step: int, action: Action) -> StepResult:
+        self.guard()  # FencedOut: not even a skipped step is recorded
         t0 = time.monotonic()
         status: Status = "ok"
         detail = ""
@@ -208,6 +247,8 @@ class Executor:
         else:
             try:
                 detail = self._dispatch(action) or ""
+            except FencedOut:
+                raise  # not a failure of the service: nothing may be undone now
             except StepSkipped as exc:
                 status, detail = "skipped", str(exc)
             except ReconcilerError as exc:  # ContainerError, LBError, ObserveError
@@ -241,6 +282,7 @@ class Executor:
         """The health gate of the containers started since the last one: a service with
         one that is not healthy fails as a whole."""
         for service, why in self.container_steps.gate():
+            self.guard()  # the wait may have outlived the leadership: then undo nothing
             with self.ledger.lock:
                 if self.ledger.fail(service, why):
                     self._undo(service)

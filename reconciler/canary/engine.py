@@ -28,6 +28,7 @@ from reconciler import identity
 from reconciler.canary.decision import Analysis, Counts, Progress, Step
 from reconciler.canary.latency import LatencySettings
 from reconciler.canary.measure import Meter
+from reconciler.canary.pair import canary_pair
 from reconciler.canary.sides import Look, add_to_summary, split, summarize
 from reconciler.lb.haproxy.requestlog import LogCursor, Request, parse_events, percentile
 from reconciler.model import DesiredState, ObservedState, Release, Service
@@ -35,15 +36,6 @@ from reconciler.records.actions import ActionTable
 
 MAX_TIMES = 5000  # response times kept per revision for the percentiles
 MAX_LOOKS = 720  # looks kept for the evidence over time (2 h at one a 10 s)
-
-
-def canary_pair(svc: Service) -> tuple[Release, Release] | None:
-    """(baseline, canary) of a service with a canary release; None otherwise."""
-    canaries = [r for r in svc.releases if r.canary]
-    others = [r for r in svc.releases if not r.canary]
-    if len(canaries) != 1 or len(others) != 1:
-        return None
-    return others[0], canaries[0]
 
 
 def _key(env: str, svc: Service, baseline: Release, canary: Release) -> str:

@@ -1,5 +1,6 @@
 """Command line: ``reconcile [--dry-run]``, ``plan``, ``apply``, ``status``, ``history``,
-``retry``, ``promote``, ``abort``, ``haproxy``, ``validate``, ``diff``, ``watch``, ``ui``.
+``retry``, ``promote``, ``abort``, ``haproxy``, ``validate``, ``diff``, ``watch``, ``ui``,
+``agent``.
 
 Exit codes: 0 success and nothing to change; 2 changes pending (plan / --dry-run); 1 any
 error (bad manifests, unreachable host, unknown commit). Heavy libraries (docker, git,
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import click
 
 from reconciler import __version__
-from reconciler.cli import canary, haproxy, inspect, plan_apply, ui, validate_diff, watch
+from reconciler.cli import agent, canary, haproxy, inspect, plan_apply, ui, validate_diff, watch
 from reconciler.cli.options import (
     Source,
     apply_options,
@@ -114,5 +115,6 @@ for _command in (
     validate_diff.diff,
     watch.watch,
     ui.ui,
+    agent.agent,
 ):
     main.add_command(_command)

@@ -35,28 +35,59 @@ class Loaded:
         return f"commit {s.short}" + (f" ({s.summary})" if s.summary else "")
 
 
-def load_source(src: Source) -> Loaded:
-    """The manifests of the commit ``src`` names; a note on stderr when a local work
-    tree has changes that are not read (only commits are)."""
-    from reconciler.desired.manifests import load_manifests
-    from reconciler.desired.source import (
-        RepoSpec,
-        open_repo,
-        read_commit,
-        resolve_rev,
-        worktree_changes,
-    )
+Commit = tuple["Path", str, "Snapshot"]  # (mirror's git folder, manifests root, snapshot)
+
+
+def read_source(src: Source) -> Commit:
+    """Fetch the repository ``src`` names into its mirror and read the commit."""
+    from reconciler.desired.source import RepoSpec, read_commit, resolve_rev, sync_repo
 
     spec = RepoSpec(location=src.repo, branch=src.branch, subdir=src.subdir)
-    git_repo, root = open_repo(spec)
-    snapshot = read_commit(git_repo, root, resolve_rev(spec, src.rev))
+    git_dir, root = sync_repo(spec)
+    return git_dir, root, read_commit(git_dir, root, resolve_rev(spec, src.rev))
+
+
+def read_source_meanwhile(src: Source) -> Callable[[], Commit]:
+    """``read_source`` started in a thread: git fetches and reads (other processes, so
+    the GIL is free) while the caller imports what its pass needs. The returned call
+    waits for it and raises what it raised. Nothing is imported in the thread: what it
+    runs is imported here first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import reconciler.desired.mirror
+    import reconciler.desired.source  # noqa: F401 - both before the thread (see above)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-source")
+    future = pool.submit(read_source, src)
+    pool.shutdown(wait=False)
+    return future.result
+
+
+def load_source(
+    src: Source, state_dir: Path | None = None, read: Callable[[], Commit] | None = None
+) -> Loaded:
+    """The manifests of the commit ``src`` names (read by ``read``, default
+    ``read_source``); a note on stderr when a local work tree has changes that are not
+    read (only commits are). With ``state_dir``, files that passed the schema check in
+    an earlier pass are not checked again (its ``schema-memo``:
+    ``reconciler.desired.schemamemo``)."""
+    from reconciler.desired.manifests import load_manifests
+    from reconciler.desired.schemamemo import SchemaMemo
+    from reconciler.desired.source import RepoSpec, worktree_changes
+
+    spec = RepoSpec(location=src.repo, branch=src.branch, subdir=src.subdir)
+    git_dir, _, snapshot = read() if read is not None else read_source(src)
     if src.rev is None and src.branch is None and worktree_changes(spec, snapshot):
         click.echo(
             f"note: uncommitted changes under {src.repo} are ignored; reading "
             f"commit {snapshot.short}",
             err=True,
         )
-    return Loaded(snapshot, load_manifests(snapshot.files), spec, Path(git_repo.git_dir))
+    memo = SchemaMemo.in_state_dir(state_dir) if state_dir is not None else None
+    manifests = load_manifests(snapshot.files, memo)
+    if memo is not None:
+        memo.save()
+    return Loaded(snapshot, manifests, spec, git_dir)
 
 
 def pick_environment(manifests: Manifests, environment: str | None) -> str:
@@ -71,17 +102,22 @@ def pick_environment(manifests: Manifests, environment: str | None) -> str:
 
 
 def load_desired(
-    src: Source, state_dir: Path, instance: str | None, create: bool = False
+    src: Source,
+    state_dir: Path,
+    instance: str | None,
+    create: bool = False,
+    read: Callable[[], Commit] | None = None,
 ) -> tuple[Loaded, DesiredState]:
     """The commit's desired state of the chosen environment, for the instance of
-    ``state_dir`` (stored there first when ``create``: commands that change things)."""
+    ``state_dir`` (stored there first when ``create``: commands that change things).
+    ``read``: see ``load_source``."""
     from dataclasses import replace
 
     from reconciler import instance as inst
     from reconciler.desired.manifests import resolve
 
     policy = src.load_policy(state_dir)
-    loaded = load_source(src)
+    loaded = load_source(src, state_dir, read)
     env = pick_environment(loaded.manifests, src.environment)
     desired = resolve(loaded.manifests, env, loaded.snapshot.commit, policy)
     return loaded, replace(desired, instance=inst.resolve(state_dir, instance, create))

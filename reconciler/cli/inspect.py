@@ -19,6 +19,8 @@ from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.lb.haproxy.paths import HAProxyPaths
+    from reconciler.model import DesiredState
+    from reconciler.present.cluster import ClusterView
 
 
 @click.command()
@@ -42,6 +44,7 @@ def status(
             runs = store.runs(desired.environment, limit=1)
             canaries = session.canaries(desired.environment)
             size = store.size()
+        cluster = _cluster_view(desired)
     except ReconcilerError as exc:
         fail(exc)
     render = status_json if output == "json" else status_text
@@ -55,9 +58,25 @@ def status(
             loaded.label,
             canaries,
             size,
+            cluster,
         ),
         nl=False,
     )
+
+
+def _cluster_view(desired: DesiredState) -> ClusterView | None:
+    """etcd mode: the leading replica as etcd says now (an error if it cannot be read)."""
+    from reconciler.cluster.leader import read_leader
+    from reconciler.present.cluster import ClusterView
+
+    settings = desired.coordination.etcd
+    if desired.coordination.mode != "etcd" or settings is None:
+        return None
+    try:
+        leader = read_leader(settings, desired.instance.name, desired.environment)
+        return ClusterView("etcd", leader)
+    except ReconcilerError as exc:
+        return ClusterView("etcd", error=str(exc))
 
 
 @click.command()

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from reconciler.cli.common import EXIT_CHANGES, Loaded, fail, load_desired
+from reconciler.cli.common import (
+    EXIT_CHANGES,
+    Loaded,
+    fail,
+    load_desired,
+    read_source_meanwhile,
+)
 from reconciler.cli.options import (
     Source,
     apply_options,
@@ -110,15 +116,21 @@ def run_apply(
     """Apply: exit 0 when every step succeeded (or nothing was to do), 1 otherwise.
     The history is pruned to ``retention`` (default: ``Retention()``) after the pass.
     A commit that does not descend from the environment's last applied commit is
-    refused (exit 1, nothing changed) unless ``allow_rollback`` (``reconciler.desired.lineage``)."""
+    refused (exit 1, nothing changed) unless ``allow_rollback`` (``reconciler.desired.lineage``).
+    In etcd mode the pass is the leader's (``reconciler.cluster.once``): it waits up to
+    ``lock_timeout`` to lead, and a pass whose fence stopped it exits 1."""
     try:
+        read = read_source_meanwhile(src)  # git runs while the pass's modules load
+        from reconciler.cluster.once import leadership
         from reconciler.session import DEFAULT_RETENTION, Session, target_lock
 
-        loaded, desired = load_desired(src, state_dir, instance, create=True)
+        loaded, desired = load_desired(src, state_dir, instance, create=True, read=read)
         on_plan, on_step = _progress(loaded, output == "text")
         policy = src.load_policy(state_dir)
+        coord, name, env = desired.coordination, desired.instance.name, desired.environment
         with (
             target_lock(state_dir, desired.environment, lock_timeout),
+            leadership(coord, name, env, lock_timeout) as guard,
             Session(state_dir, external=external, policy=policy) as session,
         ):
             check_forward(loaded, desired.environment, session, allow_rollback)
@@ -129,11 +141,12 @@ def run_apply(
                 on_step=on_step,
                 health_min_s=health_timeout,
                 retention=retention or DEFAULT_RETENTION,
+                guard=guard,
             )
     except ReconcilerError as exc:
         fail(exc)
     _report(output, desired, done)
-    sys.exit(0 if done.result.ok else 1)
+    sys.exit(0 if done.result.ok and not done.result.fenced else 1)
 
 
 def _progress(

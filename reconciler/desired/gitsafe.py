@@ -93,6 +93,21 @@ def run_git(
     )
 
 
+def run_git_bytes(
+    args: Sequence[str], *, cwd: Path, stdin: bytes = b"", timeout: float = 300.0
+) -> subprocess.CompletedProcess[bytes]:
+    """``run_git`` with bytes in (``stdin``) and out (file contents are not text)."""
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env=git_env(),
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def last_line(proc: subprocess.CompletedProcess[str]) -> str:
     """git's complaint for a message: its first ``fatal:``/``error:`` line (the lines
     after it are advice), else its last line."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.desired import trust
 from reconciler.desired.checks import add_unique, check_repository
+from reconciler.desired.coordination import check_modes, coordination, index_modes
 from reconciler.desired.loadbalancer import check_lb_hosts_and_ports, loadbalancer
 from reconciler.desired.loader import MAX_FILE_BYTES, At, Document, load_yaml
 from reconciler.desired.schema import check_document
@@ -28,6 +29,7 @@ from reconciler.model import DesiredState, Host, Rollout, Service, SshConnection
 
 if TYPE_CHECKING:
     from reconciler.desired.policy import Policy
+    from reconciler.desired.schemamemo import SchemaMemo
 
 DEFAULT_ENVIRONMENT = "default"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -41,6 +43,7 @@ class Manifests:
     loadbalancers: dict[str, Document] = field(default_factory=dict)
     environments: dict[str, Document] = field(default_factory=dict)
     hosts: dict[str, At] = field(default_factory=dict)
+    modes: dict[str, At] = field(default_factory=dict)  # environment -> its mode (Inventory)
     # (kind, name) of documents that failed their schema: references to them are not
     # reported again as unknown (one mistake, one error).
     broken: set[tuple[str, str]] = field(default_factory=set)
@@ -74,8 +77,12 @@ class Manifests:
 # --------------------------------------------------------------------------- loading
 
 
-def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
-    """Parse, schema-check and semantically check every file; raise with all problems."""
+def load_manifests(
+    files: Iterable[tuple[str, bytes]], memo: SchemaMemo | None = None
+) -> Manifests:
+    """Parse, schema-check and semantically check every file; raise with all problems.
+    A file ``memo`` says passed the schema check before is not checked again; the files
+    that pass now are noted in it (the caller saves it)."""
     problems: list[Problem] = []
     docs: list[Document] = []
     broken: set[tuple[str, str]] = set()
@@ -103,17 +110,23 @@ def load_manifests(files: Iterable[tuple[str, bytes]]) -> Manifests:
         problems += found
         if found:
             unparsed.append(name)
+        known = memo is not None and not found and memo.passed(raw)
+        passed = not found
         for doc in parsed:
-            schema_problems = check_document(doc)
+            schema_problems = [] if known else check_document(doc)
             problems += schema_problems
             if not schema_problems:
                 docs.append(doc)
             else:
+                passed = False
                 broken |= _declared_names(doc)
+        if memo is not None and passed and not known:
+            memo.remember([raw])
     m = _index(docs, problems)
     m.broken = broken
     m.unparsed = unparsed
     problems += check_repository(m)
+    problems += check_modes(m)
     for env in m.environment_names():
         _resolve(m, env, "", problems)
     if problems:
@@ -146,6 +159,7 @@ def _index(docs: list[Document], problems: list[Problem]) -> Manifests:
             for i, host in enumerate(doc.data["hosts"]):
                 at = At(doc, ("hosts", i))
                 add_unique(m.hosts, host["name"], at, "host", problems)
+            index_modes(doc, m.modes, problems)
             continue
         name = doc.data["name"]
         table = tables[kind]
@@ -235,6 +249,7 @@ def _resolve(
         services=tuple(services.values()),
         loadbalancers=tuple(lb for lb, _ in lbs),
         rollout=_rollout(env_data.get("rollout", {})),
+        coordination=coordination(m, env_name),
     )
 
 

@@ -88,13 +88,20 @@ def sync(origin: str, path: Path, *, fetch: bool, safe: Sequence[str] = ()) -> N
 
 
 def _fetch(origin: str, path: Path, env: dict[str, str] | None) -> None:
-    proc = run_git(["fetch", "--quiet", "--prune", "origin", *REFSPECS], cwd=path, env=env)
-    if proc.returncode != 0:
-        raise SourceError(f"cannot fetch {origin}: {last_line(proc)}")
     # The source's HEAD (a work tree's checked-out branch or detached commit) is what
-    # "HEAD" means to the user. A source whose HEAD is unborn (a bare repository whose
-    # HEAD names a branch never pushed) leaves the mirror's HEAD unborn too.
-    head = run_git(["fetch", "--quiet", "origin", f"+HEAD:{SOURCE_HEAD}"], cwd=path, env=env)
+    # "HEAD" means to the user: fetched with the branches, in one fetch (one upload-pack).
+    # A source whose HEAD is unborn (a bare repository whose HEAD names a branch never
+    # pushed) fails that fetch: its refs are fetched alone, and the mirror's HEAD is left
+    # unborn too.
+    head = run_git(
+        ["fetch", "--quiet", "--prune", "origin", *REFSPECS, f"+HEAD:{SOURCE_HEAD}"],
+        cwd=path,
+        env=env,
+    )
+    if head.returncode != 0:
+        proc = run_git(["fetch", "--quiet", "--prune", "origin", *REFSPECS], cwd=path, env=env)
+        if proc.returncode != 0:
+            raise SourceError(f"cannot fetch {origin}: {last_line(proc)}")
     if head.returncode == 0:
         moved = run_git(["update-ref", "--no-deref", "HEAD", SOURCE_HEAD], cwd=path)
     else:

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.desired import gitsafe
@@ -108,17 +108,10 @@ def mirror_path(key: str) -> Path:
     return cache_root() / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
-    """The reconciler's mirror of ``spec``'s repository and the manifests root in it.
-
-    Both a URL and a local path are read through a mirror under the cache folder
-    (``reconciler.desired.mirror``), cloned on first use and fetched when ``fetch`` is true; git
-    never runs in a local source except as upload-pack. Every git command run on the
-    returned repository gets ``reconciler.desired.gitsafe``'s forced settings. Raises
-    SourceError with the location when it is not a readable repository.
-    """
-    import git  # slow to import: only when a repository is read
-
+def sync_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[Path, str]:
+    """The reconciler's mirror of ``spec``'s repository (its git folder) and the
+    manifests root in it, as ``open_repo`` gives them, without loading GitPython (slow
+    to import; ``read_commit`` needs only the folder)."""
     from reconciler.desired import mirror
 
     safe: tuple[str, ...] = ()
@@ -132,6 +125,21 @@ def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
         safe = tuple(str(p) for p in (local.git_dir, local.top) if p is not None)
         path = mirror_path(f"local:{local.git_dir}")
     mirror.sync(origin, path, fetch=fetch, safe=safe)
+    return path, subdir
+
+
+def open_repo(spec: RepoSpec, *, fetch: bool = True) -> tuple[git.Repo, str]:
+    """The reconciler's mirror of ``spec``'s repository and the manifests root in it.
+
+    Both a URL and a local path are read through a mirror under the cache folder
+    (``reconciler.desired.mirror``), cloned on first use and fetched when ``fetch`` is true; git
+    never runs in a local source except as upload-pack. Every git command run on the
+    returned repository gets ``reconciler.desired.gitsafe``'s forced settings. Raises
+    SourceError with the location when it is not a readable repository.
+    """
+    import git  # slow to import: only when a repository is read
+
+    path, subdir = sync_repo(spec, fetch=fetch)
     try:
         repo = git.Repo(path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -149,30 +157,75 @@ def resolve_rev(spec: RepoSpec, rev: str | None) -> str:
     return chosen
 
 
-def read_commit(repo: git.Repo, subdir: str, rev: str) -> Snapshot:
-    """The manifest files under ``subdir`` at ``rev``. Raises SourceError if absent."""
-    import git
+def read_commit(repo: git.Repo | Path, subdir: str, rev: str) -> Snapshot:
+    """The manifest files under ``subdir`` at ``rev`` of ``repo`` (a repository, or its
+    git folder). Raises SourceError if absent.
 
-    try:
-        commit = repo.commit(rev)
-    except (git.BadName, ValueError, git.GitCommandError) as exc:
-        raise SourceError(f"unknown revision {rev!r} in {repo.git_dir}") from exc
-    tree = commit.tree
-    if subdir:
-        try:
-            tree = tree / subdir
-        except KeyError as exc:
-            raise SourceError(
-                f"folder {subdir!r} does not exist at commit {commit.hexsha[:7]}"
-            ) from exc
-    blobs: dict[str, git.Blob] = {}
-    for item in tree.traverse():
-        if isinstance(item, git.Blob):
-            blobs[str(PurePosixPath(item.path).relative_to(subdir or "."))] = item
+    Read with git's plumbing (three processes, every one with ``gitsafe``'s settings):
+    ``cat-file`` for the commit, ``ls-tree`` for the files, ``cat-file --batch`` for
+    the manifests' contents. Symbolic links are read as git stores them (their target's
+    path); submodules are not files."""
+    git_dir = repo if isinstance(repo, Path) else Path(repo.git_dir)
+    commit, message = _read_commit_object(git_dir, rev)
+    listing = gitsafe.run_git_bytes(
+        ["ls-tree", "-r", "-z", f"{commit}:{subdir}" if subdir else commit], cwd=git_dir
+    )
+    if listing.returncode != 0:
+        raise SourceError(f"folder {subdir!r} does not exist at commit {commit[:7]}")
+    blobs: dict[str, str] = {}
+    for entry in listing.stdout.split(b"\0"):
+        meta, _, name = entry.partition(b"\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[1] == b"blob":
+            blobs[name.decode("utf-8", "surrogateescape")] = fields[2].decode()
     names = manifest_files(blobs)
-    files = tuple((n, blobs[n].data_stream.read()) for n in names)
-    message = commit.message if isinstance(commit.message, str) else commit.message.decode()
-    return Snapshot(commit=commit.hexsha, files=files, summary=message.strip().split("\n")[0])
+    contents = _read_blobs(git_dir, [blobs[n] for n in names])
+    return Snapshot(
+        commit=commit,
+        files=tuple(zip(names, contents, strict=True)),
+        summary=message.strip().split("\n")[0],
+    )
+
+
+def _read_commit_object(git_dir: Path, rev: str) -> tuple[str, str]:
+    """(full commit id, message) of ``rev``; SourceError when it names no commit."""
+    proc = gitsafe.run_git_bytes(
+        ["cat-file", "--batch"], cwd=git_dir, stdin=f"{rev}^{{commit}}\n".encode()
+    )
+    header, _, body = proc.stdout.partition(b"\n")
+    fields = header.split()
+    if proc.returncode != 0 or len(fields) != 3 or fields[1] != b"commit":
+        raise SourceError(f"unknown revision {rev!r} in {git_dir}")
+    raw = body[: int(fields[2])]
+    head, _, message = raw.partition(b"\n\n")
+    encoding = "utf-8"
+    for line in head.split(b"\n"):
+        if line.startswith(b"encoding "):
+            encoding = line.removeprefix(b"encoding ").decode("ascii", "replace").strip()
+    try:
+        text = message.decode(encoding, "replace")
+    except LookupError:  # an encoding Python does not know
+        text = message.decode("utf-8", "replace")
+    return fields[0].decode(), text
+
+
+def _read_blobs(git_dir: Path, ids: list[str]) -> list[bytes]:
+    """The contents of the blobs ``ids``, in order (one ``cat-file --batch``)."""
+    if not ids:
+        return []
+    proc = gitsafe.run_git_bytes(
+        ["cat-file", "--batch"], cwd=git_dir, stdin="".join(f"{i}\n" for i in ids).encode()
+    )
+    out, pos, found = proc.stdout, 0, []
+    for blob in ids:
+        end = out.find(b"\n", pos)
+        fields = out[pos:end].split() if end >= 0 else []
+        if proc.returncode != 0 or len(fields) != 3 or fields[1] != b"blob":
+            raise SourceError(f"cannot read blob {blob[:7]} in {git_dir}")
+        size = int(fields[2])
+        found.append(out[end + 1 : end + 1 + size])
+        pos = end + 1 + size + 1  # the content is followed by a newline
+    return found
 
 
 def worktree_changes(spec: RepoSpec, snapshot: Snapshot) -> bool:

@@ -70,6 +70,13 @@ class LoadBalancerPort(Protocol):
 
     # ---------------------------------------------------------------- config
 
+    def prepare(self) -> None:
+        """A config step will follow: start finding, in the background, what
+        ``config_text`` needs from the host (it waits for it then), so that the step
+        does not wait for the host's answer. Raises nothing; what fails surfaces from
+        ``config_text``."""
+        ...
+
     def config_text(
         self, desired: DesiredState, lb: LoadBalancer, servers: Iterable[ServerEntry]
     ) -> str:

@@ -62,8 +62,12 @@ def observe(
     read_lb = partial(_read_lb, desired, conns, state_dir, external)
     try:
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
-            hosts = [h for h in pool.map(read_app, apps) if h is not None]
-            lbs = list(pool.map(read_lb, lb_names))
+            # Both submitted before either is awaited: the LB hosts are read (and
+            # connected to) alongside the app hosts, not after the slowest of them.
+            app_reads = pool.map(read_app, apps)
+            lb_reads = pool.map(read_lb, lb_names)
+            hosts = [h for h in app_reads if h is not None]
+            lbs = list(lb_reads)
     finally:
         if own:
             conns.close()

@@ -112,6 +112,11 @@ class Metrics:
             registry=r,
         )
         self.source_up = Gauge("reconcile_source_up", "1 when the repository answers.", registry=r)
+        self.leading = Gauge(
+            "reconcile_leading",
+            "1 while this watcher may act on its environment (etcd mode: while it leads).",
+            registry=r,
+        )
         self.release_weight = Gauge(
             "reconcile_release_weight_percent",
             "Weight of each release as declared in git at the last loaded commit (a canary "

@@ -14,43 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import identity
-from reconciler.canary.engine import CanaryState, canary_pair
+from reconciler.canary.engine import CanaryState
+from reconciler.canary.pair import canary_pair
 from reconciler.model import DesiredState, ObservedState, ServerState, ServerStats, Service
 from reconciler.plan.verify import verify
+from reconciler.present.cluster import ClusterView, cluster_data, cluster_lines
+from reconciler.present.traffic import RevisionTraffic
 from reconciler.store import HistorySize, Run
-
-
-@dataclass
-class RevisionTraffic:
-    requests: int = 0
-    r2xx: int = 0
-    r4xx: int = 0
-    r5xx: int = 0
-    errors: int = 0  # eresp + econ: HAProxy's own failures towards the servers
-    _rtime_weighted: float = 0.0
-
-    def add(self, s: ServerStats) -> None:
-        n = s.hrsp_1xx + s.hrsp_2xx + s.hrsp_3xx + s.hrsp_4xx + s.hrsp_5xx + s.hrsp_other
-        self.requests += n
-        self.r2xx += s.hrsp_2xx
-        self.r4xx += s.hrsp_4xx
-        self.r5xx += s.hrsp_5xx
-        self.errors += s.eresp + s.econ
-        self._rtime_weighted += s.rtime_ms * n
-
-    @property
-    def avg_ms(self) -> float:
-        return self._rtime_weighted / self.requests if self.requests else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "2xx": self.r2xx,
-            "4xx": self.r4xx,
-            "5xx": self.r5xx,
-            "errors": self.errors,
-            "avg_response_ms": round(self.avg_ms, 1),
-        }
 
 
 def status_data(
@@ -271,8 +241,10 @@ def status_json(
     source: str,
     canaries: Mapping[str, CanaryState] | None = None,
     history: HistorySize | None = None,
+    cluster: ClusterView | None = None,
 ) -> str:
     data = status_data(desired, observed, last, held, source, canaries, history)
+    data["cluster"] = cluster_data(cluster)
     return json.dumps(data, indent=2) + "\n"
 
 
@@ -284,11 +256,13 @@ def status_text(
     source: str,
     canaries: Mapping[str, CanaryState] | None = None,
     history: HistorySize | None = None,
+    cluster: ClusterView | None = None,
 ) -> str:
-    """``status_data`` for people: the last run, the HAProxies and the outcome check,
-    then one block per service."""
+    """``status_data`` for people: the leader (etcd mode), the last run, the HAProxies
+    and the outcome check, then one block per service."""
     d = status_data(desired, observed, last, held, source, canaries, history)
     lines = [f"environment {d['environment']}; desired state at {d['desired']}"]
+    lines += cluster_lines(cluster)
     if last:
         in_sync = "" if last.commit == desired.commit else " (not the desired commit)"
         lines.append(

@@ -18,6 +18,7 @@ stream.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from operator import add, itemgetter
@@ -34,8 +35,25 @@ CACHE_LIMIT = 50_000  # distinct keys a cache holds before it starts again (path
 RECENT = 200_000  # ids remembered for dedupe: more than the ring (8 MiB) holds
 
 _LAST_MS = int(BOUNDS[-1])
+
+
+def bucket_table(last_ms: int) -> tuple[int, ...]:
+    """``bucket_of(ms)`` of every whole ``ms`` from 0 to ``last_ms``, built run by run
+    (bucket i holds the whole numbers in (BOUNDS[i-1], BOUNDS[i]]): a few ms, where
+    65,537 bisections took about 0.1 s of every process start."""
+    out = [0]  # 0 ms (and nothing below)
+    ms = 1
+    for i, bound in enumerate(BOUNDS):
+        hi = min(math.floor(bound), last_ms)
+        if hi >= ms:
+            out.extend([i] * (hi - ms + 1))
+            ms = hi + 1
+    out.extend([bucket_of(m) for m in range(ms, last_ms + 1)])  # past the last bound
+    return tuple(out)
+
+
 # The bucket of every whole number of ms up to the last bound (bucket_of, precomputed).
-_BUCKET: tuple[int, ...] = tuple(bucket_of(ms) for ms in range(_LAST_MS + 1))
+_BUCKET: tuple[int, ...] = bucket_table(_LAST_MS)
 _OVERFLOW = SIZE - 1
 # The columns counted per batch: all but the bytes and the id.
 _COUNTED = itemgetter(0, 1, 2, 3, 4, 6, 8, 9)

@@ -3,13 +3,26 @@ load balancers of a target, and the one place where observe -> plan happens."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from reconciler.agent.drive import container_part, silent_hosts, with_silent_notes
+from reconciler.agent.leaderpass import (
+    agents_pass,
+    drive_for,
+    observe_canaries,
+    observe_reports,
+    share_canaries,
+    shared_canaries,
+    uses_agents,
+)
 from reconciler.apply.passresult import PassResult
 from reconciler.apply.results import StepResult
-from reconciler.canary.engine import CanaryState, canary_pair, overlay
+from reconciler.canary.pair import canary_pair
+from reconciler.cluster.publish import Fence, NoFence
 from reconciler.desired.policy import Policy
 from reconciler.errors import ReconcilerError
 from reconciler.lb.haproxy.control import HAProxy
@@ -18,11 +31,14 @@ from reconciler.lb.port import LoadBalancerPort
 from reconciler.model import DesiredState, Host, ObservedState
 from reconciler.observe.live import lb_paths, observe
 from reconciler.plan.planner import Plan, plan
-from reconciler.records.collector import LBTarget
 from reconciler.redact import Redactor
 from reconciler.session.passrun import PassRun
 from reconciler.store import Retention, Store
 from reconciler.transport.pool import Connections
+
+if TYPE_CHECKING:  # imported where used: a pass without canaries or records needs neither
+    from reconciler.canary.engine import CanaryState
+    from reconciler.records.collector import LBTarget
 
 DEFAULT_RETENTION = Retention()
 
@@ -118,6 +134,8 @@ class Session:
     def lb_targets(self, desired: DesiredState, observed: ObservedState) -> dict[str, LBTarget]:
         """How the records collector reaches each LB host's request log (its stats
         socket on that host's connection, the worker the last look found)."""
+        from reconciler.records.collector import LBTarget
+
         conns = self.connections(desired)
         return {
             h: LBTarget(
@@ -175,15 +193,65 @@ class Session:
         """The stored state of every canary under analysis in ``environment``."""
         if self._store is None:
             return {}
-        return {
-            svc: CanaryState.from_json(t) for svc, t in self._store.canaries(environment).items()
-        }
+        stored = self._store.canaries(environment)
+        if not stored:
+            return {}
+        from reconciler.canary.engine import CanaryState
+
+        return {svc: CanaryState.from_json(t) for svc, t in stored.items()}
+
+    def has_canaries(self, desired: DesiredState) -> bool:
+        """Whether ``desired`` declares a canary or one is stored for its environment."""
+        return any(canary_pair(s) for s in desired.services) or bool(
+            self.canaries(desired.environment))
+
+    def judge_canaries(self, desired: DesiredState, observed: ObservedState,
+                       events: Mapping[str, str]) -> DesiredState:
+        """One look at every canary (``reconciler.canary.engine.evaluate``) from the LB
+        hosts' counters in ``observed`` and request logs in ``events`` (LB host -> ring
+        text; none: latency is not judged), stored; the desired state with the weights
+        that follow from it."""
+        from reconciler.canary.engine import evaluate, overlay  # only with canaries
+
+        env = desired.environment
+        before = self.canaries(env)
+        after = evaluate(desired, observed, before, time.time(), events)
+        for service in before.keys() - after.keys():
+            self.save_canary(env, service, None)
+        for service, state in after.items():
+            self.save_canary(env, service, state)
+        return overlay(desired, after)
+
+    def _judge_shared_canaries(self, desired: DesiredState,
+                               guard: Callable[[], None]) -> DesiredState:
+        """etcd mode with agents: the canaries' states come from etcd (where the leader
+        keeps them, so a replica that takes over goes on from them, a promoted canary
+        stays promoted), are judged from the LB agents' counters (errors, not latency:
+        the request log is not published) and written back, fenced."""
+        env, store = desired.environment, self.require_store()
+        drive = drive_for(desired, guard if isinstance(guard, Fence) else NoFence())
+        try:
+            shared = shared_canaries(drive)
+            for service in store.canaries(env).keys() - shared.keys():
+                store.save_canary(env, service, None)
+            for service, text in shared.items():
+                store.save_canary(env, service, text)
+            if not self.has_canaries(desired):
+                return desired
+            guard()
+            judged = self.judge_canaries(desired, observe_canaries(drive), {})
+            share_canaries(drive, store.canaries(env))
+            return judged
+        finally:
+            drive.client.close()
 
     def with_canaries(self, desired: DesiredState) -> DesiredState:
         """``desired`` with the weights of its canaries' current steps, as the last pass
         left them (for plans and drift checks, which judge nothing)."""
         if not any(canary_pair(s) for s in desired.services):
             return desired
+        from reconciler.canary.engine import overlay
+
         return overlay(desired, self.canaries(desired.environment))
 
     def last_commit(self, environment: str) -> str | None:
@@ -196,6 +264,8 @@ class Session:
         """Live state of every host ``desired`` touches and of the retired app hosts.
         Raises ObserveError naming a host that cannot be read (connections are then
         reopened by the next call)."""
+        if uses_agents(desired):
+            return observe_reports(desired)
         retired = self.retired(desired)
         try:
             return observe(
@@ -211,7 +281,11 @@ class Session:
         held = self.held(desired)
         view = self.with_canaries(desired)
         observed = self.observe(desired)
-        return Preview(view, observed, held, plan(view, observed, held))
+        if not uses_agents(desired):
+            return Preview(view, observed, held, plan(view, observed, held))
+        silent = silent_hosts(desired, observed)
+        planned = container_part(plan(view, observed, held, frozen=silent))
+        return Preview(view, observed, held, with_silent_notes(planned, silent))
 
     # ----------------------------------------------------------------- records
 
@@ -250,6 +324,7 @@ class Session:
         health_min_s: float = 30.0,
         should_stop: Callable[[], bool] = lambda: False,
         retention: Retention = DEFAULT_RETENTION,
+        guard: Callable[[], None] = lambda: None,
     ) -> PassResult:
         """Observe, plan and execute one pass for ``desired``; record it in the history.
 
@@ -263,15 +338,25 @@ class Session:
         (``Store.finish_idle``), and the history of the environment is pruned to
         ``retention`` at the end. Raises ReconcilerError when live state cannot be read.
 
+        ``guard`` is called before every effect on a host (image pulls, each step); when
+        it raises ``FencedOut`` (etcd mode: no longer the leader) the pass takes no further
+        step and ends as stopped (``result.fenced``), or, before its plan is recorded,
+        raises it.
+
         Secrets are read within the session's policy. Every secret value the pass reads
         or finds in a failing container's environment is replaced by ``******`` in
         everything it records (steps, failures, summary) and returns or reports
         (``on_step``, the result, a ReconcilerError it raises).
         """
+        if uses_agents(desired):
+            desired = self._judge_shared_canaries(desired, guard)
+            return agents_pass(self.require_store(), desired, source=source, on_plan=on_plan,
+                               on_step=on_step, health_min_s=health_min_s,
+                               retention=retention, guard=guard, held=self.held(desired))
         redactor = Redactor()
         self._fresh_local()
         try:
-            pass_ = PassRun(self, desired, redactor, health_min_s, should_stop)
+            pass_ = PassRun(self, desired, redactor, health_min_s, should_stop, guard)
             done = pass_.run(source, on_plan, on_step, retention)
             if not done.result.ok:
                 self.reset()  # a host may have gone away mid-pass: connect afresh next time

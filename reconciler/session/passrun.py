@@ -17,23 +17,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler import polling
 from reconciler.apply.engines import DockerEngines
 from reconciler.apply.images import ensure_image
 from reconciler.apply.passresult import PassResult
 from reconciler.apply.results import ApplyResult, StepResult
 from reconciler.apply.steps import Executor
-from reconciler.canary.engine import canary_pair, evaluate, overlay
 from reconciler.errors import ReconcilerError
 from reconciler.model import DesiredState, ObservedState
 from reconciler.observe.live import observe
 from reconciler.plan.actions import PullImage
+from reconciler.plan.batches import batches
 from reconciler.plan.planner import Plan, plan
 from reconciler.plan.pulls import plan_after_pulls
 from reconciler.plan.verify import Mismatch, verify
 from reconciler.present.output import plan_json
-from reconciler.records.aggregate import action_tables, origins
-from reconciler.records.oneshot import ingest_dump
-from reconciler.records.store import FILENAME, RecordsStore
 from reconciler.redact import Redactor
 from reconciler.store import Retention
 from reconciler.transport.pool import Connections
@@ -42,18 +40,6 @@ if TYPE_CHECKING:
     from reconciler.session.core import Session
 
 log = logging.getLogger("reconciler.records")
-
-
-def batches(desired: DesiredState, observed: ObservedState) -> list[list[str]]:
-    """App hosts in rollout batches: ``rollout.limit`` at a time in inventory order
-    (sorted names); hosts being retired come last, in a batch of their own."""
-    apps = sorted(desired.app_host_names)
-    limit = desired.rollout.limit or max(1, len(apps))
-    out = [apps[i : i + limit] for i in range(0, len(apps), limit)] or [[]]
-    retired = sorted({h.name for h in observed.hosts} - set(apps))
-    if retired:
-        out.append(retired)
-    return out
 
 
 def ensure_images(
@@ -88,8 +74,10 @@ class PassRun:
         redactor: Redactor,
         health_min_s: float,
         should_stop: Callable[[], bool],
+        guard: Callable[[], None] = lambda: None,
     ) -> None:
         self.s = session
+        self.guard = guard  # before every effect on a host (Session.apply)
         self.store = session.require_store()
         self.desired = desired
         self.redactor = redactor
@@ -167,20 +155,13 @@ class PassRun:
         return events
 
     def judge_canaries(self) -> DesiredState:
-        """One look at every canary (reconciler.canary.engine.evaluate), stored; the
-        desired state with the weights that follow from it."""
-        desired, env = self.desired, self.desired.environment
-        before = self.s.canaries(env)
-        canaries = bool(before) or any(canary_pair(s) for s in desired.services)
+        """One look at every canary (``Session.judge_canaries``) with the LB hosts'
+        request logs; the desired state with the weights that follow from it."""
+        canaries = self.s.has_canaries(self.desired)
         events = self.request_events(canaries)
         if not canaries:
-            return desired
-        after = evaluate(desired, self.observed, before, time.time(), events)
-        for service in before.keys() - after.keys():
-            self.s.save_canary(env, service, None)
-        for service, state in after.items():
-            self.s.save_canary(env, service, state)
-        return overlay(desired, after)
+            return self.desired
+        return self.s.judge_canaries(self.desired, self.observed, events)
 
     def first_plan(self) -> Plan:
         """The pass's plan, once the images it needs are on their hosts (container names
@@ -190,6 +171,7 @@ class PassRun:
         pulls = [a for a in current.actions if isinstance(a, PullImage)]
         if not pulls:
             return current
+        self.guard()
         failed = ensure_images(pulls, self.conns, self.desired.rollout.concurrency)
         self.observed = self.look()
         return self._without_pulls(failed)
@@ -229,6 +211,7 @@ class PassRun:
             health_min_s=self.health_min_s,
             should_stop=self.should_stop,
             concurrency=self.desired.rollout.concurrency,
+            guard=self.guard,
         )
         done = executor.run(step_plan)
         self.rolled |= set(group)
@@ -241,6 +224,8 @@ class PassRun:
             res.failures.setdefault(service, why)
         res.aborted |= done.aborted
         res.stopped |= done.stopped
+        res.fenced = res.fenced or done.fenced
+        res.notes += done.notes
         if done.failures:
             self.failed_hosts |= set(group)
         return done
@@ -326,6 +311,10 @@ def record_dumps(
     fails the pass."""
     if not events:
         return
+    from reconciler.records.aggregate import action_tables, origins
+    from reconciler.records.oneshot import ingest_dump
+    from reconciler.records.store import FILENAME, RecordsStore
+
     try:
         store = RecordsStore(state_dir / FILENAME)
     except ReconcilerError as exc:
@@ -358,14 +347,16 @@ def settled_outcome(
     frozen: Collection[str],
     settle_s: float,
 ) -> tuple[Mismatch, ...]:
-    """``verify`` the world as ``look`` reads it, again every half second for up to
-    ``settle_s`` while it differs; the last differences (none: the outcome holds)."""
+    """``verify`` the world as ``look`` reads it, again (0.05 s later, backing off to
+    every half second) for up to ``settle_s`` while it differs; the last differences
+    (none: the outcome holds)."""
     deadline = time.monotonic() + settle_s
+    sleeps = polling.intervals(first=0.05, cap=0.5)
     while True:
         found = verify(desired, look(), skip, frozen)
         if not found or time.monotonic() >= deadline:
             return found
-        time.sleep(0.5)
+        time.sleep(next(sleeps))
 
 
 def _pause(seconds: float, should_stop: Callable[[], bool]) -> bool:

@@ -53,6 +53,9 @@ def docker_over(opener: Any, where: str, timeout: int = 60) -> docker.DockerClie
     # The base URL is a placeholder: no request goes to it, the adapter replaces it.
     client = docker.DockerClient(base_url="unix:///nonexistent", version="1.24", timeout=timeout)
     client.api.mount("http+docker://", Adapter("http+unix:///nonexistent", timeout))
+    # No proxy or .netrc applies to a channel to the host's socket; requests would look
+    # both up in the environment and the home folder on every API call otherwise.
+    client.api.trust_env = False
     try:
         server = client.api.version(api_version=False)["ApiVersion"]
     except HostKeyRefused:

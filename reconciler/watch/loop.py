@@ -28,7 +28,7 @@ from reconciler.desired.lineage import RollbackRefused, check_forward
 from reconciler.desired.manifests import load_manifests, resolve
 from reconciler.desired.policy import Policy
 from reconciler.desired.source import RepoSpec, Snapshot, read_commit
-from reconciler.errors import ManifestError, ReconcilerError, SourceError
+from reconciler.errors import FencedOut, ManifestError, ReconcilerError, SourceError
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.model import DesiredState, Instance, ObservedState
 from reconciler.present.metrics import Metrics
@@ -38,6 +38,7 @@ from reconciler.records.store import FILENAME, RecordsRetention, RecordsStore
 from reconciler.session import PassResult, Session, target_lock
 from reconciler.store import Retention
 from reconciler.watch.backoff import backoff_delay
+from reconciler.watch.cluster import ClusterRole, Guard
 from reconciler.watch.report import report_pass, set_canaries, set_healthy, set_release_weights
 from reconciler.watch.source import BranchSource
 
@@ -91,6 +92,8 @@ class Watcher:
         # reference swap is atomic, and a PageView is never changed).
         self.view: PageView | None = None
         self.records: Records | None = None  # started by the first pass that observes
+        self.cluster = ClusterRole(self.wake.set)  # etcd mode: the election (watch.cluster)
+        self.metrics.leading.set_function(self.cluster.leading_now)
 
     @property
     def session(self) -> Session:
@@ -127,6 +130,7 @@ class Watcher:
                 watcher.stop()
             if self.records is not None:
                 self.records.stop()
+            self.cluster.stop()  # steps down: a standby takes over at once
             self.close()
 
     def follow_records(self, desired: DesiredState, observed: ObservedState) -> None:
@@ -159,7 +163,7 @@ class Watcher:
         self.state.seen_at = now
         moved = head != self.state.head
         every = min(self.cfg.drift_s, self.state.canary_s or self.cfg.drift_s)
-        if not moved and now - self.state.last_pass < every:
+        if not moved and now - self.state.last_pass < every and not self.cluster.took_over():
             return
         self.state.head = head
         kind = "commit" if moved else "drift"
@@ -176,6 +180,8 @@ class Watcher:
         try:
             self._pass(head, kind)
             self.state.failures_in_a_row = 0
+        except FencedOut as exc:
+            self.cluster.fenced_out(exc)
         except ReconcilerError as exc:
             self._transient("pass", exc)
             return
@@ -314,8 +320,11 @@ class Watcher:
         if self.cfg.detect_only:
             self.follow_records(desired, self._detect(desired, sha))
             return
-        done = self._apply(desired, sha, f"commit {snapshot.short}", previous)
-        if done is None:
+        guard = self.cluster.guard(desired, kind)
+        if guard is None:
+            return  # etcd mode, standing by: the leader passes
+        done = self._apply(desired, sha, f"commit {snapshot.short}", previous, guard)
+        if done is None or self.cluster.fenced(done):
             return
         self.state.canary_s = self._canary_interval(desired)
         report_pass(self.metrics, done, sha, kind)
@@ -351,7 +360,7 @@ class Watcher:
         return preview.observed
 
     def _apply(
-        self, desired: DesiredState, sha: str, label: str, previous: str | None
+        self, desired: DesiredState, sha: str, label: str, previous: str | None, guard: Guard
     ) -> PassResult | None:
         """One pass under the target's lock; None when ``sha`` turns out to be refused
         as a rollback there (it is rejected, and ``previous`` is the good commit again)."""
@@ -372,4 +381,5 @@ class Watcher:
                 health_min_s=self.cfg.health_min_s,
                 should_stop=self.stop.is_set,
                 retention=self.cfg.retention,
+                guard=guard,
             )

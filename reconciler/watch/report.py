@@ -6,7 +6,8 @@ import logging
 
 from reconciler import identity
 from reconciler.apply.passresult import PassResult
-from reconciler.canary.engine import CanaryState, canary_pair, effective_weights
+from reconciler.canary.engine import CanaryState, effective_weights
+from reconciler.canary.pair import canary_pair
 from reconciler.model import DesiredState, ObservedState
 from reconciler.present.metrics import Metrics
 

@@ -5,7 +5,6 @@ runtime API with 0 reloads; the real CLI, a real HAProxy."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import stat
 import subprocess
@@ -13,11 +12,8 @@ from collections.abc import Iterator
 
 import docker
 import pytest
-from acme_support import Pebble
+from acme_support import Pebble, aged_certificate
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from deploy_support import Deployment, free_port
 
 pytestmark = pytest.mark.integration  # pebble and openssl: .ci/setup installs them
@@ -30,22 +26,6 @@ def served(port: int) -> x509.Certificate:
                         "-servername", DOMAIN], check=False, input=b"", capture_output=True,
                        timeout=20)
     return x509.load_pem_x509_certificate(r.stdout)
-
-
-def aged_certificate(days_used: int, days_left: int) -> str:
-    """A certificate and key for DOMAIN that has used ``days_used`` of its lifetime."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=days_used))
-            .not_valid_after(now + datetime.timedelta(days=days_left))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM).decode() + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +69,7 @@ def test_acme_issuance_then_renewal_without_reload(
     assert dep.haproxy.stats.command(f"show map {acme_dir}/challenges.map").strip() == ""
 
     # Two thirds of the lifetime used: renewed within one pass, served with 0 reloads.
-    (acme_dir / "shop.pem").write_text(aged_certificate(days_used=61, days_left=29))
+    (acme_dir / "shop.pem").write_text(aged_certificate(DOMAIN, days_used=61, days_left=29))
     reloads = dep.reloads()
     first = dep.four_runs()
     assert [a["kind"] for a in first["actions"]] == ["obtain-certificate"], first

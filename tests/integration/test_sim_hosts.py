@@ -126,7 +126,7 @@ def test_start_removes_a_crashed_run_and_close_removes_everything() -> None:
         assert all(h.sshd_ready() for h in again.hosts)
     finally:
         again.close()
-    assert netns_state("rt") == {"netns": [], "links": [], "rules": [], "mounts": 0,
+    assert netns_state(again.prefix) == {"netns": [], "links": [], "rules": [], "mounts": 0,
                                  "dir": False, "cgroups": []}
 
 

@@ -104,7 +104,7 @@ def test_first_deploy_over_ssh(fleet: Fleet, sim: SimHosts) -> None:
     # The image reached each host's own engine with the same id (saved here, loaded there).
     local_id = main_engine().images.get("sample-app:v1").id
     assert h1.docker().images.get("sample-app:v1").id == local_id
-    # 10.213.0.14 exists only in h4's namespace: HAProxy was started there, over SSH.
+    # h4.address (10.213.K.14) exists only in h4's namespace: HAProxy was started there, over SSH.
     assert "revision=v1" in get(fleet.url)
     cfg = fleet.haproxy_config()
     assert "server h1." in cfg and f"{h1.address}:" in cfg and f"{h2.address}:" in cfg

@@ -42,6 +42,10 @@ SSH = {"user": "deploy", "port": 22, "key": "/keys/id", "known_hosts": "/keys/kn
        "state_dir": "/var/lib/reconciler"}
 
 
+ETCD = {"endpoints": ["https://10.0.0.1:2379", "https://10.0.0.2:2379"],
+        "ca": "/etc/rec/ca.crt", "cert": "/etc/rec/client.crt", "key": "/etc/rec/client.key"}
+
+
 def releases(image: str) -> list[dict[str, Any]]:
     """A baseline at 100 and a canary at 0 with every canary field set."""
     return [
@@ -66,7 +70,7 @@ def base_repo() -> Repo:
              "connection": {"ssh": dict(SSH)}},
             {"name": "app3", "address": "10.0.0.3", "roles": ["app", "lb"],
              "connection": {"ssh": {"user": "deploy"}}},
-        ]},
+        ], "environments": {"production": {"mode": "etcd", "etcd": dict(ETCD)}}},
         "services/web": {
             **meta, "kind": "Service", "name": "web", "image": "sample-app",
             "releases": releases("sample-app:v2"), "replicas": 2, "hosts": ["local", "app2"],
@@ -296,6 +300,15 @@ def volume_source(r: Repo) -> None:
     vol["source"] = "/srv/other" if vol["type"] == "bind" else "data2"
 
 
+def etcd(r: Repo) -> dict[str, Any]:
+    """production's etcd settings, made etcd mode again if a mutation turned it to ssh."""
+    mode = r["inventory"]["environments"]["production"]
+    if "etcd" not in mode:
+        mode.update(mode="etcd", etcd=dict(ETCD))
+    found: dict[str, Any] = mode["etcd"]
+    return found
+
+
 def rename_staging(r: Repo) -> None:
     r["environments/staging"]["name"] = "qa"
 
@@ -320,6 +333,15 @@ MUTATIONS: list[Mutation] = [
      setter(ssh, "host_key_checking", "accept-new")),
     ("Inventory.hosts[].connection.ssh.docker_socket", "", setter(ssh, "docker_socket", "/d.sock")),
     ("Inventory.hosts[].connection.ssh.state_dir", "", setter(ssh, "state_dir", "/srv/rec")),
+    ("Inventory.environments.*.mode", "etcd to ssh",
+     lambda r: r["inventory"]["environments"].update(production={"mode": "ssh"})),
+    ("Inventory.environments.*.etcd.endpoints", "",
+     lambda r: etcd(r).update(endpoints=["https://10.0.0.9:2379"])),
+    ("Inventory.environments.*.etcd.ca", "", lambda r: etcd(r).update(ca="/etc/rec/ca2.crt")),
+    ("Inventory.environments.*.etcd.cert", "", lambda r: etcd(r).update(cert="/etc/rec/c2.crt")),
+    ("Inventory.environments.*.etcd.key", "", lambda r: etcd(r).update(key="/etc/rec/c2.key")),
+    ("Inventory.environments.*.etcd.lease_ttl", "", lambda r: etcd(r).update(lease_ttl=9)),
+    ("Inventory.environments.*.etcd.agents", "", lambda r: etcd(r).update(agents=True)),
     ("Service.name", "rename extra", rename_service),
     ("Service.image", "", setter(web, "image", "registry.example.com/sample-app")),
     *release_mutations("Service.releases[]", lambda r: web(r)["releases"]),
@@ -433,6 +455,8 @@ REWRITES: list[Mutation] = [
     ("", "env keys reordered", lambda r: web(r).update(env=dict(reversed(web(r)["env"].items())))),
     ("", "env value as a number", lambda r: web(r)["env"].update(PORT_HINT=80)),
     ("", "explicit default wait", lambda r: r["environments/staging"].update(rollout={"wait": "0s"})),
+    ("", "explicit default lease_ttl", lambda r: r["inventory"]["environments"]["production"]
+     .get("etcd", {}).setdefault("lease_ttl", 5)),
     ("", "explicit default read_only", lambda r: web(r)["volumes"][0].update(read_only=False)),
     ("", "override equal to the service", lambda r: r["environments/staging"].update(
         services={"web": {"replicas": web(r)["replicas"]}})),

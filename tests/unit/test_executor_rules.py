@@ -403,3 +403,37 @@ def test_a_server_the_lb_refuses_to_delete_leaves_with_a_reload_instead() -> Non
     assert (write.status, write.detail) == ("ok", "reloaded HAProxy (confirmed)")
     assert result.ok and result.reloads == 1 == w.lbs["lb1"].reloads
     assert old.isdisjoint(s for _, s in w.lbs["lb1"].servers)
+
+
+def test_the_config_after_a_runtime_add_is_checked_while_the_server_comes_up() -> None:
+    """One config check per config installed, the one after the add made before the new
+    server gets its weight (while HAProxy's first check of it runs); nothing checked is
+    left behind, also when the server never comes UP."""
+    one = desired(service("web", releases=[("v2", 100)], replicas=1), lb_hosts=("lb1",))
+    w = World.of(one, before=replace(one, services=(service("web", replicas=1),)))
+    lb = w.lbs["lb1"]
+    events: list[str] = []
+    check, set_weight, install = lb.check, lb.set_weight, lb.install
+
+    def logged_check(text: str) -> Path:
+        events.append("check")
+        return check(text)
+
+    def logged_weight(backend: str, server: str, weight: int) -> None:
+        events.append(f"weight {weight}")
+        set_weight(backend, server, weight)
+
+    def logged_install(text: str, checked: Path | None = None) -> bool:
+        events.append("install" + (" checked" if checked else ""))
+        return install(text, checked)
+
+    lb.check, lb.set_weight, lb.install = logged_check, logged_weight, logged_install  # type: ignore[method-assign]
+    assert w.run().ok
+    assert events[:3] == ["check", "weight 100", "install checked"]
+    assert events.count("check") == sum(e.startswith("install") for e in events) == 2
+    assert lb.checked == {}
+
+    w = World.of(one, before=replace(one, services=(service("web", replicas=1),)))
+    w.lbs["lb1"].never_up = {w.servers(AddServer, "web")[0]}
+    assert set(w.run().failures) == {"web"}
+    assert w.lbs["lb1"].checked == {}

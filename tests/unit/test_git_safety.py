@@ -8,8 +8,13 @@ non-root user holding the Docker group), with a scripted transport.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -35,7 +40,10 @@ def test_forced_settings_win_over_earlier_command_line_config() -> None:
 
 
 class Host:
-    """A scripted host: ``answers`` maps an argv tuple to (returncode, stdout)."""
+    """A scripted host: ``answers`` maps an argv tuple to (returncode, stdout). ``detect``
+    sends one ``sh -c`` script: it runs here, in ``sh``, with every command it calls
+    (``id``, ``install``, ``ls``, ``stat``) a stub that answers from the table and notes
+    its argv in ``ran``."""
 
     name = "lb1"
 
@@ -44,9 +52,32 @@ class Host:
         self.ran: list[tuple[str, ...]] = []
 
     def run(self, argv: Sequence[str], timeout: float = 60.0) -> Completed:
-        self.ran.append(tuple(argv))
-        code, out = self.answers.get(tuple(argv), (1, ""))
-        return Completed(tuple(argv), code, out, "" if code == 0 else "no such thing")
+        assert list(argv[:2]) == ["sh", "-c"], argv  # one constant script, arguments apart
+        with tempfile.TemporaryDirectory() as tmp:
+            stubs = Path(tmp)
+            table = {" ".join(k): v for k, v in self.answers.items()}
+            (stubs / "table.json").write_text(json.dumps(table))
+            for name in ("id", "install", "ls", "stat"):
+                stub = stubs / name
+                stub.write_text(STUB.format(python=sys.executable, dir=tmp, name=name))
+                stub.chmod(0o755)
+            done = subprocess.run([shutil.which("sh") or "/bin/sh", *argv[1:]], capture_output=True, text=True,
+                                  env={"PATH": tmp}, timeout=timeout, check=False)
+            ran = (stubs / "ran").read_text() if (stubs / "ran").exists() else ""
+        self.ran += [tuple(json.loads(line)) for line in ran.splitlines()]
+        return Completed(tuple(argv), done.returncode, done.stdout, done.stderr)
+
+
+STUB = """#!{python}
+import json, sys
+argv = ["{name}", *sys.argv[1:]]
+with open("{dir}/ran", "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+code, out = json.load(open("{dir}/table.json")).get(" ".join(argv), (1, ""))
+sys.stdout.write(out)
+sys.stderr.write("" if code == 0 else "no such thing\\n")
+sys.exit(code)
+"""
 
 
 ROOT = PurePosixPath("/var/lib/reconciler/production/haproxy")

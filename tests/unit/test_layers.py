@@ -15,8 +15,8 @@ ROOT = Path(reconciler.__file__).parent
 
 LAYERS: list[set[str]] = [
     {"errors", "model", "health", "identity", "changes", "redact", "statedir", "instance", "store",
-     "__init__"},
-    {"transport"},
+     "coordination", "polling", "__init__"},
+    {"transport", "cluster"},
     {"lb"},
     {"desired", "observe"},
     {"plan"},
@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"canary"},
     {"apply"},
     {"present"},
-    {"session"},
+    {"session", "agent"},
     {"cli", "watch", "__main__"},
 ]
 

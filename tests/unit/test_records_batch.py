@@ -272,3 +272,13 @@ def test_one_read_takes_everything_buffered() -> None:
     assert stream.read(0.1) == "".join(lines[:3])  # one batch, not one recv
     assert stream.read(0.1) == lines[3]
     assert stream.read(0.1) is None and stream.closed
+
+
+def test_bucket_table_is_bucket_of() -> None:
+    """The precomputed table of whole ms (built run by run) agrees with ``bucket_of``."""
+    from reconciler.records.batch import bucket_table
+    from reconciler.records.histogram import BOUNDS, bucket_of
+
+    last = int(BOUNDS[-1]) + 50
+    assert bucket_table(last) == tuple(bucket_of(ms) for ms in range(last + 1))
+    assert bucket_table(3) == tuple(bucket_of(ms) for ms in range(4))

@@ -9,8 +9,8 @@ from support import converge, desired, service, simulate
 
 from reconciler.model import ObservedState, Rollout
 from reconciler.plan.actions import ConfigureLB, RemoveContainer, StartContainer
+from reconciler.plan.batches import batches
 from reconciler.plan.planner import plan
-from reconciler.session.passrun import batches
 
 
 def fleet(revision: str = "v1", hosts: tuple[str, ...] = ("a1", "a2", "a3")):  # type: ignore[no-untyped-def]

@@ -124,6 +124,12 @@ class _Api:
     def create_container(self, *_a: Any, **_kw: Any) -> Any:
         raise self.error
 
+    def stop(self, *_a: Any, **_kw: Any) -> Any:
+        raise self.error
+
+    def remove_container(self, *_a: Any, **_kw: Any) -> Any:
+        raise self.error
+
 
 class _Client:
     def __init__(self, error: Exception) -> None:

@@ -21,11 +21,12 @@ import hashlib
 import itertools
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+# cryptography is imported where a certificate or key is handled: a pass without TLS
+# frontends does not pay for loading it (about 0.1 s of start-up).
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,40})-----")
 _END = re.compile(r"-----END ([A-Z0-9 ]{1,40})-----")
@@ -104,6 +105,8 @@ def pem_payload(text: str) -> str:
 def pem_facts(text: str) -> PemFacts:
     """Facts of the first certificate of a PEM file's text; ``PemError`` when it has
     none that parses."""
+    from cryptography import x509
+
     for label, body in _blocks(text):
         if label != "CERTIFICATE":
             continue
@@ -123,6 +126,8 @@ def pem_facts(text: str) -> PemFacts:
 
 
 def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -201,6 +206,9 @@ def config_certificates(text: str) -> tuple[str, ...]:
 
 def new_key_pem() -> str:
     """A new EC P-256 private key, PKCS#8 PEM (for certificates and ACME accounts)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -212,6 +220,11 @@ def new_key_pem() -> str:
 def placeholder_pem() -> str:
     """A self-signed certificate and key for an ACME frontend that has none yet, so that
     HAProxy can load its config; it expired a moment ago, so its renewal is due."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key_pem = new_key_pem()
     key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)

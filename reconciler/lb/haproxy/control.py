@@ -1,8 +1,8 @@
 """Control of one HAProxy: verify, install, start, reload-and-confirm, runtime API.
 
-The HAProxy runs on the host of a transport: this machine, or an LB host over SSH (the
-config is uploaded by SFTP, checked there with that host's ``haproxy -c``, renamed into
-place there, and the sockets are reached through the SSH connection).
+The HAProxy runs on the host of a transport: this machine, or an LB host over SSH (config
+uploaded by SFTP, checked there with its ``haproxy -c``, renamed into place there; the
+sockets reached through the SSH connection).
 
 Verify, then switch: a config is written to a temporary file beside the live one, checked
 with ``haproxy -c``, and only then renamed over it (the previous one is kept as
@@ -11,20 +11,21 @@ the master's reload counter moved, no failure was counted, and none of the previ
 workers is still the current one (HAProxy 2.6 reports nothing itself). A failed reload
 restores the last good config and reloads it.
 
-What HAProxy says about itself (running, processes, server stats, waits on them) is read
-through ``process.HAProxyProcess``, which ``HAProxy`` extends.
+What HAProxy says about itself is read through ``process.HAProxyProcess`` (extended here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path, PurePosixPath
 
-from reconciler.errors import ObserveError
+from reconciler.errors import ObserveError, ReconcilerError
 from reconciler.lb.haproxy.acmefiles import AcmeFiles
 from reconciler.lb.haproxy.binds import (
     bind_key,
@@ -71,16 +72,29 @@ class HAProxy(HAProxyProcess):
         self.binary = binary or (shutil.which("haproxy") if local else None) or "haproxy"
         self.timeout = timeout
         self._run_as: tuple[RunAs | None] | None = None
+        self._run_as_lock = threading.Lock()
 
     def run_as(self) -> RunAs | None:
         """The workers' user and chroot for the rendered config (see
         ``reconciler.lb.haproxy.privileges``); None for an HAProxy the reconciler does not
         start (``external``: its operator chooses) or when not root on its host. Found
-        once per controller; raises PrivilegeError when the host cannot provide them."""
-        if self._run_as is None:
-            root = PurePosixPath(str(self.paths.root))
-            self._run_as = (detect(self.transport, root) if self.paths.managed else None,)
-        return self._run_as[0]
+        once per controller (a ``prepare`` under way is waited for); raises
+        PrivilegeError when the host cannot provide them."""
+        with self._run_as_lock:
+            if self._run_as is None:
+                root = PurePosixPath(str(self.paths.root))
+                self._run_as = (detect(self.transport, root) if self.paths.managed else None,)
+            return self._run_as[0]
+
+    def prepare(self) -> None:
+        """Find ``run_as`` in the background (one command on the host, 0.1-0.3 s over SSH);
+        a failure is raised again by the ``config_text`` that needs it."""
+
+        def find() -> None:
+            with contextlib.suppress(ReconcilerError):
+                self.run_as()
+
+        threading.Thread(target=find, name=f"run-as-{self.host}", daemon=True).start()
 
     def observe(self) -> ObservedLB:
         obs = observe_haproxy(
@@ -204,8 +218,9 @@ class HAProxy(HAProxyProcess):
                 f"{self.paths.master_socket} does not answer; not starting another one "
                 "(over SSH: does sshd allow AllowStreamLocalForwarding?)"
             )
-        for sock in (self.paths.master_socket, self.paths.stats_socket):
-            self.transport.unlink(str(sock))  # stale sockets of a dead HAProxy
+        # A dead HAProxy's sockets and state file (whose addresses would override the config's)
+        for stale in (self.paths.master_socket, self.paths.stats_socket, self.paths.server_state):
+            self.transport.unlink(str(stale))
         cmd = [
             self.binary,
             "-W",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from reconciler import polling
 from reconciler.errors import ObserveError
 from reconciler.lb.haproxy.paths import HAProxyPaths
 from reconciler.lb.haproxy.proc import MasterProcs, parse_show_proc
@@ -97,17 +98,19 @@ class HAProxyProcess:
         whose checks fail would be taken for UP until its first check marks it DOWN."""
         pending = set(servers)
         deadline = time.monotonic() + timeout
+        sleeps = polling.intervals()
         while pending:
             stats = {(s.backend, s.server): s for s in self.server_stats()}
             pending = {k for k in pending if not _is_up(stats.get(k))}
             if not pending or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
+            time.sleep(next(sleeps))
         return sorted(f"{b}/{s}" for b, s in pending)
 
     def wait_drained(self, backend: str, server: str, timeout: float) -> bool:
         """True when the server's current sessions reached 0 before ``timeout``."""
         deadline = time.monotonic() + timeout
+        sleeps = polling.intervals()
         while True:
             stats = {(s.backend, s.server): s for s in self.server_stats()}
             s = stats.get((backend, server))
@@ -115,7 +118,7 @@ class HAProxyProcess:
                 return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.1)
+            time.sleep(next(sleeps))
 
     def _answers(self, sock: RuntimeSocket) -> bool:
         try:

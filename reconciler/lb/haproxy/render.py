@@ -151,6 +151,9 @@ def _frontend(fe: Frontend, acme_dir: str, challenges: bool) -> list[str]:
     return [*lines, ""]
 
 
+DOWN_INTER_MS = 100  # checks of a server in maintenance or DOWN (see server_args)
+
+
 def _health_lines(check: LBCheck | None) -> list[str]:
     """HAProxy's backend lines of the LB-neutral ``check`` (None: HAProxy's default TCP
     check); the per-server options are ``server_args``'s."""
@@ -172,8 +175,17 @@ def lb_check(svc: Service | None) -> LBCheck | None:
 def server_args(address: str, port: int, weight: int, check: LBCheck | None) -> str:
     """What follows the server name, in the config's ``server`` line and in the runtime
     API's ``add server``: address, weight and check options (``check``: ``lb_check``)."""
-    inter, fall = ("2s", 3) if check is None else (_ms(check.interval_ms), check.retries)
-    return f"{address}:{port} weight {weight} check inter {inter} fall {fall} rise 2"
+    inter_ms, fall = (2000, 3) if check is None else (check.interval_ms, check.retries)
+    # downinter: HAProxy ticks a server's checks from ``add server`` on, while it is in
+    # maintenance (how a server added at runtime starts) at its down interval: without
+    # one, the first check after ``enable health`` came up to a whole ``inter`` later
+    # (1 s of every release switch). A DOWN server is probed that often too; it still
+    # needs ``rise 2`` good checks in a row to come back.
+    down = _ms(min(inter_ms, DOWN_INTER_MS))
+    return (
+        f"{address}:{port} weight {weight} check inter {_ms(inter_ms)} downinter {down} "
+        f"fall {fall} rise 2"
+    )
 
 
 def _backend(name: str, svc: Service | None, servers: list[ServerEntry]) -> list[str]:
