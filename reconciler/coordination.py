@@ -32,3 +32,8 @@ class Coordination:
 
     mode: Literal["ssh", "etcd"] = "ssh"
     etcd: EtcdSettings | None = None
+
+    @property
+    def agents(self) -> bool:
+        """Whether the hosts are driven through their agents (etcd mode with agents)."""
+        return self.mode == "etcd" and self.etcd is not None and self.etcd.agents

@@ -29,8 +29,7 @@ from reconciler.store import Retention, Store
 
 def uses_agents(desired: DesiredState) -> bool:
     """Whether ``desired``'s hosts are driven through their agents."""
-    coord = desired.coordination
-    return coord.mode == "etcd" and coord.etcd is not None and coord.etcd.agents
+    return desired.coordination.agents
 
 
 def drive_for(desired: DesiredState, fence: Fence, health_min_s: float = 30.0) -> EtcdDrive:

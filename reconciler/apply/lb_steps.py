@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 
 from reconciler import identity
+from reconciler.apply.checked import CheckedConfigs
 from reconciler.apply.results import Ledger, Status, StepSkipped
 from reconciler.errors import ReconcilerError
 from reconciler.lb.port import LBError, LoadBalancerPort, NoSuchServer, ServerEntry
@@ -79,9 +79,17 @@ class LBSteps:
         self.runtime_added: dict[str, list[tuple[str, str, str]]] = {}
         # server -> its (LB host, backend, server)s to delete once its container stopped
         self.deferred: dict[str, list[tuple[str, str, str]]] = {}
-        self.checked: dict[str, tuple[str, Path]] = {}  # LB host -> (text, checked copy)
-        self.prechecking: set[str] = set()  # LB hosts whose next config is being checked
+        self.checked = CheckedConfigs(lbs)  # configs checked before their step (``verify``)
+        self.prechecked: set[str] = set()  # LB hosts whose next configs were checked ahead
+        self.removals: dict[str, set[tuple[str, str]]] = {}  # LB host -> servers to remove
         self.statuses: dict[str, Counter[Status]] = {}  # LB host -> its steps' since config
+
+    def expect(self, actions: Iterable[Action]) -> None:
+        """Note the servers the run's ``actions`` remove from each LB host, so that the
+        config without them can be checked ahead (``_precheck``)."""
+        for a in actions:
+            if isinstance(a, RemoveServer):
+                self.removals.setdefault(a.host, set()).add((a.backend, a.server))
 
     def count(self, action: Action, status: Status) -> None:
         """Note the status of a step; those that change a next config are counted."""
@@ -295,42 +303,35 @@ class LBSteps:
         text = self._render(lb_host)  # PrivilegeError: the host lacks a user
         self._check_binds(lb_host)
         self._prepare_acme(lb_host)
-        with self.ledger.lock:  # replaces one checked before (``_precheck``)
-            _, earlier = self.checked.pop(lb_host, (None, None))
-            self.checked[lb_host] = (text, self.lbs[lb_host].check(text))
-        if earlier is not None:
-            self.lbs[lb_host].discard(earlier)
+        self.checked.check(lb_host, text)
 
     def _precheck(self, lb_host: str, entry: ServerEntry) -> None:
-        """Check, while HAProxy runs its first check of ``entry``, the config the next
-        config step of ``lb_host`` most likely installs (with ``entry``): that step then
-        needs no ``haproxy -c`` of its own (``_install`` checks a different text)."""
+        """Check, while HAProxy runs its first check of ``entry``, the configs the next
+        config steps of ``lb_host`` most likely install: with ``entry`` (now), and with
+        ``entry`` but without the servers this run removes (``expect``; in the
+        background): those steps then need no ``haproxy -c`` of their own (``_install``
+        checks a text that differs)."""
         with self.ledger.lock:
-            if lb_host in self.checked or lb_host in self.prechecking:
+            if lb_host in self.prechecked:
                 return
-            self.prechecking.add(lb_host)
+            self.prechecked.add(lb_host)
             servers = dict(self.next_servers.get(lb_host, {}))
         servers[(entry.backend, entry.name)] = entry
-        lb = self.lbs[lb_host]
+        gone = self.removals.get(lb_host, set())
+        lb, lbdef = self.lbs[lb_host], self._lbdef(lb_host)
         try:
-            text = lb.config_text(self.desired, self._lbdef(lb_host), servers.values())
             self._check_binds(lb_host)
             self._prepare_acme(lb_host)
-            path = lb.check(text)
-            with self.ledger.lock:
-                keep = self.checked.setdefault(lb_host, (text, path))[1] == path
-            if not keep:  # verified meanwhile: that one counts
-                lb.discard(path)
+            if gone:
+                after = [v for k, v in servers.items() if k not in gone]
+                self.checked.check_later(lb_host, lb.config_text(self.desired, lbdef, after))
+            self.checked.check(lb_host, lb.config_text(self.desired, lbdef, servers.values()))
         except ReconcilerError:
             return  # the config step checks again and says why
-        finally:
-            with self.ledger.lock:
-                self.prechecking.discard(lb_host)
 
     def discard_checked(self) -> None:
-        """Forget the configs verified and never installed (the run stopped first)."""
-        for host, (_, path) in self.checked.items():
-            self.lbs[host].discard(path)
+        """Forget the configs checked and never installed."""
+        self.checked.discard()
 
     def configure(self, a: ConfigureLB) -> str:
         lb = self.lbs[a.host]
@@ -367,10 +368,7 @@ class LBSteps:
         twice); raises, installing nothing, when it is refused. False: unchanged."""
         lb = self.lbs[lb_host]
         text = self._render(lb_host)
-        verified, path = self.checked.pop(lb_host, (None, None))
-        if path is not None and verified != text:
-            lb.discard(path)
-            path = None
+        path = self.checked.take(lb_host, text)
         if path is None:
             self._check_binds(lb_host)
             self._prepare_acme(lb_host)

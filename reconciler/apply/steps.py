@@ -156,6 +156,7 @@ class Executor:
 
     def run(self, plan: Plan) -> ApplyResult:
         actions = list(enumerate(plan.actions, 1))
+        self.lb_steps.expect(plan.actions)
         for host in dict.fromkeys(a.host for a in plan.actions if isinstance(a, ConfigureLB)):
             self.lb_steps.lbs[host].prepare()  # what its config needs, found meanwhile
         i = 0

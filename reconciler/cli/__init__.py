@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from reconciler.lb.haproxy.paths import HAProxyPaths
     from reconciler.store import Retention
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 # Exit 2 means "changes pending" here; a command-line usage error is an error like any other.
 click.UsageError.exit_code = 1
@@ -118,3 +118,12 @@ for _command in (
     agent.agent,
 ):
     main.add_command(_command)
+
+
+def entry() -> None:
+    """The `reconcile` executable (and ``python -m reconciler``): ``main``, allowed to
+    end a one-shot command at once (``common.exit_now``)."""
+    from reconciler.cli import common
+
+    common.QUICK_EXIT = True
+    main()

@@ -16,6 +16,7 @@ import click
 from reconciler.cli.common import (
     EXIT_CHANGES,
     Loaded,
+    exit_now,
     fail,
     load_desired,
     read_source_meanwhile,
@@ -146,7 +147,7 @@ def run_apply(
     except ReconcilerError as exc:
         fail(exc)
     _report(output, desired, done)
-    sys.exit(0 if done.result.ok and not done.result.fenced else 1)
+    exit_now(0 if done.result.ok and not done.result.fenced else 1)
 
 
 def _progress(

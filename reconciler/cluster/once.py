@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from reconciler.cluster.etcd import Etcd
-from reconciler.cluster.keys import Keys
-from reconciler.cluster.leader import Elector, LeaderGuard
-from reconciler.coordination import Coordination
 from reconciler.errors import ClusterError
+
+if TYPE_CHECKING:
+    from reconciler.coordination import Coordination
 
 
 def _no_guard() -> None:
@@ -30,6 +30,11 @@ def leadership(
     if coord.mode != "etcd" or coord.etcd is None:
         yield _no_guard
         return
+    # Imported here: ssh mode (every one-shot command by default) loads no etcd client.
+    from reconciler.cluster.etcd import Etcd
+    from reconciler.cluster.keys import Keys
+    from reconciler.cluster.leader import Elector, LeaderGuard
+
     settings = coord.etcd
     etcd = Etcd(settings, timeout_s=min(2.0, settings.lease_ttl / 4))
     elector = Elector(etcd, Keys(instance, environment), settings.lease_ttl).start()

@@ -9,20 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.agent.drive import container_part, silent_hosts, with_silent_notes
-from reconciler.agent.leaderpass import (
-    agents_pass,
-    drive_for,
-    observe_canaries,
-    observe_reports,
-    share_canaries,
-    shared_canaries,
-    uses_agents,
-)
 from reconciler.apply.passresult import PassResult
 from reconciler.apply.results import StepResult
 from reconciler.canary.pair import canary_pair
-from reconciler.cluster.publish import Fence, NoFence
 from reconciler.desired.policy import Policy
 from reconciler.errors import ReconcilerError
 from reconciler.lb.haproxy.control import HAProxy
@@ -36,7 +25,8 @@ from reconciler.session.passrun import PassRun
 from reconciler.store import Retention, Store
 from reconciler.transport.pool import Connections
 
-if TYPE_CHECKING:  # imported where used: a pass without canaries or records needs neither
+if TYPE_CHECKING:  # imported where used: a pass without canaries or records needs neither,
+    # and only etcd mode with agents needs reconciler.agent (and etcd's client)
     from reconciler.canary.engine import CanaryState
     from reconciler.records.collector import LBTarget
 
@@ -228,6 +218,14 @@ class Session:
         keeps them, so a replica that takes over goes on from them, a promoted canary
         stays promoted), are judged from the LB agents' counters (errors, not latency:
         the request log is not published) and written back, fenced."""
+        from reconciler.agent.leaderpass import (
+            drive_for,
+            observe_canaries,
+            share_canaries,
+            shared_canaries,
+        )
+        from reconciler.cluster.publish import Fence, NoFence
+
         env, store = desired.environment, self.require_store()
         drive = drive_for(desired, guard if isinstance(guard, Fence) else NoFence())
         try:
@@ -264,7 +262,9 @@ class Session:
         """Live state of every host ``desired`` touches and of the retired app hosts.
         Raises ObserveError naming a host that cannot be read (connections are then
         reopened by the next call)."""
-        if uses_agents(desired):
+        if desired.coordination.agents:
+            from reconciler.agent.leaderpass import observe_reports
+
             return observe_reports(desired)
         retired = self.retired(desired)
         try:
@@ -281,8 +281,10 @@ class Session:
         held = self.held(desired)
         view = self.with_canaries(desired)
         observed = self.observe(desired)
-        if not uses_agents(desired):
+        if not desired.coordination.agents:
             return Preview(view, observed, held, plan(view, observed, held))
+        from reconciler.agent.drive import container_part, silent_hosts, with_silent_notes
+
         silent = silent_hosts(desired, observed)
         planned = container_part(plan(view, observed, held, frozen=silent))
         return Preview(view, observed, held, with_silent_notes(planned, silent))
@@ -348,7 +350,9 @@ class Session:
         everything it records (steps, failures, summary) and returns or reports
         (``on_step``, the result, a ReconcilerError it raises).
         """
-        if uses_agents(desired):
+        if desired.coordination.agents:
+            from reconciler.agent.leaderpass import agents_pass
+
             desired = self._judge_shared_canaries(desired, guard)
             return agents_pass(self.require_store(), desired, source=source, on_plan=on_plan,
                                on_step=on_step, health_min_s=health_min_s,

@@ -10,6 +10,7 @@ with a failure ends the rollout unless ``rollout.on_failure`` is continue.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from reconciler.store import Retention
 from reconciler.transport.pool import Connections
 
 if TYPE_CHECKING:
+    from reconciler.lb.port import LoadBalancerPort
     from reconciler.session.core import Session
 
 log = logging.getLogger("reconciler.records")
@@ -91,6 +93,7 @@ class PassRun:
         self.rolled: set[str] = set()
         self.failed_hosts: set[str] = set()
         self.changed_any = self.changed_last = False
+        self.recording: threading.Thread | None = None  # request records being written
         self.observed = self.look()
 
     def look(self) -> ObservedState:
@@ -131,6 +134,8 @@ class PassRun:
             if done.failures and not self.continue_after(index, groups):
                 break
         self.result.failures = {**self.image_holds, **self.result.failures}
+        if self.recording is not None:
+            self.recording.join()
         self.verify()
         self.remember(current)
         return PassResult(current, self.result, self.finish(run_id, current, retention))
@@ -139,29 +144,38 @@ class PassRun:
         """LB host -> the text of its request log ring, read when canaries need it or
         the session records requests (LBs whose ``request_records`` is off have none);
         the ring's new requests are then recorded (``reconciler.records.oneshot``)."""
-        wanted = {h for lb in self.desired.loadbalancers if lb.request_records for h in lb.hosts}
-        if not wanted or not (canaries or self.s.record_requests):
-            return {}
-        events: dict[str, str] = {}
-        for host, lb in self.s.lbs(self.desired).items():
-            if host not in wanted:
-                continue
-            try:
-                events[host] = lb.request_events()
-            except ReconcilerError:
-                continue  # not running yet: no response times this time
+        rings = self._rings(canaries)
+        events = _read_rings(rings)
         if self.s.record_requests:
             record_dumps(self.s.state_dir, self.desired, self.observed, events)
         return events
 
+    def _rings(self, canaries: bool) -> dict[str, LoadBalancerPort]:
+        """The LB hosts whose request log ring is to be read (see ``request_events``)."""
+        wanted = {h for lb in self.desired.loadbalancers if lb.request_records for h in lb.hosts}
+        if not wanted or not (canaries or self.s.record_requests):
+            return {}
+        return {h: lb for h, lb in self.s.lbs(self.desired).items() if h in wanted}
+
     def judge_canaries(self) -> DesiredState:
         """One look at every canary (``Session.judge_canaries``) with the LB hosts'
-        request logs; the desired state with the weights that follow from it."""
+        request logs; the desired state with the weights that follow from it. Without
+        canaries the rings are only recorded, and that beside the pass (``recording``,
+        joined before its outcome check), not before its plan: ingesting a full ring
+        takes tens of milliseconds."""
         canaries = self.s.has_canaries(self.desired)
-        events = self.request_events(canaries)
-        if not canaries:
-            return self.desired
-        return self.s.judge_canaries(self.desired, self.observed, events)
+        if canaries:
+            return self.s.judge_canaries(self.desired, self.observed, self.request_events(True))
+        rings = self._rings(False)
+        if rings:
+            desired, observed, state_dir = self.desired, self.observed, self.s.state_dir
+            self.recording = threading.Thread(
+                target=lambda: record_dumps(state_dir, desired, observed, _read_rings(rings)),
+                name="request-records",
+                daemon=True,  # a pass that raises does not wait for it
+            )
+            self.recording.start()
+        return self.desired
 
     def first_plan(self) -> Plan:
         """The pass's plan, once the images it needs are on their hosts (container names
@@ -301,6 +315,17 @@ class PassRun:
             self.store.finish_run(run_id, status, failures, summary)
         self.store.prune(self.desired.environment, retention)
         return run_id
+
+
+def _read_rings(rings: Mapping[str, LoadBalancerPort]) -> dict[str, str]:
+    """LB host -> its request log ring's text (an HAProxy not running yet has none)."""
+    events: dict[str, str] = {}
+    for host, lb in rings.items():
+        try:
+            events[host] = lb.request_events()
+        except ReconcilerError:
+            continue  # not running yet: no response times this time
+    return events
 
 
 def record_dumps(

@@ -110,7 +110,7 @@ def test_hook_entry_is_the_packaged_console_script() -> None:
     """language: python installs the repository with pip; `entry` must be its script."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     entry = shlex.split(str(load_hook()["entry"]))[0]
-    assert project["scripts"][entry] == "reconciler.cli:main"
+    assert project["scripts"][entry] == "reconciler.cli:entry"
 
 
 def test_hook_passes_on_sample_repo(manifests: Path) -> None:

@@ -151,7 +151,7 @@ def _frontend(fe: Frontend, acme_dir: str, challenges: bool) -> list[str]:
     return [*lines, ""]
 
 
-DOWN_INTER_MS = 100  # checks of a server in maintenance or DOWN (see server_args)
+DOWN_INTER_MS = 50  # checks of a server in maintenance or DOWN (see server_args)
 
 
 def _health_lines(check: LBCheck | None) -> list[str]:
