@@ -255,10 +255,9 @@ def wait_healthy(
     deadline = time.monotonic() + deadline_s
     last = "no health result yet"
     gate = kind_of(health).gate(health)
-    container = _state(name, lambda: client.containers.get(name))
+    container = _state(name, lambda: client.containers.get(name))  # its state, read now
     sleeps = polling.intervals()  # a container that is up at once passes at once
     while True:
-        _state(name, container.reload)
         state = container.attrs["State"]
         if state.get("Status") != "running":
             last = f"container {state.get('Status')} (exit code {state.get('ExitCode')})"
@@ -280,6 +279,7 @@ def wait_healthy(
             last += f" (no success within {deadline_s:.0f}s)"
             break
         time.sleep(next(sleeps))
+        _state(name, container.reload)
     hide = redactor or Redactor()
     hide.add_env(env_of(container.attrs.get("Config", {}).get("Env")), secret_names)
     raise ContainerError(
