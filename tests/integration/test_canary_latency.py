@@ -5,7 +5,11 @@ only times tell the canaries apart.
 
 - a canary ~10x slower than its baseline (DELAY_MS) is aborted, with the times named;
 - a canary slower on one declared action only (DELAY_PATHS) is aborted, naming it;
-- an identical canary is promoted.
+- an identical canary is promoted, with a latency floor (``min_ms``) of 10 ms: on a
+  shared machine, CPU scheduling can make one of two identical containers really slower
+  by a few milliseconds (seen: p95 5 vs 2 ms with a busy process on one of the 2 CPUs,
+  aborted with evidence 2.3e3), which the default floor of 2 ms rightly counts; the
+  floor is the operator's "differences below this do not matter".
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ RELEASES = "releases:\n  - revision: v1\n    weight: 100\n"
 ACTIONS = 'actions:\n  - {name: orders.show, path: "/orders/{id}", method: GET}\n'
 
 
-def canary(revision: str, env: str = "") -> str:
+def canary(revision: str, env: str = "", min_ms: int = 2) -> str:
     return f"""releases:
   - revision: v1
     weight: 100
@@ -42,7 +46,7 @@ def canary(revision: str, env: str = "") -> str:
         - {{weight: 50, min_duration: 6s, min_requests: 100}}
       analysis:
         interval: 1s
-        latency: {{quantile: 0.95, max_slowdown: 1.2, min_ms: 2}}
+        latency: {{quantile: 0.95, max_slowdown: 1.2, min_ms: {min_ms}}}
 {ACTIONS}"""
 
 
@@ -118,7 +122,7 @@ def test_a_canary_slower_on_one_action_is_aborted_naming_it(dep: Deployment) -> 
 
 
 def test_an_identical_canary_is_promoted(dep: Deployment) -> None:
-    status = judge(dep, canary("v3", '\n      DELAY_PATHS: "/orders=20"'), canary("v2"))
+    status = judge(dep, canary("v3", '\n      DELAY_PATHS: "/orders=20"'), canary("v2", min_ms=10))
     assert status["status"] == "promoted", status
     assert status["evidence"] < 100, status
     assert all("revision=v2" in dep.get()[1] for _ in range(10))
