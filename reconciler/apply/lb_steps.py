@@ -80,15 +80,20 @@ class LBSteps:
         # server -> its (LB host, backend, server)s to delete once its container stopped
         self.deferred: dict[str, list[tuple[str, str, str]]] = {}
         self.checked = CheckedConfigs(lbs)  # configs checked before their step (``verify``)
-        self.prechecked: set[str] = set()  # LB hosts whose next configs were checked ahead
-        self.removals: dict[str, set[tuple[str, str]]] = {}  # LB host -> servers to remove
+        # What the run's plan adds at runtime (how many) and removes, per LB host, and the
+        # servers added at runtime so far: once all are, the next configs are known.
+        self.adds: Counter[str] = Counter()
+        self.removals: dict[str, set[tuple[str, str]]] = {}
+        self.adding: dict[str, Servers] = {}
         self.statuses: dict[str, Counter[Status]] = {}  # LB host -> its steps' since config
 
     def expect(self, actions: Iterable[Action]) -> None:
-        """Note the servers the run's ``actions`` remove from each LB host, so that the
-        config without them can be checked ahead (``_precheck``)."""
+        """Note the servers the run's ``actions`` add at runtime and remove on each LB
+        host, so that the configs after them can be checked ahead (``_precheck``)."""
         for a in actions:
-            if isinstance(a, RemoveServer):
+            if isinstance(a, AddServer) and a.runtime:
+                self.adds[a.host] += 1
+            elif isinstance(a, RemoveServer):
                 self.removals.setdefault(a.host, set()).add((a.backend, a.server))
 
     def count(self, action: Action, status: Status) -> None:
@@ -119,7 +124,12 @@ class LBSteps:
             return None
         lb = self.lbs[a.host]
         lb.add_server(self.services.get(a.service or ""), entry)
-        self._precheck(a.host, entry)  # while HAProxy runs its first check of it
+        with self.ledger.lock:
+            adding = self.adding.setdefault(a.host, {})
+            adding[(a.backend, a.server)] = entry
+            last = len(adding) == self.adds[a.host]
+        if last:
+            self._precheck(a.host)  # while HAProxy runs its first check of it
         timeout = self._up_timeout([a.backend])
         if lb.wait_up([(a.backend, a.server)], timeout=timeout):
             lb.delete_server(a.backend, a.server, timeout=5)
@@ -305,18 +315,14 @@ class LBSteps:
         self._prepare_acme(lb_host)
         self.checked.check(lb_host, text)
 
-    def _precheck(self, lb_host: str, entry: ServerEntry) -> None:
-        """Check, while HAProxy runs its first check of ``entry``, the configs the next
-        config steps of ``lb_host`` most likely install: with ``entry`` (now), and with
-        ``entry`` but without the servers this run removes (``expect``; in the
-        background): those steps then need no ``haproxy -c`` of their own (``_install``
-        checks a text that differs)."""
+    def _precheck(self, lb_host: str) -> None:
+        """Once the plan's servers are all added at runtime on ``lb_host`` (during the
+        last one's first check), check the configs its next config steps most likely
+        install: with them (now), and also without the servers the run removes (in the
+        background). Those steps then run no ``haproxy -c`` (``_install`` checks a text
+        that differs, e.g. when a server did not come UP)."""
         with self.ledger.lock:
-            if lb_host in self.prechecked:
-                return
-            self.prechecked.add(lb_host)
-            servers = dict(self.next_servers.get(lb_host, {}))
-        servers[(entry.backend, entry.name)] = entry
+            servers = {**self.next_servers.get(lb_host, {}), **self.adding[lb_host]}
         gone = self.removals.get(lb_host, set())
         lb, lbdef = self.lbs[lb_host], self._lbdef(lb_host)
         try:
@@ -328,10 +334,6 @@ class LBSteps:
             self.checked.check(lb_host, lb.config_text(self.desired, lbdef, servers.values()))
         except ReconcilerError:
             return  # the config step checks again and says why
-
-    def discard_checked(self) -> None:
-        """Forget the configs checked and never installed."""
-        self.checked.discard()
 
     def configure(self, a: ConfigureLB) -> str:
         lb = self.lbs[a.host]

@@ -189,7 +189,7 @@ class Executor:
             self.result.fenced = str(exc)
             self.result.notes.append(f"fenced out: {exc}")
         finally:
-            self.lb_steps.discard_checked()
+            self.lb_steps.checked.discard()  # the configs checked, never installed
         return self.result
 
     def _emit(self, res: StepResult) -> None:

@@ -441,3 +441,28 @@ def test_the_config_after_a_runtime_add_is_checked_while_the_server_comes_up() -
     w.lbs["lb1"].never_up = {w.servers(AddServer, "web")[0]}
     assert set(w.run().failures) == {"web"}
     assert w.lbs["lb1"].checked == {}
+
+
+def test_configs_after_several_runtime_adds_are_checked_ahead_once_all_are_added() -> None:
+    """Three replicas replaced: both configs (after the three adds, after the three
+    removals) are checked ahead, once the last server is added; neither config step
+    checks again, and nothing checked is left behind."""
+    three = desired(service("web", releases=[("v2", 100)], replicas=3), lb_hosts=("lb1",))
+    w = World.of(three, before=replace(three, services=(service("web", replicas=3),)))
+    lb = w.lbs["lb1"]
+    events: list[str] = []
+    check, install = lb.check, lb.install
+
+    def logged_check(text: str) -> Path:
+        events.append("check")
+        return check(text)
+
+    def logged_install(text: str, checked: Path | None = None) -> bool:
+        events.append("install" + (" checked" if checked else ""))
+        return install(text, checked)
+
+    lb.check, lb.install = logged_check, logged_install  # type: ignore[method-assign]
+    assert w.run().ok
+    assert [e for e in events if e.startswith("install")] == ["install checked"] * 2
+    assert events.count("check") == 2
+    assert lb.checked == {}
