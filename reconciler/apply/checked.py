@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,12 +38,14 @@ class CheckedConfigs:
         if twice:
             self.lbs[host].discard(path)
 
-    def check_later(self, host: str, text: str) -> None:
-        """``check`` in the background; a refusal is left to the config step."""
+    def check_later(self, host: str, texts: Callable[[], Iterable[str]]) -> None:
+        """``check`` each of ``texts()`` on ``host``, in the background; a refusal (or
+        an error making them) is left to the config step."""
 
         def quietly() -> None:
             try:
-                self.check(host, text)
+                for text in texts():
+                    self.check(host, text)
             except ReconcilerError:
                 return
 

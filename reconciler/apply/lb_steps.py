@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
 from reconciler import identity
 from reconciler.apply.checked import CheckedConfigs
 from reconciler.apply.results import Ledger, Status, StepSkipped
-from reconciler.errors import ReconcilerError
 from reconciler.lb.port import LBError, LoadBalancerPort, NoSuchServer, ServerEntry
 from reconciler.model import DesiredState, LoadBalancer, ObservedState
 from reconciler.plan.actions import (
@@ -80,19 +80,17 @@ class LBSteps:
         # server -> its (LB host, backend, server)s to delete once its container stopped
         self.deferred: dict[str, list[tuple[str, str, str]]] = {}
         self.checked = CheckedConfigs(lbs)  # configs checked before their step (``verify``)
-        # What the run's plan adds at runtime (how many) and removes, per LB host, and the
-        # servers added at runtime so far: once all are, the next configs are known.
-        self.adds: Counter[str] = Counter()
+        # What the run's plan adds at runtime and removes, per LB host (``check_ahead``)
+        self.adds: dict[str, list[AddServer]] = {}
         self.removals: dict[str, set[tuple[str, str]]] = {}
-        self.adding: dict[str, Servers] = {}
         self.statuses: dict[str, Counter[Status]] = {}  # LB host -> its steps' since config
 
     def expect(self, actions: Iterable[Action]) -> None:
         """Note the servers the run's ``actions`` add at runtime and remove on each LB
-        host, so that the configs after them can be checked ahead (``_precheck``)."""
+        host, so that the configs after them can be checked ahead (``check_ahead``)."""
         for a in actions:
             if isinstance(a, AddServer) and a.runtime:
-                self.adds[a.host] += 1
+                self.adds.setdefault(a.host, []).append(a)
             elif isinstance(a, RemoveServer):
                 self.removals.setdefault(a.host, set()).add((a.backend, a.server))
 
@@ -124,12 +122,6 @@ class LBSteps:
             return None
         lb = self.lbs[a.host]
         lb.add_server(self.services.get(a.service or ""), entry)
-        with self.ledger.lock:
-            adding = self.adding.setdefault(a.host, {})
-            adding[(a.backend, a.server)] = entry
-            last = len(adding) == self.adds[a.host]
-        if last:
-            self._precheck(a.host)  # while HAProxy runs its first check of it
         timeout = self._up_timeout([a.backend])
         if lb.wait_up([(a.backend, a.server)], timeout=timeout):
             lb.delete_server(a.backend, a.server, timeout=5)
@@ -315,25 +307,33 @@ class LBSteps:
         self._prepare_acme(lb_host)
         self.checked.check(lb_host, text)
 
-    def _precheck(self, lb_host: str) -> None:
-        """Once the plan's servers are all added at runtime on ``lb_host`` (during the
-        last one's first check), check the configs its next config steps most likely
-        install: with them (now), and also without the servers the run removes (in the
-        background). Those steps then run no ``haproxy -c`` (``_install`` checks a text
-        that differs, e.g. when a server did not come UP)."""
+    def check_ahead(self, published: Mapping[tuple[str, str], tuple[str, int]]) -> None:
+        """Check in the background, during the new containers' health gate, the configs
+        each LB host's next config steps most likely install: with the servers the plan
+        adds at runtime (at ``published``: (app host, container) -> address, port), then
+        also without those it removes. Those steps then run no ``haproxy -c`` (a text
+        that differs, e.g. a server did not come UP, is checked by ``_install``)."""
+        adds, self.adds = self.adds, {}
+        for lb_host, todo in adds.items():
+            where = [published.get((a.app_host, a.container)) for a in todo]
+            entries = {
+                (a.backend, a.server): ServerEntry(a.backend, a.server, *w, a.weight)
+                for a, w in zip(todo, where, strict=True)
+                if w is not None
+            }
+            if len(entries) == len(todo):
+                self.checked.check_later(lb_host, partial(self._texts_ahead, lb_host, entries))
+
+    def _texts_ahead(self, lb_host: str, entries: Servers) -> list[str]:
+        """``lb_host``'s configs with ``entries``, then without the removed servers."""
+        self._check_binds(lb_host)
+        self._prepare_acme(lb_host)
         with self.ledger.lock:
-            servers = {**self.next_servers.get(lb_host, {}), **self.adding[lb_host]}
+            servers = {**self.next_servers.get(lb_host, {}), **entries}
         gone = self.removals.get(lb_host, set())
+        after = {k: v for k, v in servers.items() if k not in gone}
         lb, lbdef = self.lbs[lb_host], self._lbdef(lb_host)
-        try:
-            self._check_binds(lb_host)
-            self._prepare_acme(lb_host)
-            if gone:
-                after = [v for k, v in servers.items() if k not in gone]
-                self.checked.check_later(lb_host, lb.config_text(self.desired, lbdef, after))
-            self.checked.check(lb_host, lb.config_text(self.desired, lbdef, servers.values()))
-        except ReconcilerError:
-            return  # the config step checks again and says why
+        return [lb.config_text(self.desired, lbdef, t.values()) for t in (servers, after)]
 
     def configure(self, a: ConfigureLB) -> str:
         lb = self.lbs[a.host]

@@ -165,6 +165,8 @@ class Executor:
                 step, action = actions[i]
                 if not isinstance(action, StartContainer):
                     self.guard()
+                    if isinstance(action, AddServer):  # the configs checked during the gate
+                        self.lb_steps.check_ahead(self.container_steps.published)
                     self._gate()
                 if self.should_stop():
                     # Every prefix of a plan leaves HAProxy on healthy containers only
