@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +21,7 @@ class CheckedConfigs:
         self.lbs = lbs
         self._lock = threading.Lock()
         self._copies: dict[str, dict[str, Path]] = {}
-        self._pending: dict[str, list[Future[None]]] = {}
+        self._pending: dict[tuple[str, str], Future[None]] = {}  # (host, text): under way
         self._pool: ThreadPoolExecutor | None = None
 
     def check(self, host: str, text: str) -> None:
@@ -38,40 +38,40 @@ class CheckedConfigs:
         if twice:
             self.lbs[host].discard(path)
 
-    def check_later(self, host: str, texts: Callable[[], Iterable[str]]) -> None:
-        """``check`` each of ``texts()`` on ``host``, in the background; a refusal (or
-        an error making them) is left to the config step."""
+    def check_later(self, host: str, text: str, first: Callable[[], None]) -> None:
+        """``first()``, then ``check`` ``text`` on ``host``, in the background; a
+        refusal is left to the config step."""
 
         def quietly() -> None:
             try:
-                for text in texts():
-                    self.check(host, text)
+                first()
+                self.check(host, text)
             except ReconcilerError:
                 return
 
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="precheck")
-            self._pending.setdefault(host, []).append(self._pool.submit(quietly))
-
-    def wait(self, host: str) -> None:
-        """Return once the background checks of ``host`` are done."""
-        with self._lock:
-            futures = self._pending.pop(host, [])
-        for future in futures:
-            future.result()
+            if (host, text) not in self._pending:
+                self._pending[(host, text)] = self._pool.submit(quietly)
 
     def take(self, host: str, text: str) -> Path | None:
-        """The checked copy of ``text`` on ``host`` (None: not checked), now the caller's."""
-        self.wait(host)
+        """The checked copy of ``text`` on ``host`` (None: not checked), now the
+        caller's; waits for its check when it is under way."""
+        with self._lock:
+            future = self._pending.pop((host, text), None)
+        if future is not None:
+            future.result()
         with self._lock:
             return self._copies.get(host, {}).pop(text, None)
 
     def discard(self) -> None:
         """Remove every copy not taken (the run stopped first, or went otherwise than
         the checks ahead foresaw)."""
-        for host in list(self._pending):
-            self.wait(host)
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            future.result()
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None

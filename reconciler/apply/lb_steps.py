@@ -22,6 +22,7 @@ from functools import partial
 from reconciler import identity
 from reconciler.apply.checked import CheckedConfigs
 from reconciler.apply.results import Ledger, Status, StepSkipped
+from reconciler.errors import ReconcilerError
 from reconciler.lb.port import LBError, LoadBalancerPort, NoSuchServer, ServerEntry
 from reconciler.model import DesiredState, LoadBalancer, ObservedState
 from reconciler.plan.actions import (
@@ -279,10 +280,12 @@ class LBSteps:
         servers = self.next_servers.get(lb_host, {}).values()
         return self.lbs[lb_host].config_text(self.desired, self._lbdef(lb_host), servers)
 
-    def _check_binds(self, lb_host: str) -> None:
-        """Raise, installing nothing, when the LB host cannot give HAProxy a bind the new
-        config adds (``haproxy -c`` does not check; a reload that fails to bind refuses
-        new connections on every frontend for seconds)."""
+    def _ready(self, lb_host: str) -> None:
+        """Before a config of ``lb_host`` is checked: raise, installing nothing, when the
+        host cannot give HAProxy a bind the config adds (``haproxy -c`` does not check; a
+        reload that fails to bind refuses new connections on every frontend for
+        seconds); make the files its ACME frontends load (challenge map, placeholder
+        certificates)."""
         binds = [(fe.name, fe.bind_address, fe.bind_port) for fe in self._lbdef(lb_host).frontends]
         problems = self.lbs[lb_host].bind_problems(binds)
         if problems:
@@ -291,10 +294,6 @@ class LBSteps:
                 f"{on}the new config binds what this host cannot give HAProxy; nothing "
                 "installed: " + "; ".join(problems)
             )
-
-    def _prepare_acme(self, lb_host: str) -> None:
-        """The files a config with ACME frontends loads (challenge map, placeholder
-        certificates) exist on the LB host before it is checked."""
         acme = [fe.name for fe in self._lbdef(lb_host).frontends if fe.tls_acme]
         if acme:
             self.lbs[lb_host].acme().prepare(acme)
@@ -303,16 +302,14 @@ class LBSteps:
         """Render and check the next config of ``lb_host`` now, for its config step to
         install (raises, installing nothing, when it cannot be)."""
         text = self._render(lb_host)  # PrivilegeError: the host lacks a user
-        self._check_binds(lb_host)
-        self._prepare_acme(lb_host)
+        self._ready(lb_host)
         self.checked.check(lb_host, text)
 
     def check_ahead(self, published: Mapping[tuple[str, str], tuple[str, int]]) -> None:
         """Check in the background, during the new containers' health gate, the configs
         each LB host's next config steps most likely install: with the servers the plan
         adds at runtime (at ``published``: (app host, container) -> address, port), then
-        also without those it removes. Those steps then run no ``haproxy -c`` (a text
-        that differs, e.g. a server did not come UP, is checked by ``_install``)."""
+        without those it removes; those steps then run no ``haproxy -c`` of their own."""
         adds, self.adds = self.adds, {}
         for lb_host, todo in adds.items():
             where = [published.get((a.app_host, a.container)) for a in todo]
@@ -321,19 +318,19 @@ class LBSteps:
                 for a, w in zip(todo, where, strict=True)
                 if w is not None
             }
-            if len(entries) == len(todo):
-                self.checked.check_later(lb_host, partial(self._texts_ahead, lb_host, entries))
-
-    def _texts_ahead(self, lb_host: str, entries: Servers) -> list[str]:
-        """``lb_host``'s configs with ``entries``, then without the removed servers."""
-        self._check_binds(lb_host)
-        self._prepare_acme(lb_host)
-        with self.ledger.lock:
-            servers = {**self.next_servers.get(lb_host, {}), **entries}
-        gone = self.removals.get(lb_host, set())
-        after = {k: v for k, v in servers.items() if k not in gone}
-        lb, lbdef = self.lbs[lb_host], self._lbdef(lb_host)
-        return [lb.config_text(self.desired, lbdef, t.values()) for t in (servers, after)]
+            if len(entries) < len(todo):
+                continue  # a container the plan adds is not running: no guess
+            with self.ledger.lock:
+                servers = {**self.next_servers.get(lb_host, {}), **entries}
+            gone = self.removals.get(lb_host, set())
+            after = {k: v for k, v in servers.items() if k not in gone}
+            lb, lbdef = self.lbs[lb_host], self._lbdef(lb_host)
+            try:
+                texts = [lb.config_text(self.desired, lbdef, t.values()) for t in (servers, after)]
+            except ReconcilerError:
+                continue  # the config step renders it again and says why
+            for text in texts:
+                self.checked.check_later(lb_host, text, partial(self._ready, lb_host))
 
     def configure(self, a: ConfigureLB) -> str:
         lb = self.lbs[a.host]
@@ -372,8 +369,7 @@ class LBSteps:
         text = self._render(lb_host)
         path = self.checked.take(lb_host, text)
         if path is None:
-            self._check_binds(lb_host)
-            self._prepare_acme(lb_host)
+            self._ready(lb_host)
         return lb.install(text, path)
 
     def _up_timeout(self, backends: Iterable[str]) -> float:
