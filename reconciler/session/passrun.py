@@ -140,18 +140,9 @@ class PassRun:
         self.remember(current)
         return PassResult(current, self.result, self.finish(run_id, current, retention))
 
-    def request_events(self, canaries: bool) -> dict[str, str]:
-        """LB host -> the text of its request log ring, read when canaries need it or
-        the session records requests (LBs whose ``request_records`` is off have none);
-        the ring's new requests are then recorded (``reconciler.records.oneshot``)."""
-        rings = self._rings(canaries)
-        events = _read_rings(rings)
-        if self.s.record_requests:
-            record_dumps(self.s.state_dir, self.desired, self.observed, events)
-        return events
-
     def _rings(self, canaries: bool) -> dict[str, LoadBalancerPort]:
-        """The LB hosts whose request log ring is to be read (see ``request_events``)."""
+        """The LB hosts whose request log ring is read: when canaries need it or the
+        session records requests (LBs whose ``request_records`` is off have none)."""
         wanted = {h for lb in self.desired.loadbalancers if lb.request_records for h in lb.hosts}
         if not wanted or not (canaries or self.s.record_requests):
             return {}
@@ -159,23 +150,27 @@ class PassRun:
 
     def judge_canaries(self) -> DesiredState:
         """One look at every canary (``Session.judge_canaries``) with the LB hosts'
-        request logs; the desired state with the weights that follow from it. Without
-        canaries the rings are only recorded, and that beside the pass (``recording``,
-        joined before its outcome check), not before its plan: ingesting a full ring
-        takes tens of milliseconds."""
+        request logs; the desired state with the weights that follow from it. The rings'
+        new requests are recorded too (``record_dumps``); without canaries that is done
+        beside the pass (``recording``, joined before its outcome check), not before its
+        plan: ingesting a full ring takes tens of milliseconds."""
         canaries = self.s.has_canaries(self.desired)
+        rings = self._rings(canaries)
+        desired, observed, state_dir = self.desired, self.observed, self.s.state_dir
+        record = self.s.record_requests
         if canaries:
-            return self.s.judge_canaries(self.desired, self.observed, self.request_events(True))
-        rings = self._rings(False)
+            events = _read_rings(rings)
+            if record:
+                record_dumps(state_dir, desired, observed, events)
+            return self.s.judge_canaries(desired, observed, events)
         if rings:
-            desired, observed, state_dir = self.desired, self.observed, self.s.state_dir
             self.recording = threading.Thread(
                 target=lambda: record_dumps(state_dir, desired, observed, _read_rings(rings)),
                 name="request-records",
                 daemon=True,  # a pass that raises does not wait for it
             )
             self.recording.start()
-        return self.desired
+        return desired
 
     def first_plan(self) -> Plan:
         """The pass's plan, once the images it needs are on their hosts (container names
