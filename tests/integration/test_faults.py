@@ -435,8 +435,15 @@ def test_dockerd_restart_between_passes(dep: Deployment) -> None:
             return all(c.status == "running" and c.attrs["State"].get("Health", {}).get(
                 "Status", "none") in ("healthy", "none") for c in cs) and len(cs) == len(before)
 
+        def haproxy_sees_them_up() -> bool:  # its own checks, not only Docker's view
+            stats = [s for s in dep.haproxy.server_stats() if s.backend == "be_web"]
+            return bool(stats) and all(s.status.startswith("UP") for s in stats)
+
         wait_for(serving, timeout=60, what="web to answer through HAProxy again")
         wait_for(restored, timeout=60, what="every container to run, healthy, again")
+        # A server whose checks failed while the engine was down may go DOWN (fall 3)
+        # just after its container is back, then UP again (rise 2): wait for HAProxy.
+        wait_for(haproxy_sees_them_up, timeout=30, what="HAProxy to see every web server UP")
         assert {c.name: c.ports for c in dep.containers()} == before  # on the same ports
         answers(dep, 10)
         converge(dep, client)
