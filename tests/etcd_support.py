@@ -214,6 +214,14 @@ class EtcdCluster:
         if wait:
             self.wait_healthy([i])
 
+    def revive(self) -> None:
+        """Start every member that does not run (after a test killed some, whether or not
+        it got that far), then wait until all answer healthy."""
+        for i, m in enumerate(self.members):
+            if not m.running():
+                self.start_member(i, wait=False)
+        self.wait_healthy()
+
     def kill(self, i: int) -> None:
         """SIGKILL member ``i`` and reap it."""
         m = self.members[i]

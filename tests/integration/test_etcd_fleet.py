@@ -402,10 +402,7 @@ def test_etcd_members_down_one_goes_on_two_tear_nothing_down(world: World) -> No
                 assert w.served() == {"revision=v1"}
                 time.sleep(0.5)
         finally:
-            for i in (0, 1):
-                if not w.cluster.members[i].running():
-                    w.cluster.start_member(i, wait=False)
-            w.cluster.wait_healthy()
+            w.cluster.revive()
         wait_for(lambda: w.converged("v2"), timeout=120,
                  what=f"the rollout with quorum back\n{w.diagnostics()}")
 

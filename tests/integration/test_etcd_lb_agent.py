@@ -190,12 +190,12 @@ def test_switch_under_load_without_reload_and_serving_on_without_quorum(world: W
         # no quorum: HAProxy serves on with the last applied pool
         w.cluster.kill(1)
         w.cluster.kill(2)
-        wait_for(lambda: "HAProxy keeps serving the last applied pools" in w.log_text(),
-                 timeout=20, what=f"the agent to notice the lost quorum\n{w.log_text()}")
-        assert w.served() == {"revision=v2"}
-        w.cluster.start_member(1, wait=False)
-        w.cluster.start_member(2, wait=False)
-        w.cluster.wait_healthy()
+        try:
+            wait_for(lambda: "HAProxy keeps serving the last applied pools" in w.log_text(),
+                     timeout=20, what=f"the agent to notice the lost quorum\n{w.log_text()}")
+            assert w.served() == {"revision=v2"}
+        finally:
+            w.cluster.revive()
         heavier = [(v2[0], 150, "ready"), (v2[1], 50, "ready")]
         timings["weights after quorum"] = w.wait_applied(w.publish(heavier), timeout=40)
         report = load.stop()
@@ -230,9 +230,7 @@ def test_a_restarted_agent_with_etcd_down_serves_its_installed_config(world: Wor
         assert w.served() == {"revision=v2"}
         assert "started HAProxy on its installed config" in w.log_text()
     finally:
-        w.cluster.start_member(1, wait=False)
-        w.cluster.start_member(2, wait=False)
-        w.cluster.wait_healthy()
+        w.cluster.revive()
 
 
 def _serves(w: World) -> bool:
