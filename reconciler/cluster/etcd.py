@@ -239,10 +239,8 @@ class Etcd:
     def _post(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         def request(c: Any) -> dict[str, Any]:
             out: dict[str, Any] = c.post(c.get_url(path), json=body)
-            if isinstance(out.get("error"), dict):
-                # A streaming call (lease keepalive) answers HTTP 200 with the error in
-                # its body ("no leader" while the members elect one): that endpoint
-                # failed, not the request (a lease that is gone has a result, TTL 0).
+            if isinstance(out.get("error"), dict):  # a stream's (keepalive's) error, in
+                # an HTTP 200 ("no leader"): that endpoint failed (a gone lease has TTL 0)
                 from etcd3gw import exceptions as ex
 
                 raise ex.ConnectionFailedError(json.dumps(out["error"]))
@@ -285,10 +283,8 @@ class Etcd:
     def txn(self, compare: Sequence[Compare], success: Sequence[Op],
             failure: Sequence[Op] = ()) -> TxnResult:
         """One transaction: ``success`` if every ``compare`` holds, else ``failure``.
-        Always linearizable (needs quorum): etcd serves a transaction without any request
-        from the member's own state, even one cut off from the others, so such a
-        transaction (a bare check of compares, as a leader's confirm) gets a read of its
-        first compared key."""
+        Linearizable (needs quorum): etcd serves one without requests from a member's own
+        state, even cut off, so such a one gets a read of its first compared key."""
         if compare and not success and not failure:
             success = [Op("get", compare[0].key)]
         body = {"compare": [c.to_json() for c in compare],

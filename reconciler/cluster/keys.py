@@ -15,12 +15,16 @@ names agree.
 | ``hosts/<host>/desired``   | the host's desired slice    | (none)            |
 | ``hosts/<host>/report``    | what its LB agent applied   | the agent's lease |
 | ``hosts/<host>/app-report``| what runs there, its health | the agent's lease |
+| ``canary/<service>``       | its canary analysis state   | (none)            |
+| ``held``                   | services held at a commit   | (none)            |
 
 ``pool/`` and ``lb/`` are written by the leader (``reconciler.cluster.publish``) and
 read by the LB agents (``reconciler.agent.lb``); their values are
 ``reconciler.cluster.lbconfig``'s. ``hosts/<host>/desired`` is the app host's slice
 (``reconciler.cluster.hostslice``), read by its app agent (``reconciler.agent.app``),
-which writes ``app-report``; an LB agent writes ``report``. Names are checked: a part
+which writes ``app-report``; an LB agent writes ``report``. ``canary/`` and ``held``
+are the leader's, shared so that a replica that takes over goes on from them
+(``reconciler.agent.leaderpass``, ``reconciler.cluster.shared``). Names are checked: a part
 may not be empty or hold ``/`` (a host named ``a/b`` must not reach another host's keys).
 """
 
@@ -110,3 +114,9 @@ class Keys:
 
     def canary(self, service: str) -> str:
         return self.canaries + part("service", service)
+
+    @property
+    def held(self) -> str:
+        """The services held at the commit the leader applied last (shared by the
+        replicas: ``reconciler.cluster.shared``)."""
+        return self.prefix + "held"

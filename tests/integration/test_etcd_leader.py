@@ -14,6 +14,7 @@ nothing is torn down, traffic flows; work resumes with quorum).
 from __future__ import annotations
 
 import calendar
+import json
 import os
 import signal
 import sqlite3
@@ -59,19 +60,23 @@ health:
 env:
   GREETING: hello from web
   DELAY_PATHS: "{delay}"
+  FAIL_HEALTH: "{fail}"
 stop_grace_period: 2s
 loadbalancing:
   drain_timeout: 2s
 """
 
 
-def web_yaml(revision: str, slow_health_ms: int = 0) -> str:
+def web_yaml(revision: str, slow_health_ms: int = 0, unhealthy: bool = False) -> str:
     """web at ``revision``; with ``slow_health_ms``, its health check path answers that
-    late (a pass then waits that long at its health gate, before it adds the server)."""
+    late (a pass then waits that long at its health gate, before it adds the server);
+    ``unhealthy``: its health check fails (the pass fails web, held at that commit)."""
+    fail = "1" if unhealthy else ""
     if slow_health_ms:
         return WEB.format(revision=revision, path="/slow", delay=f"/slow={slow_health_ms}",
-                          timeout=f"{slow_health_ms // 1000 + 3}s")
-    return WEB.format(revision=revision, path="/healthz", timeout="1s", delay="/none=0")
+                          timeout=f"{slow_health_ms // 1000 + 3}s", fail=fail)
+    return WEB.format(revision=revision, path="/healthz", timeout="1s", delay="/none=0",
+                      fail=fail)
 
 
 class Replica(Watch):
@@ -167,8 +172,9 @@ class World:
         lead = self.leader()
         return [r for r in self.replicas if r is not lead and r.proc.poll() is None]
 
-    def push_web(self, revision: str, slow_health_ms: int = 0) -> str:
-        (self.dep.repo / "services" / "web.yaml").write_text(web_yaml(revision, slow_health_ms))
+    def push_web(self, revision: str, slow_health_ms: int = 0, unhealthy: bool = False) -> str:
+        (self.dep.repo / "services" / "web.yaml").write_text(
+            web_yaml(revision, slow_health_ms, unhealthy))
         sha, _ = self.replicas[0].push(f"web {revision}")
         return sha
 
@@ -349,6 +355,37 @@ def test_no_quorum_the_leader_stops_acting_and_nothing_is_torn_down(
     names = [c.name for c in world.dep.containers()]
     assert len(names) == len(set(names)) == 2
     assert {c.labels[identity.SERVICE] for c in world.dep.containers()} == {"web", "api"}
+
+
+def test_a_service_the_leader_held_stays_held_after_a_takeover(world: World) -> None:
+    lead = wait_for(world.leader, timeout=15, what="a leader")
+    (standby,) = world.standbys()
+    sha = world.push_web("v2", unhealthy=True)
+    wait_for(lambda: any(s == "failed" for s, _ in lead.run_status(sha)), timeout=60,
+             what="the leader's pass failing web")
+    e = world.etcd()
+    try:
+        kv = wait_for(lambda: e.get(world.keys.held), timeout=10, what="the held key")
+    finally:
+        e.close()
+    shared = json.loads(kv.value)
+    assert shared["commit"] == sha and list(shared["services"]) == ["web"], shared
+    assert "not healthy" in shared["services"]["web"]
+    lead.proc.kill()
+    lead.proc.wait()
+    wait_for(lambda: world.leader() is standby, timeout=3 * TTL, what="the standby's lead")
+    adopted = wait_for(lambda: standby.events("held-adopted"), timeout=20,
+                       what="the new leader adopting the hold")
+    assert adopted[-1]["services"] == ["web"]
+    # its pass at the same commit leaves web as it runs: no step, v1 serves on
+    runs = wait_for(lambda: standby.run_status(sha), timeout=30, what="its pass at the commit")
+    assert runs[-1][0] == "nothing-to-do" and standby.steps_of(sha) == 0, runs
+    assert world.serving("v1") and world.web_revisions() == ["v1"]
+    world.replicas.append(Replica(world, "d"))  # a standby again for the test after this
+    world.push_web("v2")  # a newer commit: tried again
+    wait_for(lambda: world.serving("v2"), timeout=60, what="v2 served")
+    wait_for(lambda: world.web_revisions() == ["v2"], timeout=30, what="v1 removed")
+    world.push_web("v1")  # as the next test expects it
 
 
 def test_apply_by_hand_waits_for_the_leader_and_leads_when_none_does(world: World) -> None:
