@@ -51,6 +51,7 @@ def run_plan(
 ) -> NoReturn:
     """Print the plan; exit 0 when it is empty, 2 when changes are pending, 1 on error."""
     try:
+        from reconciler.cluster.shared import last_applied
         from reconciler.present.output import plan_json, plan_text
         from reconciler.session import Session
 
@@ -58,7 +59,7 @@ def run_plan(
         with Session(state_dir, external=external, read_only=True) as session:
             env = desired.environment
             if session.store is not None:
-                warn_rollback(loaded, env, session.last_commit(env))
+                warn_rollback(loaded, env, last_applied(desired, session.last_commit(env)))
             result = session.preview(desired).plan
     except ReconcilerError as exc:
         fail(exc)
@@ -77,13 +78,16 @@ def warn_rollback(loaded: Loaded, environment: str, last: str | None) -> None:
         click.echo(f"warning: apply would refuse this commit: {exc}", err=True)
 
 
-def check_forward(loaded: Loaded, environment: str, session: Session, allow_rollback: bool) -> None:
+def check_forward(loaded: Loaded, desired: DesiredState, session: Session,
+                  allow_rollback: bool) -> None:
     """Refuse (RollbackRefused) a commit that does not descend from the environment's
     last applied commit, unless ``allow_rollback``: then record the operator's decision
     as a run of its own (status ``rollback``) before the pass. Call under the lock."""
+    from reconciler.cluster.shared import last_applied
     from reconciler.desired import lineage
 
-    last = session.last_commit(environment)
+    environment = desired.environment
+    last = last_applied(desired, session.last_commit(environment))
     try:
         lineage.check_forward(loaded.git_dir, environment, last, loaded.snapshot.commit)
     except lineage.RollbackRefused:
@@ -134,7 +138,7 @@ def run_apply(
             leadership(coord, name, env, lock_timeout) as guard,
             Session(state_dir, external=external, policy=policy) as session,
         ):
-            check_forward(loaded, desired.environment, session, allow_rollback)
+            check_forward(loaded, desired, session, allow_rollback)
             done = session.apply(
                 desired,
                 source=loaded.label,

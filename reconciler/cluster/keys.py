@@ -16,13 +16,13 @@ names agree.
 | ``hosts/<host>/report``    | what its LB agent applied   | the agent's lease |
 | ``hosts/<host>/app-report``| what runs there, its health | the agent's lease |
 | ``canary/<service>``       | its canary analysis state   | (none)            |
-| ``held``                   | services held at a commit   | (none)            |
+| ``applied``                | the last commit, held ones  | (none)            |
 
 ``pool/`` and ``lb/`` are written by the leader (``reconciler.cluster.publish``) and
 read by the LB agents (``reconciler.agent.lb``); their values are
 ``reconciler.cluster.lbconfig``'s. ``hosts/<host>/desired`` is the app host's slice
 (``reconciler.cluster.hostslice``), read by its app agent (``reconciler.agent.app``),
-which writes ``app-report``; an LB agent writes ``report``. ``canary/`` and ``held``
+which writes ``app-report``; an LB agent writes ``report``. ``canary/`` and ``applied``
 are the leader's, shared so that a replica that takes over goes on from them
 (``reconciler.agent.leaderpass``, ``reconciler.cluster.shared``). Names are checked: a part
 may not be empty or hold ``/`` (a host named ``a/b`` must not reach another host's keys).
@@ -116,7 +116,7 @@ class Keys:
         return self.canaries + part("service", service)
 
     @property
-    def held(self) -> str:
-        """The services held at the commit the leader applied last (shared by the
-        replicas: ``reconciler.cluster.shared``)."""
-        return self.prefix + "held"
+    def applied(self) -> str:
+        """The commit the leader applied last and the services held at it (shared by
+        the replicas: ``reconciler.cluster.shared``)."""
+        return self.prefix + "applied"

@@ -353,25 +353,25 @@ class Session:
         if desired.coordination.etcd is None or desired.coordination.mode != "etcd":
             return self._pass(desired, source, on_plan, on_step, health_min_s, should_stop,
                               retention, guard)
-        from reconciler.cluster.shared import holds_for
+        from reconciler.cluster.shared import shared_for
 
-        holds = holds_for(desired, guard)
+        shared = shared_for(desired, guard)
         try:
             env, store = desired.environment, self.require_store()
-            holds.adopt(store, env, desired.commit)
+            shared.adopt(store, env, desired.commit)
             done = self._pass(desired, source, on_plan, on_step, health_min_s, should_stop,
                               retention, guard)
             if done.result.fenced is None:
-                holds.share(store, env, desired.commit)
+                shared.share(store, env, desired.commit)
             return done
         finally:
-            holds.client.close()
+            shared.client.close()
 
     def _pass(self, desired: DesiredState, source: str, on_plan: Callable[[Plan], None],
               on_step: Callable[[StepResult], None], health_min_s: float,
               should_stop: Callable[[], bool], retention: Retention,
               guard: Callable[[], None]) -> PassResult:
-        """``apply`` without the holds shared in etcd mode."""
+        """``apply`` without what etcd mode shares (``reconciler.cluster.shared``)."""
         if desired.coordination.agents:
             from reconciler.agent.leaderpass import agents_pass
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler.canary.engine import undecided
+from reconciler.cluster.shared import last_applied
 from reconciler.desired.lineage import RollbackRefused, check_forward
 from reconciler.desired.manifests import load_manifests, resolve
 from reconciler.desired.policy import Policy
@@ -73,7 +74,7 @@ class _State:
     last_pass: float = float("-inf")
     canary_s: float | None = None  # a canary under analysis: look again this often
     rejected: dict[str, str] = field(default_factory=dict)  # commit -> why
-    rollbacks: dict[str, str] = field(default_factory=dict)  # commit -> its environment
+    rollbacks: dict[str, DesiredState] = field(default_factory=dict)  # commit -> its state
     failures_in_a_row: int = 0
     retry_at: float = 0.0
     seen_at: float | None = None  # monotonic time of the last successful read of the head
@@ -263,22 +264,23 @@ class Watcher:
             self._reject(sha, f"cannot load the manifests: {type(exc).__name__}: {exc}", "invalid")
             return None
         try:
-            check_forward(Path(repo.git_dir), desired.environment, self._last(env), sha)
+            check_forward(Path(repo.git_dir), desired.environment, self._last(desired), sha)
         except RollbackRefused as exc:
-            self.state.rollbacks[sha] = env
+            self.state.rollbacks[sha] = desired
             self._reject(sha, str(exc), "rollback")
             return None
         return snapshot, desired
 
-    def _last(self, environment: str) -> str | None:
-        """The last commit applied to ``environment`` (the history database)."""
-        return self.session.last_commit(environment)
+    def _last(self, desired: DesiredState) -> str | None:
+        """The last commit applied to ``desired``'s environment: the history's, or in
+        etcd mode the leader's (``reconciler.cluster.shared.last_applied``)."""
+        return last_applied(desired, self.session.last_commit(desired.environment))
 
     def _rollback_decided(self, sha: str) -> bool:
         """True when ``sha`` was rejected as a rollback and the operator has since rolled
         the environment back to it (``reconcile apply --allow-rollback``)."""
-        env = self.state.rollbacks.get(sha)
-        return env is not None and self._last(env) == sha
+        desired = self.state.rollbacks.get(sha)
+        return desired is not None and self._last(desired) == sha
 
     def _canary_interval(self, desired: DesiredState) -> float | None:
         """Seconds between looks while a canary needs them; else None.
@@ -369,10 +371,10 @@ class Watcher:
             # Again under the lock: an operator's rollback (`apply --allow-rollback`) may
             # have been recorded since _load looked; this pass must not undo it.
             try:
-                check_forward(repo_dir, desired.environment, self._last(desired.environment), sha)
+                check_forward(repo_dir, desired.environment, self._last(desired), sha)
             except RollbackRefused as exc:
                 self.state.good = None if previous == sha else previous
-                self.state.rollbacks[sha] = desired.environment
+                self.state.rollbacks[sha] = desired
                 self._reject(sha, str(exc), "rollback")
                 return None
             return self.session.apply(

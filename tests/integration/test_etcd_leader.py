@@ -28,6 +28,7 @@ import docker
 import pytest
 from deploy_support import Deployment, free_port, wait_for
 from etcd_support import EtcdCluster
+from repo_support import git
 from watch_support import Watch
 
 from reconciler import identity
@@ -184,6 +185,15 @@ class World:
         except OSError:
             return False
         return code == 200 and f"revision={revision}" in body
+
+    def applied(self) -> dict[str, object] | None:
+        """The ``applied`` key the leader shares: its last commit and held services."""
+        e = self.etcd()
+        try:
+            kv = e.get(self.keys.applied)
+        finally:
+            e.close()
+        return None if kv is None else dict(json.loads(kv.value))
 
     def web_revisions(self) -> list[str]:
         return self.dep.revisions("web")
@@ -363,14 +373,9 @@ def test_a_service_the_leader_held_stays_held_after_a_takeover(world: World) -> 
     sha = world.push_web("v2", unhealthy=True)
     wait_for(lambda: any(s == "failed" for s, _ in lead.run_status(sha)), timeout=60,
              what="the leader's pass failing web")
-    e = world.etcd()
-    try:
-        kv = wait_for(lambda: e.get(world.keys.held), timeout=10, what="the held key")
-    finally:
-        e.close()
-    shared = json.loads(kv.value)
-    assert shared["commit"] == sha and list(shared["services"]) == ["web"], shared
-    assert "not healthy" in shared["services"]["web"]
+    shared = wait_for(lambda: (a := world.applied()) and a["commit"] == sha and a, timeout=10,
+                      what="the applied key at the failed commit")
+    assert list(shared["held"]) == ["web"] and "not healthy" in shared["held"]["web"], shared
     lead.proc.kill()
     lead.proc.wait()
     wait_for(lambda: world.leader() is standby, timeout=3 * TTL, what="the standby's lead")
@@ -381,11 +386,40 @@ def test_a_service_the_leader_held_stays_held_after_a_takeover(world: World) -> 
     runs = wait_for(lambda: standby.run_status(sha), timeout=30, what="its pass at the commit")
     assert runs[-1][0] == "nothing-to-do" and standby.steps_of(sha) == 0, runs
     assert world.serving("v1") and world.web_revisions() == ["v1"]
-    world.replicas.append(Replica(world, "d"))  # a standby again for the test after this
+    world.replicas.append(Replica(world, "d"))  # a standby again for the tests after this
     world.push_web("v2")  # a newer commit: tried again
     wait_for(lambda: world.serving("v2"), timeout=60, what="v2 served")
     wait_for(lambda: world.web_revisions() == ["v2"], timeout=30, what="v1 removed")
-    world.push_web("v1")  # as the next test expects it
+    latest = world.push_web("v1")
+    wait_for(lambda: world.serving("v1") and (world.applied() or {}).get("commit") == latest,
+             timeout=60, what="v1 applied and shared")
+
+
+def test_a_replica_new_to_the_environment_refuses_a_rollback_from_the_leaders_commit(
+        world: World) -> None:
+    lead = wait_for(world.leader, timeout=15, what="a leader")
+    (fresh,) = world.standbys()
+    assert fresh.steps() == 0 and not fresh._query("SELECT id FROM runs")  # no history
+    latest = git(world.dep.repo, "rev-parse", "HEAD")
+    older = git(world.dep.repo, "rev-parse", "HEAD~1")  # web v2, applied before
+    assert (world.applied() or {}).get("commit") == latest
+    git(world.dep.repo, "push", "-q", "--force", "origin", f"{older}:main")
+    try:
+        # refused by the replica that has never applied anything: the leader applied later
+        refused = wait_for(lambda: [e for e in fresh.events("commit-rejected")
+                                    if e["commit"] == older], timeout=20,
+                           what="the standby refusing the rollback")
+        assert "does not descend from" in str(refused[-1]["message"]), refused
+        lead.proc.kill()  # and it does not apply it when it leads
+        lead.proc.wait()
+        wait_for(lambda: world.leader() is fresh, timeout=3 * TTL, what="the fresh replica leads")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            assert fresh.run_status(older) == [] and world.serving("v1")
+            time.sleep(0.5)
+    finally:
+        git(world.dep.repo, "push", "-q", "--force", "origin", f"{latest}:main")
+    world.replicas.append(Replica(world, "e"))
 
 
 def test_apply_by_hand_waits_for_the_leader_and_leads_when_none_does(world: World) -> None:

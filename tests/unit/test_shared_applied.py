@@ -1,6 +1,6 @@
-"""The services held at a commit, shared between etcd-mode replicas
-(reconciler.cluster.shared), on a real history store and a stand-in for the etcd
-client: what a replica adopts before a pass, what the leader writes after one."""
+"""The last applied commit and the services held at it, shared between etcd-mode
+replicas (reconciler.cluster.shared), on a real history store and a stand-in for the
+etcd client: what a replica adopts before a pass, what the leader writes after one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from reconciler.cluster.etcd import Compare, KeyValue, Op, TxnResult
 from reconciler.cluster.keys import Keys
 from reconciler.cluster.publish import NoFence
-from reconciler.cluster.shared import Held, SharedHolds
+from reconciler.cluster.shared import Applied, SharedApplied
 from reconciler.errors import EtcdUnavailable
 from reconciler.store import Store
 
@@ -47,8 +47,8 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "history.sqlite")
 
 
-def holds(kv: Kv) -> SharedHolds:
-    return SharedHolds(kv, KEYS, NoFence())  # type: ignore[arg-type]
+def shared(kv: Kv) -> SharedApplied:
+    return SharedApplied(kv, KEYS, NoFence())  # type: ignore[arg-type]
 
 
 def applied(store: Store, commit: str) -> None:
@@ -62,40 +62,40 @@ def test_the_leader_shares_its_holds_and_a_replica_new_to_the_commit_adopts_them
     leader = Store(tmp_path / "leader.sqlite")
     applied(leader, "c2")
     leader.record_failure("prod", "c2", "web", "container web-1 is not healthy\nlog...")
-    holds(kv).share(leader, "prod", "c2")
-    assert Held.decode(kv.data[KEYS.held]) == Held("c2", {"web": "container web-1 is not healthy"})
-    holds(kv).share(leader, "prod", "c2")
+    shared(kv).share(leader, "prod", "c2")
+    assert Applied.decode(kv.data[KEYS.applied]) == Applied("c2", {"web": "container web-1 is not healthy"})
+    shared(kv).share(leader, "prod", "c2")
     assert kv.txns == 1  # unchanged: not written again
 
     applied(store, "c1")  # this replica applied an older commit only
-    assert holds(kv).adopt(store, "prod", "c2") == ["web"]
+    assert shared(kv).adopt(store, "prod", "c2") == ["web"]
     assert store.failed_services("prod", "c2") == {"web": "container web-1 is not healthy"}
-    assert holds(kv).adopt(store, "prod", "c3") == []  # held at another commit: not adopted
+    assert shared(kv).adopt(store, "prod", "c3") == []  # held at another commit: not adopted
 
 
 def test_a_replica_that_applied_the_commit_goes_by_its_own_history(store: Store) -> None:
     kv = Kv()
-    kv.data[KEYS.held] = Held("c2", {"web": "not healthy"}).encode()
+    kv.data[KEYS.applied] = Applied("c2", {"web": "not healthy"}).encode()
     applied(store, "c2")  # e.g. `reconcile retry` cleared web here: it is tried again
-    assert holds(kv).adopt(store, "prod", "c2") == []
+    assert shared(kv).adopt(store, "prod", "c2") == []
     assert store.failed_services("prod", "c2") == {}
-    holds(kv).share(store, "prod", "c2")  # and the hold is lifted for the others
-    assert Held.decode(kv.data[KEYS.held]) == Held("c2", {})
+    shared(kv).share(store, "prod", "c2")  # and the hold is lifted for the others
+    assert Applied.decode(kv.data[KEYS.applied]) == Applied("c2", {})
 
 
 def test_etcd_down_or_the_lead_lost_changes_nothing_and_raises_nothing(store: Store) -> None:
     kv = Kv()
     kv.down = True
-    assert holds(kv).adopt(store, "prod", "c2") == []
+    assert shared(kv).adopt(store, "prod", "c2") == []
     store.record_failure("prod", "c2", "web", "not healthy")
-    holds(kv).share(store, "prod", "c2")
+    shared(kv).share(store, "prod", "c2")
     kv.down, kv.ok = False, False  # the fence no longer holds: nothing written
-    holds(kv).share(store, "prod", "c2")
+    shared(kv).share(store, "prod", "c2")
     assert kv.data == {} and kv.txns == 1
 
 
 @pytest.mark.parametrize("raw", [b"", b"[]", b"{}", b'{"format": "other", "commit": "c"}',
-                                 b'{"format": "reconciler/held", "commit": 3}',
-                                 b'{"format": "reconciler/held", "commit": "c", "services": 1}'])
+                                 b'{"format": "reconciler/applied", "commit": 3}',
+                                 b'{"format": "reconciler/applied", "commit": "c", "held": 1}'])
 def test_a_value_that_is_not_a_hold_is_ignored(raw: bytes) -> None:
-    assert Held.decode(raw) is None
+    assert Applied.decode(raw) is None
