@@ -86,6 +86,7 @@ class EtcdDrive:
         self.health_timeout_s = health_timeout_s
         self.lb_timeout_s = lb_timeout_s
         self.poll_s = poll_s
+        self._batch_of: dict[str, int] = {}  # host -> its rollout batch in this pass
 
     def observe(self) -> ObservedState:
         """What runs, from the app agents' reports (a host without one runs nothing
@@ -100,6 +101,7 @@ class EtcdDrive:
         observed = self.observe()
         silent = silent_hosts(desired, observed)
         groups = batches(desired, observed)
+        self._batch_of = {h: i for i, g in enumerate(groups) for h in g}
         whole = self._plan(desired, observed, held, frozen=silent.keys())
         done = DriveResult(with_silent_notes(whole, silent))
         on_plan(done.plan)
@@ -145,7 +147,7 @@ class EtcdDrive:
         done = DriveResult(current)
         starts = [a for a in current.actions if isinstance(a, StartContainer)]
         if starts:
-            revs = self._publish(host_slices(desired, self.observe(), current, removals=False),
+            revs = self._publish(self._slices(desired, self.observe(), current, removals=False),
                                  frozen)
             done.failures = self._wait_started(starts, revs)
             done.steps += [f"started {a.name} on {a.host}" for a in starts
@@ -161,7 +163,7 @@ class EtcdDrive:
             self._wait_lbs(desired, published.revision)
             done.steps.append(f"published pools at revision {published.revision}")
         removes = [a for a in current.actions if isinstance(a, RemoveContainer)]
-        self._settle(host_slices(desired, self.observe(), current, removals=True), frozen)
+        self._settle(self._slices(desired, self.observe(), current, removals=True), frozen)
         done.steps += [f"removed {a.name} on {a.host}" for a in removes]
         return done
 
@@ -174,6 +176,13 @@ class EtcdDrive:
             time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
 
     # ------------------------------------------------------------------ phases
+
+    def _slices(self, desired: DesiredState, observed: ObservedState, plan_: Plan, *,
+                removals: bool) -> dict[str, HostSlice]:
+        """``host_slices``, each naming its host's rollout batch (a host's slice does not
+        change when a later batch starts: its agent is not woken for nothing)."""
+        return {h: replace(v, batch=self._batch_of.get(h, 0)) for h, v in
+                host_slices(desired, observed, plan_, removals=removals).items()}
 
     def _publish(self, slices: dict[str, HostSlice], frozen: Collection[str]) -> dict[str, int]:
         """Publish the slice of every host but the ``frozen`` ones (fenced: their agents
@@ -203,7 +212,7 @@ class EtcdDrive:
         kept = replace(current, actions=tuple(
             a for a in current.actions if a.service not in failures
             and not (isinstance(a, StartContainer) and a.name in failed)))
-        slices = host_slices(desired, self.observe(), kept, removals=False)
+        slices = self._slices(desired, self.observe(), kept, removals=False)
         self._settle({h: replace(v, containers=tuple(c for c in v.containers
                                                      if c.name not in failed),
                                  keep=tuple(k for k in v.keep if k not in failed))
@@ -215,7 +224,7 @@ class EtcdDrive:
         name depends on its image id); wait until the agents report them."""
         pulls = replace(current, actions=tuple(
             a for a in current.actions if not isinstance(a, StartContainer)))
-        revs = self._publish(host_slices(desired, observed, pulls, removals=False), frozen)
+        revs = self._publish(self._slices(desired, observed, pulls, removals=False), frozen)
         wanted = {(a.host, a.image) for a in current.actions if isinstance(a, PullImage)}
 
         def missing(reports: dict[str, AppReport]) -> list[str]:

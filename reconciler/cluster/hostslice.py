@@ -55,8 +55,8 @@ class SliceContainer:
 
 @dataclass(frozen=True)
 class HostSlice:
-    """What one app host should run (see the module). ``batch``: the rollout batch
-    (0-based) the leader is acting in when it wrote the slice."""
+    """What one app host should run (see the module). ``batch``: the host's rollout
+    batch (0-based) in the leader's pass that wrote the slice."""
 
     host: str
     environment: str

@@ -43,7 +43,7 @@ def running(desired: DesiredState, c: ObservedContainer) -> SliceContainer | Non
 
 
 def host_slices(desired: DesiredState, observed: ObservedState, plan: Plan, *,
-                removals: bool, batch: int = 0) -> dict[str, HostSlice]:
+                removals: bool) -> dict[str, HostSlice]:
     """App host -> its slice after ``plan`` (see the module), for every app host of
     ``desired`` and every observed host (a retired host's slice keeps nothing)."""
     names = sorted(desired.app_host_names | {h.name for h in observed.hosts})
@@ -66,5 +66,5 @@ def host_slices(desired: DesiredState, observed: ObservedState, plan: Plan, *,
         unique = {c.name: c for c in containers}
         out[host] = HostSlice(host, desired.environment, desired.instance.name, desired.commit,
                               address, tuple(sorted(unique.values(), key=lambda c: c.name)),
-                              tuple(sorted(set(keep) - set(unique))), pulls, batch)
+                              tuple(sorted(set(keep) - set(unique))), pulls)
     return out

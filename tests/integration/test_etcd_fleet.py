@@ -53,6 +53,7 @@ from repo_support import git
 
 from reconciler import identity
 from reconciler.cluster.etcd import Etcd
+from reconciler.cluster.hostslice import decode_slice
 from reconciler.cluster.keys import Keys
 from reconciler.coordination import EtcdSettings
 
@@ -288,6 +289,14 @@ def test_switch_host_by_host_and_drift_repair_under_load(world: World) -> None:
         w.push("v2", "web v2")
         wait_for(lambda: w.converged("v2"), timeout=90,
                  what=f"v2 on every host\n{w.diagnostics()}")
+        # one host a batch (rollout limit 1): each slice names the batch it was written in
+        e, keys = w.etcd(), Keys(INSTANCE, w.fleet.env)
+        try:
+            batches = [decode_slice(keys.desired(h.name), e.get(keys.desired(h.name)).value).batch
+                       for h in w.apps]  # type: ignore[union-attr]
+        finally:
+            e.close()
+        assert batches == [0, 1, 2], batches
         h2 = w.apps[1]
         victim = w.containers(h2)[0]
         victim.remove(force=True)
