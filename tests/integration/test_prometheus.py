@@ -28,7 +28,9 @@ pytestmark = pytest.mark.integration
 WEB = "services/web.yaml"
 RELEASES = "releases:\n  - revision: v1\n    weight: 100\n"
 # The canary stays at its 50% step for the test (long min_duration); its errors (10%)
-# may abort it, which changes nothing below: counts are compared whatever the weights.
+# are far below max_error_rate, and its latency is judged against a 1 s floor, so it is
+# not aborted before both revisions have their requests (a latency abort of a canary that
+# is as fast as its baseline, on a loaded machine, would starve v2 of requests).
 CANARY = """releases:
   - revision: v1
     weight: 100
@@ -44,6 +46,7 @@ CANARY = """releases:
         confidence: 0.9999
         max_error_rate: 0.5
         interval: 1s
+        latency: {min_ms: 1000}
 """
 ACTION = "GET /prom"
 WEB_ACTION = f'service="web",action="{ACTION}"'

@@ -138,8 +138,9 @@ def test_watch_serves_the_page_during_a_canary_under_load(dep: Deployment) -> No
 
 def check_page(browser: Browser, dep: Deployment) -> None:
     """What a person sees at a glance, in the DOM."""
-    browser.wait_for("document.getElementById('env').textContent", 10, "the environment")
-    assert browser.js("document.getElementById('env').textContent") == dep.env
+    # the page shows a placeholder until its first data arrives
+    browser.wait_for(f"document.getElementById('env').textContent === {json.dumps(dep.env)}",
+                     15, f"the environment {dep.env}")
     assert browser.js("document.getElementById('commit').textContent").startswith("applied commit")
     services = browser.wait_for(
         "[...document.querySelectorAll('section.service')].map(e => e.dataset.service)",
