@@ -267,7 +267,8 @@ class TestCrashSafety:
     greeting = 0
 
     @pytest.fixture(scope="class")
-    def cdep(self, tmp_path_factory: pytest.TempPathFactory,
+    @classmethod
+    def cdep(cls, tmp_path_factory: pytest.TempPathFactory,
              docker_client: docker.DockerClient) -> Iterator[Deployment]:
         d = _deploy(tmp_path_factory.mktemp("crash"), docker_client, web_replicas=2)
         try:
