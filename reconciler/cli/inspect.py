@@ -65,8 +65,10 @@ def status(
 
 
 def _cluster_view(desired: DesiredState) -> ClusterView | None:
-    """etcd mode: the leading replica as etcd says now (an error if it cannot be read)."""
+    """etcd mode: the leading replica, its last commit and the services held there, as
+    etcd says now (an error if it cannot be read)."""
     from reconciler.cluster.leader import read_leader
+    from reconciler.cluster.shared import read_applied
     from reconciler.present.cluster import ClusterView
 
     settings = desired.coordination.etcd
@@ -74,7 +76,10 @@ def _cluster_view(desired: DesiredState) -> ClusterView | None:
         return None
     try:
         leader = read_leader(settings, desired.instance.name, desired.environment)
-        return ClusterView("etcd", leader)
+        applied = read_applied(desired)
+        if applied is None:
+            return ClusterView("etcd", leader)
+        return ClusterView("etcd", leader, applied=applied.commit, held=applied.held)
     except ReconcilerError as exc:
         return ClusterView("etcd", error=str(exc))
 

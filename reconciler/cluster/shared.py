@@ -134,18 +134,40 @@ def shared_for(desired: DesiredState, guard: Callable[[], None]) -> SharedApplie
                          guard if isinstance(guard, Fence) else NoFence())
 
 
+def read_applied(desired: DesiredState) -> Applied | None:
+    """What ``applied`` of ``desired``'s environment says now (etcd mode). Raises
+    ClusterError when etcd cannot tell."""
+    shared = shared_for(desired, lambda: None)
+    try:
+        return shared.read()
+    finally:
+        shared.client.close()
+
+
+def held_elsewhere(desired: DesiredState, local_last: str | None) -> dict[str, str]:
+    """etcd mode: the services the leader holds at ``desired``'s commit, when the history
+    at hand has not applied that commit (its last is ``local_last``), as ``adopt`` would
+    take them; else {} (also when etcd cannot tell: a warning). A history that applied
+    the commit goes by itself, so ``reconcile retry`` there is not undone."""
+    if desired.coordination.etcd is None or local_last == desired.commit:
+        return {}
+    try:
+        found = read_applied(desired)
+    except ClusterError as exc:
+        _warn(desired.environment, f"the services the leader holds are unknown: {exc}")
+        return {}
+    return dict(found.held) if found is not None and found.commit == desired.commit else {}
+
+
 def last_applied(desired: DesiredState, local: str | None) -> str | None:
     """The last commit applied to ``desired``'s environment, for the rollback guard: in
     etcd mode the leader's (``applied``) when etcd says one, else ``local`` (this
     replica's history: ssh mode, or etcd unreachable, with a warning)."""
     if desired.coordination.etcd is None or desired.coordination.mode != "etcd":
         return local
-    shared = shared_for(desired, lambda: None)
     try:
-        found = shared.read()
+        found = read_applied(desired)
     except ClusterError as exc:
         _warn(desired.environment, f"the last applied commit is this replica's: {exc}")
         return local
-    finally:
-        shared.client.close()
     return local if found is None else found.commit

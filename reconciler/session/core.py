@@ -276,9 +276,14 @@ class Session:
             raise
 
     def preview(self, desired: DesiredState) -> Preview:
-        """Observe and plan as a pass would, changing nothing and judging no canary."""
+        """Observe and plan as a pass would, changing nothing and judging no canary (in
+        etcd mode with the leader's holds, as a pass of this replica would adopt them)."""
         self._fresh_local()
         held = self.held(desired)
+        if desired.coordination.mode == "etcd":
+            from reconciler.cluster.shared import held_elsewhere
+
+            held = {**held_elsewhere(desired, self.last_commit(desired.environment)), **held}
         view = self.with_canaries(desired)
         observed = self.observe(desired)
         if not desired.coordination.agents:

@@ -386,6 +386,12 @@ def test_a_service_the_leader_held_stays_held_after_a_takeover(world: World) -> 
     runs = wait_for(lambda: standby.run_status(sha), timeout=30, what="its pass at the commit")
     assert runs[-1][0] == "nothing-to-do" and standby.steps_of(sha) == 0, runs
     assert world.serving("v1") and world.web_revisions() == ["v1"]
+    # `status` from another machine's state dir (no history of this) says it from etcd
+    code, out = world.dep.cli("status", "--instance", INSTANCE, *world.haproxy_flags)
+    assert code == 0, out
+    assert f"its last commit {sha[:7]}" in out and f"HELD by the leader at {sha[:7]}: web: " \
+        "host local: container" in out, out
+    assert "OUTCOME DIFFERS" not in out and "HELD: " in out, out  # planned as the leader does
     world.replicas.append(Replica(world, "d"))  # a standby again for the tests after this
     world.push_web("v2")  # a newer commit: tried again
     wait_for(lambda: world.serving("v2"), timeout=60, what="v2 served")
