@@ -79,22 +79,27 @@ class SharedApplied:
         kv = self.client.get(self.keys.applied)
         return None if kv is None else Applied.decode(kv.value)
 
-    def adopt(self, store: Store, environment: str, commit: str) -> list[str]:
-        """Before a pass at ``commit``: when this replica's history has not applied it,
-        record the services held at it as failed there; those adopted. Never raises:
-        etcd unreachable leaves the history as it is (a warning)."""
-        if store.last_commit(environment) == commit:
-            return []
+    def held_at(self, environment: str, commit: str, local_last: str | None) -> dict[str, str]:
+        """The services the leader holds at ``commit`` when the history at hand has not
+        applied it (its last commit is ``local_last``); else {}. A history that applied
+        the commit goes by itself, so ``reconcile retry`` there is not undone. Never
+        raises: etcd unreachable is {} (a warning)."""
+        if local_last == commit:
+            return {}
         try:
             shared = self.read()
         except ClusterError as exc:
-            _warn(environment, f"cannot read what the leader before applied: {exc}")
-            return []
-        if shared is None or shared.commit != commit:
-            return []
-        adopted = sorted(set(shared.held) - set(store.failed_services(environment, commit)))
+            _warn(environment, f"the services the leader holds are unknown: {exc}")
+            return {}
+        return dict(shared.held) if shared is not None and shared.commit == commit else {}
+
+    def adopt(self, store: Store, environment: str, commit: str) -> list[str]:
+        """Before a pass at ``commit``: record the services ``held_at`` it as failed
+        there in this replica's history; those adopted."""
+        held = self.held_at(environment, commit, store.last_commit(environment))
+        adopted = sorted(set(held) - set(store.failed_services(environment, commit)))
         for service in adopted:
-            store.record_failure(environment, commit, service, shared.held[service])
+            store.record_failure(environment, commit, service, held[service])
         if adopted:
             log.info("services held at %s by the leader before: %s (reconcile retry to try "
                      "again)", commit[:7], ", ".join(adopted),
@@ -145,18 +150,15 @@ def read_applied(desired: DesiredState) -> Applied | None:
 
 
 def held_elsewhere(desired: DesiredState, local_last: str | None) -> dict[str, str]:
-    """etcd mode: the services the leader holds at ``desired``'s commit, when the history
-    at hand has not applied that commit (its last is ``local_last``), as ``adopt`` would
-    take them; else {} (also when etcd cannot tell: a warning). A history that applied
-    the commit goes by itself, so ``reconcile retry`` there is not undone."""
+    """etcd mode: ``SharedApplied.held_at`` ``desired``'s commit (what a preview leaves
+    as it runs, as a pass would adopt it)."""
     if desired.coordination.etcd is None or local_last == desired.commit:
-        return {}
+        return {}  # no client made: the watch loop's previews mostly end here
+    shared = shared_for(desired, lambda: None)
     try:
-        found = read_applied(desired)
-    except ClusterError as exc:
-        _warn(desired.environment, f"the services the leader holds are unknown: {exc}")
-        return {}
-    return dict(found.held) if found is not None and found.commit == desired.commit else {}
+        return shared.held_at(desired.environment, desired.commit, local_last)
+    finally:
+        shared.client.close()
 
 
 def last_applied(desired: DesiredState, local: str | None) -> str | None:
